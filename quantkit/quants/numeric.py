@@ -1,0 +1,79 @@
+"""Scalar helpers for Numba kernels that reproduce ggml's float conversions bit for bit.
+
+- ``fp32_to_fp16_bits``: IEEE round-to-nearest-even float32 -> binary16 bits, subnormals included
+  (what ``GGML_FP32_TO_FP16`` does on every build).
+- ``FP16_TO_FP32``: a 65536-entry table, binary16 bits -> float32 (exact).
+- ``nearest_int``: ggml's ``nearest_int`` (add 1.5*2^23, read the mantissa), i.e. round half to
+  even, valid for ``|x| <= 4194303``.
+- ``roundf``: C ``roundf`` (half away from zero), which numpy does not offer.
+- ``f32_bits`` / ``bits_f32``: reinterpret a float32 as uint32 and back.
+
+All arithmetic stays in float32: callers must pass float32 values (a bare Python literal in a
+Numba kernel is float64 and would change the rounding).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core.extending import intrinsic
+
+FP16_TO_FP32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+@intrinsic
+def f32_bits(typingctx, value):
+    """The uint32 bit pattern of a float32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def bits_f32(typingctx, value):
+    """The float32 whose bit pattern is the low 32 bits of an integer."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low32 = args[0] if value.bitwidth == 32 else builder.trunc(args[0], ir.IntType(32))
+        return builder.bitcast(low32, ir.FloatType())
+
+    return types.float32(value), codegen
+
+
+@njit(inline="always", cache=True)
+def fp32_to_fp16_bits(value):
+    """float32 -> binary16 bits, round to nearest even (as GGML_FP32_TO_FP16)."""
+    x = f32_bits(np.float32(value))
+    sign = (x >> np.uint32(16)) & np.uint32(0x8000)
+    ax = x & np.uint32(0x7FFFFFFF)
+    if ax >= np.uint32(0x7F800000):  # inf or nan
+        if ax > np.uint32(0x7F800000):
+            return np.uint16(sign | np.uint32(0x7E00))
+        return np.uint16(sign | np.uint32(0x7C00))
+    if ax >= np.uint32(0x477FF000):  # rounds past 65504
+        return np.uint16(sign | np.uint32(0x7C00))
+    if ax < np.uint32(0x38800000):  # fp16 subnormal (or zero): m * 2^-24
+        m = np.rint(bits_f32(ax) * np.float32(16777216.0))
+        return np.uint16(sign | np.uint32(m))
+    ax = ax + np.uint32(0xC8000FFF) + ((ax >> np.uint32(13)) & np.uint32(1))
+    return np.uint16(sign | (ax >> np.uint32(13)))
+
+
+@njit(inline="always", cache=True)
+def nearest_int(value):
+    """ggml's nearest_int: round half to even (valid for |value| <= 4194303)."""
+    return np.int32(np.rint(np.float32(value)))
+
+
+@njit(inline="always", cache=True)
+def roundf(value):
+    """C roundf: round half away from zero, in float32."""
+    t = np.float32(np.trunc(value))
+    if np.abs(value - t) >= np.float32(0.5):
+        t += np.float32(1.0) if value > np.float32(0.0) else np.float32(-1.0)
+    return t
