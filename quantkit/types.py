@@ -26,6 +26,22 @@ _FAMILY = {
     "Q4_1": "legacy",
     "Q5_0": "legacy",
     "Q5_1": "legacy",
+    "Q2_K": "kquants",
+    "Q3_K": "kquants",
+    "Q4_K": "kquants",
+    "Q5_K": "kquants",
+    "Q6_K": "kquants",
+    "IQ4_NL": "iq4",
+    "IQ4_XS": "iq4",
+    "IQ3_XXS": "iq3",
+    "IQ3_S": "iq3",
+    "IQ2_XXS": "iq2",
+    "IQ2_XS": "iq2",
+    "IQ2_S": "iq2",
+    "IQ1_S": "iq1",
+    "IQ1_M": "iq1",
+    "TQ1_0": "ternary",
+    "TQ2_0": "ternary",
 }
 
 # types llama.cpp refuses to quantize without an importance matrix (ggml_quantize_requires_imatrix)
