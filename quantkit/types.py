@@ -9,7 +9,9 @@ This module imports neither numba nor torch.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -55,7 +57,7 @@ class QuantType:
     ggml: GGMLQuantizationType
     block_size: int  # elements per block
     type_size: int  # bytes per block
-    family: str | None  # module under quantkit.quants, None when quantkit cannot (de)quantize it
+    family: str | None  # module under quantkit.quants that implements it (None: not planned)
 
     @property
     def name(self) -> str:
@@ -87,7 +89,7 @@ class QuantType:
 
     def kernels(self):
         """The module implementing this type (imported on first use: it compiles Numba code)."""
-        if self.family is None:
+        if not _implemented(self.family):
             raise UnsupportedTypeError(
                 f"quantkit cannot quantize or dequantize {self.name} yet; supported: {', '.join(supported_names())}"
             )
@@ -99,9 +101,14 @@ _REGISTRY = {
 }
 
 
+@functools.cache
+def _implemented(family: str | None) -> bool:
+    return family is not None and importlib.util.find_spec(f"quantkit.quants.{family}") is not None
+
+
 def supported_names() -> list[str]:
     """Names of the types quantkit can quantize and dequantize."""
-    return [t.name for t in _REGISTRY.values() if t.family is not None]
+    return [t.name for t in _REGISTRY.values() if _implemented(t.family)]
 
 
 def known_type(value) -> QuantType:
@@ -123,6 +130,6 @@ def known_type(value) -> QuantType:
 def quant_type(value) -> QuantType:
     """Look up a type quantkit can quantize and dequantize; raise a clear error otherwise."""
     qt = known_type(value)
-    if qt.family is None:
+    if not _implemented(qt.family):
         qt.kernels()  # raises UnsupportedTypeError with the list of supported types
     return qt
