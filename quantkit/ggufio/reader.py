@@ -1,0 +1,380 @@
+"""A bounds-checked, memory-mapped GGUF v2/v3 reader.
+
+Layout (little-endian; see docs/gguf.md): magic ``GGUF``, u32 version, u64 tensor count, u64 kv
+count; the kvs (string key, u32 value type, value); the tensor infos (string name, u32 n_dims,
+n_dims x u64 ne, u32 type, u64 offset relative to the data section); padding to the alignment;
+the data section. A string is a u64 byte length and UTF-8 bytes; an array is a u32 element type,
+a u64 count and the elements.
+
+Every count and length is checked against the bytes left before anything is allocated, and every
+problem raises a one-line :class:`GGUFFormatError` (or :class:`UnsupportedTypeError` /
+:class:`ShapeError`) naming the file. Opening reads only the header: tensor data stays in the
+page cache until used (``tensor.data`` is a zero-copy view into the map).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from ..errors import GGUFFormatError, QuantkitError, ShapeError, UnsupportedTypeError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+HEADER_BYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
+MAX_ARRAY_DEPTH = 8  # arrays of arrays nested deeper than this are refused
+
+# fixed-size value types: numpy little-endian dtype
+SCALAR_DTYPES = {
+    GGUFValueType.UINT8: np.dtype("<u1"),
+    GGUFValueType.INT8: np.dtype("<i1"),
+    GGUFValueType.UINT16: np.dtype("<u2"),
+    GGUFValueType.INT16: np.dtype("<i2"),
+    GGUFValueType.UINT32: np.dtype("<u4"),
+    GGUFValueType.INT32: np.dtype("<i4"),
+    GGUFValueType.FLOAT32: np.dtype("<f4"),
+    GGUFValueType.BOOL: np.dtype("<u1"),
+    GGUFValueType.UINT64: np.dtype("<u8"),
+    GGUFValueType.INT64: np.dtype("<i8"),
+    GGUFValueType.FLOAT64: np.dtype("<f8"),
+}
+
+# fewest bytes one element of each value type can take (a string: its u64 length; an array:
+# its u32 element type and u64 count), used to check counts before allocating
+MIN_VALUE_BYTES = {**{t: d.itemsize for t, d in SCALAR_DTYPES.items()}, GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
+MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+
+@dataclass(frozen=True)
+class ArrayType:
+    """The GGUF type of an array value: its element type and, for an array of arrays, the
+    ArrayType of each element in order (GGUF stores a type per nested array)."""
+
+    elem: GGUFValueType
+    items: tuple | None = None
+
+    def __repr__(self) -> str:
+        if self.items is None:
+            return f"ArrayType({self.elem.name})"
+        return f"ArrayType(ARRAY, {list(self.items)!r})"
+
+
+class GGUFMetadata(dict):
+    """An ordered dict key -> plain Python value that also remembers each key's GGUF type.
+
+    ``value_type(key)`` is a :class:`gguf.GGUFValueType` for scalars or an :class:`ArrayType`.
+    The writer uses the remembered type while the value still fits it (so a file read and
+    written back is byte-identical) and infers a type otherwise.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._types: dict = {}
+
+    def value_type(self, key):
+        """The remembered GGUF type of ``key``, or None."""
+        return self._types.get(key)
+
+    def set_value_type(self, key, vtype) -> None:
+        """Remember ``vtype`` (GGUFValueType or ArrayType) as the GGUF type of ``key``."""
+        self._types[key] = vtype
+
+    def copy(self) -> GGUFMetadata:
+        out = GGUFMetadata(self)
+        out._types = dict(self._types)
+        return out
+
+
+class GGUFTensor:
+    """One tensor of a GGUF file: ``data`` is a zero-copy uint8 view of exactly ``nbytes``."""
+
+    __slots__ = ("name", "qtype", "shape", "offset", "nbytes", "source_path", "_file")
+
+    def __init__(self, name: str, qtype: GGMLQuantizationType, shape: tuple, offset: int, nbytes: int, file: GGUFFile):
+        self.name = name
+        self.qtype = qtype
+        self.shape = shape  # numpy order: last axis = GGUF ne[0], the row
+        self.offset = offset  # absolute offset in the file
+        self.nbytes = nbytes
+        self.source_path = file.path
+        self._file = file
+
+    @property
+    def data(self) -> np.ndarray:
+        return np.frombuffer(self._file._map(), dtype=np.uint8, count=self.nbytes, offset=self.offset)
+
+    def dequantize(self, threads: int | None = None) -> np.ndarray:
+        """float32 values in numpy shape; UnsupportedTypeError for types quantkit cannot decode."""
+        from ..quants import dequantize
+
+        return dequantize(self, threads=threads)
+
+    def __repr__(self) -> str:
+        return f"GGUFTensor({self.name!r}, {self.qtype.name}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+class _Cursor:
+    """Reads little-endian values from a buffer, raising GGUFFormatError past its end."""
+
+    def __init__(self, buf, size: int, label: str):
+        self.buf = buf
+        self.size = size
+        self.pos = 0
+        self.label = label
+
+    def fail(self, message: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{self.label}: {message}")
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise self.fail(f"truncated: {what} at offset {self.pos} needs {n} bytes, {self.size - self.pos} left")
+
+    def unpack(self, fmt: str, what: str):
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        values = struct.unpack_from("<" + fmt, self.buf, self.pos)
+        self.pos += n
+        return values[0] if len(values) == 1 else values
+
+    def count(self, min_item_bytes: int, what: str) -> int:
+        """A u64 count of items each taking at least ``min_item_bytes``, checked against the bytes left."""
+        start = self.pos
+        n = self.unpack("Q", what)
+        if n * min_item_bytes > self.size - self.pos:
+            raise self.fail(f"{what} {n} at offset {start} is larger than the {self.size - self.pos} bytes left")
+        return n
+
+    def string(self, what: str) -> str:
+        start = self.pos
+        n = self.unpack("Q", f"{what} length")
+        if n > self.size - self.pos:
+            raise self.fail(f"{what} length {n} at offset {start} runs past the end of the file ({self.size - self.pos} bytes left)")
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        # invalid UTF-8 bytes become lone surrogates and are written back unchanged
+        return raw.decode("utf-8", "surrogateescape")
+
+    def value_type(self, what: str) -> GGUFValueType:
+        start = self.pos
+        raw = self.unpack("I", f"{what} type")
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise self.fail(f"{what}: unknown value type {raw} at offset {start}") from None
+
+    def value(self, vtype: GGUFValueType, what: str, depth: int = 0):
+        """One value of ``vtype``: returns (plain value, type spec)."""
+        if vtype == GGUFValueType.STRING:
+            return self.string(what), vtype
+        if vtype == GGUFValueType.ARRAY:
+            return self.array(what, depth + 1)
+        dtype = SCALAR_DTYPES[vtype]
+        self.need(dtype.itemsize, what)
+        value = np.frombuffer(self.buf, dtype=dtype, count=1, offset=self.pos)[0].item()
+        self.pos += dtype.itemsize
+        if vtype == GGUFValueType.BOOL:
+            value = self._bool(value, what)
+        return value, vtype
+
+    def _bool(self, raw: int, what: str) -> bool:
+        if raw not in (0, 1):
+            raise self.fail(f"{what}: bool byte {raw} at offset {self.pos - 1} is neither 0 nor 1")
+        return bool(raw)
+
+    def array(self, what: str, depth: int):
+        if depth > MAX_ARRAY_DEPTH:
+            raise self.fail(f"{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}")
+        elem = self.value_type(f"{what} array element")
+        n = self.count(MIN_VALUE_BYTES[elem], f"{what} array length")
+        if elem in SCALAR_DTYPES:
+            dtype = SCALAR_DTYPES[elem]
+            raw = np.frombuffer(self.buf, dtype=dtype, count=n, offset=self.pos)
+            self.pos += n * dtype.itemsize
+            if elem == GGUFValueType.BOOL:
+                if raw.size and raw.max() > 1:
+                    raise self.fail(f"{what}: bool array holds a byte other than 0 or 1")
+                return raw.astype(bool).tolist(), ArrayType(elem)
+            return raw.tolist(), ArrayType(elem)
+        if elem == GGUFValueType.STRING:
+            return [self.string(f"{what}[{i}]") for i in range(n)], ArrayType(elem)
+        values, specs = [], []
+        for i in range(n):
+            value, spec = self.array(f"{what}[{i}]", depth + 1)
+            values.append(value)
+            specs.append(spec)
+        return values, ArrayType(elem, tuple(specs))
+
+
+class GGUFFile:
+    """A GGUF file opened read-only and memory-mapped.
+
+    ``metadata``: :class:`GGUFMetadata` in file order; ``tensors``: :class:`GGUFTensor` list in
+    file order; ``version``; ``alignment``; ``data_offset`` (start of the data section).
+    Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.label = self.path.name
+        self.metadata = GGUFMetadata()
+        self.tensors: list[GGUFTensor] = []
+        self._by_name: dict[str, GGUFTensor] = {}
+        self._mm = None
+        try:
+            with open(self.path, "rb") as fh:
+                self.size = os.fstat(fh.fileno()).st_size
+                if self.size < HEADER_BYTES:
+                    self._check_magic(fh.read())
+                    raise GGUFFormatError(f"{self.label}: truncated: {self.size} bytes, a GGUF header takes {HEADER_BYTES}")
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise QuantkitError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise QuantkitError(f"{self.path}: is a directory, not a GGUF file") from None
+        except PermissionError:
+            raise QuantkitError(f"{self.path}: permission denied") from None
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_magic(self, head: bytes) -> None:
+        """Refuse a file whose first bytes (all of them, if fewer than 4) are not GGUF's magic."""
+        head = bytes(head[:4])
+        if head != GGUF_MAGIC[: len(head)]:
+            raise GGUFFormatError(f"{self.label}: not a GGUF file (starts with {head[:4]!r}, expected b'GGUF')")
+
+    def _parse(self) -> None:
+        cur = _Cursor(self._mm, self.size, self.label)
+        self._check_magic(self._mm[:4])
+        cur.pos = 4
+        version = cur.unpack("I", "version")
+        if version not in SUPPORTED_VERSIONS:
+            if int.from_bytes(version.to_bytes(4, "little"), "big") in SUPPORTED_VERSIONS:
+                raise cur.fail("big-endian GGUF is not supported")
+            raise cur.fail(f"GGUF version {version} is not supported (only versions 2 and 3)")
+        self.version = version
+        n_tensors = cur.count(MIN_TENSOR_INFO_BYTES, "tensor count")
+        n_kv = cur.count(MIN_KV_BYTES, "metadata key count")
+        for _ in range(n_kv):
+            start = cur.pos
+            key = cur.string("metadata key")
+            if key in self.metadata:
+                raise cur.fail(f"duplicate metadata key {key!r} at offset {start}")
+            vtype = cur.value_type(f"key {key!r}")
+            value, spec = cur.value(vtype, f"key {key!r}")
+            self.metadata[key] = value
+            self.metadata.set_value_type(key, spec)
+        self.alignment = self._alignment()
+        infos = [self._tensor_info(cur) for _ in range(n_tensors)]
+        self.data_offset = -(-cur.pos // self.alignment) * self.alignment
+        self._place(infos)
+
+    def _alignment(self) -> int:
+        if "general.alignment" not in self.metadata:
+            return DEFAULT_ALIGNMENT
+        value = self.metadata["general.alignment"]
+        vtype = self.metadata.value_type("general.alignment")
+        if vtype not in (GGUFValueType.UINT32, GGUFValueType.UINT64, GGUFValueType.INT32, GGUFValueType.INT64,
+                         GGUFValueType.UINT16, GGUFValueType.UINT8):
+            raise GGUFFormatError(f"{self.label}: general.alignment has type {getattr(vtype, 'name', 'ARRAY')}, expected an integer")
+        if value <= 0 or value & (value - 1):
+            raise GGUFFormatError(f"{self.label}: general.alignment {value} is not a power of two")
+        return value
+
+    def _tensor_info(self, cur: _Cursor):
+        start = cur.pos
+        name = cur.string("tensor name")
+        n_dims = cur.unpack("I", f"tensor {name!r} n_dims")
+        if n_dims > MAX_DIMS:
+            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions, at most {MAX_DIMS} are allowed")
+        ne = [cur.unpack("Q", f"tensor {name!r} dimension") for _ in range(n_dims)]
+        raw_type = cur.unpack("I", f"tensor {name!r} type")
+        offset = cur.unpack("Q", f"tensor {name!r} offset")
+        if name in self._by_name:
+            raise cur.fail(f"duplicate tensor name {name!r} at offset {start}")
+        try:
+            qtype = GGMLQuantizationType(raw_type)
+            block_size, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise UnsupportedTypeError(f"{self.label}: tensor {name!r} has unknown type {raw_type}") from None
+        n_elements = 1
+        for d in ne:
+            n_elements *= d
+        if n_elements >= 2**63:
+            raise cur.fail(f"tensor {name!r} has {n_elements} elements, more than GGUF's int64 allows")
+        row = ne[0] if ne else 1
+        if row % block_size:
+            raise ShapeError(
+                f"{self.label}: tensor {name!r} row length {row} is not a multiple of {qtype.name}'s block size {block_size}"
+            )
+        nbytes = n_elements // block_size * type_size
+        tensor = GGUFTensor(name, qtype, tuple(reversed(ne)), offset, nbytes, self)
+        self._by_name[name] = tensor
+        return tensor
+
+    def _place(self, infos: list[GGUFTensor]) -> None:
+        """Turn relative offsets absolute and check alignment, bounds and overlaps."""
+        for t in infos:
+            if t.offset % self.alignment:
+                raise GGUFFormatError(f"{self.label}: tensor {t.name!r} offset {t.offset} is not a multiple of the alignment {self.alignment}")
+            t.offset += self.data_offset
+            if t.offset + t.nbytes > self.size:
+                raise GGUFFormatError(
+                    f"{self.label}: tensor {t.name!r} data [offset {t.offset}, {t.nbytes} bytes] runs past the end of the file (size {self.size})"
+                )
+        previous = None
+        for t in sorted(infos, key=lambda t: t.offset):
+            if previous is not None and t.offset < previous.offset + previous.nbytes:
+                raise GGUFFormatError(
+                    f"{self.label}: tensor {t.name!r} data at offset {t.offset} overlaps tensor {previous.name!r} "
+                    f"[offset {previous.offset}, {previous.nbytes} bytes]"
+                )
+            if t.nbytes:
+                previous = t
+        self.tensors = infos
+
+    def _map(self):
+        if self._mm is None:
+            raise QuantkitError(f"{self.label}: file is closed")
+        return self._mm
+
+    def tensor(self, name: str) -> GGUFTensor:
+        """The tensor called ``name``; QuantkitError if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise QuantkitError(f"{self.label}: no tensor named {name!r}") from None
+
+    def close(self) -> None:
+        """Release the map; tensor data views taken earlier keep it alive until they are dropped."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # numpy views still point into it: it is unmapped when the last one goes
+
+    def __enter__(self) -> GGUFFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GGUFFile({str(self.path)!r}, version={self.version}, {len(self.metadata)} keys, {len(self.tensors)} tensors)"
+
+
+def read_gguf(path) -> GGUFFile:
+    """Open a GGUF v2/v3 file: header, metadata and tensor infos parsed, tensor data mapped lazily."""
+    return GGUFFile(path)

@@ -1,0 +1,445 @@
+"""A streaming, atomic GGUF v3 writer.
+
+``GGUFStreamWriter`` writes the header, the metadata and the tensor infos (offsets are the aligned
+cumulative tensor sizes) when it opens, then takes each tensor's bytes in file order, in as many
+chunks as the caller likes, padding every tensor with zero bytes to the alignment. Memory use is
+one chunk plus the encoded metadata.
+
+Output is atomic: everything goes to ``.<name>.tmp-<random>`` in the target folder, which is
+fsynced and renamed over the final name only when every tensor is complete; on any exception
+(KeyboardInterrupt included) the temporary file is deleted and the final name is left untouched.
+
+Metadata types: a value wrapped in :func:`typed` has that type; otherwise the type remembered by
+:class:`GGUFMetadata` (from the reader) is used while the value fits it; otherwise the type is
+inferred as gguf-py's GGUFWriter does: bool -> BOOL, int -> INT32 (INT64, then UINT64 when out of
+range), float -> FLOAT32, str -> STRING, list/tuple -> ARRAY of the elements' inferred type;
+numpy scalars and arrays take the type of their dtype. ``general.alignment`` is always UINT32.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from ..errors import OutputError, QuantkitError, ShapeError
+from ..types import known_type
+from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType
+
+GGUF_VERSION = 3
+COPY_CHUNK_BYTES = 16 << 20  # write_gguf copies tensor data in slices of this size
+
+_INT_TYPES = (GGUFValueType.INT32, GGUFValueType.INT64, GGUFValueType.UINT64)  # inference order
+_NUMPY_KINDS = {**{d: t for t, d in SCALAR_DTYPES.items() if t != GGUFValueType.BOOL}, np.dtype(bool): GGUFValueType.BOOL}
+
+
+class MetadataError(QuantkitError):
+    """A metadata value that cannot be written with its (given or inferred) GGUF type."""
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A metadata value with an explicit GGUF type (see :func:`typed`)."""
+
+    value: object
+    vtype: object  # GGUFValueType or ArrayType
+
+
+def typed(value, vtype: GGUFValueType) -> Typed:
+    """Give a metadata value an explicit GGUF type.
+
+    For a scalar ``vtype`` is its type (``typed(3, GGUFValueType.UINT32)``); for a list it is the
+    element type (``typed([1, 2], GGUFValueType.UINT32)``; elements of an array of arrays may be
+    ``typed`` themselves). An :class:`ArrayType` spelling the whole array type is accepted too.
+    """
+    if isinstance(vtype, ArrayType):
+        return Typed(value, vtype)
+    vtype = GGUFValueType(vtype)
+    if isinstance(value, (list, tuple, np.ndarray)) and vtype != GGUFValueType.ARRAY:
+        return Typed(list(value), ArrayType(vtype))
+    return Typed(value, vtype)
+
+
+class TensorInfo(NamedTuple):
+    """What the writer must know of a tensor before its data: name, type and numpy shape."""
+
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple
+
+
+class _Mismatch(Exception):
+    """A value does not fit a GGUF type (internal: the writer then infers one)."""
+
+
+def _pack_string(value) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _infer(value, depth: int = 0):
+    """The GGUF type of a plain value, following gguf-py's GGUFWriter."""
+    if isinstance(value, Typed):
+        return value.vtype
+    if isinstance(value, (bool, np.bool_)):
+        return GGUFValueType.BOOL
+    if isinstance(value, int):
+        for vtype in _INT_TYPES:
+            info = np.iinfo(SCALAR_DTYPES[vtype])
+            if info.min <= value <= info.max:
+                return vtype
+        raise _Mismatch(f"integer {value} does not fit in 64 bits")
+    if isinstance(value, (np.generic, np.ndarray)) and value.dtype.newbyteorder("<") in _NUMPY_KINDS:
+        vtype = _NUMPY_KINDS[value.dtype.newbyteorder("<")]
+        return ArrayType(vtype) if isinstance(value, np.ndarray) else vtype
+    if isinstance(value, float):
+        return GGUFValueType.FLOAT32
+    if isinstance(value, (str, bytes)):
+        return GGUFValueType.STRING
+    if isinstance(value, (list, tuple)):
+        if depth >= MAX_ARRAY_DEPTH:
+            raise _Mismatch(f"arrays nested deeper than {MAX_ARRAY_DEPTH}")
+        if not value:
+            raise _Mismatch("cannot infer the element type of an empty list; wrap it: typed([], GGUFValueType.X)")
+        specs = [_infer(v, depth + 1) for v in value]
+        if all(isinstance(s, ArrayType) for s in specs):
+            return ArrayType(GGUFValueType.ARRAY, tuple(specs))
+        kinds = set(specs)
+        if kinds <= set(_INT_TYPES):
+            return ArrayType(max(kinds, key=_INT_TYPES.index))
+        if len(kinds) == 1:
+            return ArrayType(kinds.pop())
+        raise _Mismatch(f"list mixes element types {sorted(getattr(k, 'name', 'ARRAY') for k in kinds)}")
+    raise _Mismatch(f"no GGUF type for a {type(value).__name__}")
+
+
+def _encode(value, vtype) -> bytes:
+    """The GGUF bytes of ``value`` (without its type tag) as ``vtype``; _Mismatch if it does not fit."""
+    if isinstance(value, Typed):
+        if value.vtype != vtype:
+            raise _Mismatch(f"value typed {value.vtype!r} where {vtype!r} is expected")
+        value = value.value
+    if isinstance(vtype, ArrayType):
+        return _encode_array(value, vtype)
+    if vtype == GGUFValueType.STRING:
+        if not isinstance(value, (str, bytes)):
+            raise _Mismatch(f"{type(value).__name__} is not a string")
+        return _pack_string(value)
+    if vtype == GGUFValueType.ARRAY:
+        raise _Mismatch("ARRAY needs an element type")
+    return _encode_numbers([value], vtype)
+
+
+def _encode_numbers(values, vtype: GGUFValueType) -> bytes:
+    dtype = SCALAR_DTYPES[vtype]
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "biuf":
+            raise _Mismatch(f"array of {values.dtype} is not numeric")
+        arr = values.reshape(-1)
+    else:
+        arr = np.array(values, dtype=object)
+    kind = {GGUFValueType.BOOL: "b", GGUFValueType.FLOAT32: "f", GGUFValueType.FLOAT64: "f"}.get(vtype, "i")
+    if kind == "b":
+        if not all(isinstance(v, (bool, np.bool_)) for v in arr.tolist()):
+            raise _Mismatch("BOOL needs True or False")
+        return np.asarray(arr.tolist(), dtype=bool).astype(dtype).tobytes()
+    items = arr.tolist()
+    if any(isinstance(v, bool) for v in items):
+        raise _Mismatch("a bool where a number is expected")
+    if kind == "i":
+        if not all(isinstance(v, int) for v in items):
+            raise _Mismatch(f"{vtype.name} needs integers")
+        info = np.iinfo(dtype)
+        if items and not (info.min <= min(items) and max(items) <= info.max):
+            raise _Mismatch(f"integer out of {vtype.name}'s range")
+    elif not all(isinstance(v, (int, float)) for v in items):
+        raise _Mismatch(f"{vtype.name} needs numbers")
+    return np.asarray(items, dtype=dtype).tobytes()
+
+
+def _encode_array(value, spec: ArrayType) -> bytes:
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise _Mismatch(f"{type(value).__name__} is not a list")
+    head = struct.pack("<IQ", spec.elem, len(value))
+    if spec.elem == GGUFValueType.STRING:
+        if not all(isinstance(v, (str, bytes)) for v in value):
+            raise _Mismatch("a string array holds a non-string")
+        return head + b"".join(_pack_string(v) for v in value)
+    if spec.elem == GGUFValueType.ARRAY:
+        items = spec.items if spec.items is not None else [None] * len(value)
+        if len(items) != len(value):
+            raise _Mismatch("array of arrays changed length")
+        parts = []
+        for v, s in zip(value, items):
+            if isinstance(v, Typed):
+                v, s = v.value, v.vtype
+            if not isinstance(s or _infer(v), ArrayType):
+                raise _Mismatch("an array of arrays holds a non-array")
+            parts.append(_encode_array(v, s or _infer(v)))
+        return head + b"".join(parts)
+    if not isinstance(value, np.ndarray):
+        value = [v.value if isinstance(v, Typed) else v for v in value]
+    return head + _encode_numbers(value, spec.elem)
+
+
+def encode_kv(key: str, value, remembered=None) -> bytes:
+    """One metadata kv as GGUF bytes: string key, u32 value type, value."""
+    if not isinstance(key, str):
+        raise MetadataError(f"metadata key {key!r} is not a string")
+    try:
+        if isinstance(value, Typed):
+            spec = value.vtype
+        elif key == "general.alignment":
+            spec = GGUFValueType.UINT32
+        else:
+            spec = remembered
+        if spec is not None:
+            try:
+                body = _encode(value, spec)
+            except _Mismatch:
+                if isinstance(value, Typed) or key == "general.alignment":
+                    raise
+                spec = None
+        if spec is None:
+            spec = _infer(value)
+            body = _encode(value, spec)
+    except _Mismatch as e:
+        raise MetadataError(f"metadata key {key!r}: {e}") from None
+    tag = GGUFValueType.ARRAY if isinstance(spec, ArrayType) else spec
+    return _pack_string(key) + struct.pack("<I", tag) + body
+
+
+def _tensor_infos(tensors) -> list[TensorInfo]:
+    """Normalise a sequence of objects with .name/.qtype/.shape, or a dict name -> object with .qtype/.shape."""
+    items = tensors.items() if isinstance(tensors, dict) else [(t.name, t) for t in tensors]
+    infos = []
+    for name, t in items:
+        if not isinstance(name, str):
+            raise QuantkitError(f"tensor name {name!r} is not a string")
+        infos.append(TensorInfo(name, known_type(t.qtype).ggml, tuple(int(d) for d in t.shape)))
+    return infos
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+class GGUFStreamWriter:
+    """Write a GGUF v3 file tensor by tensor.
+
+    ``GGUFStreamWriter(path, metadata, tensor_infos, *, overwrite=False, inputs=())``:
+    ``metadata`` a dict (a :class:`GGUFMetadata` keeps the reader's types), ``tensor_infos`` as in
+    :func:`write_gguf` (data not needed), ``inputs`` paths the output must not be. Then call
+    ``write(name_or_None, chunk)`` with each tensor's bytes in file order (``None`` continues the
+    current tensor, or starts the next once it is complete), and ``close()``; or use ``with``,
+    which deletes the partial output if the block raises.
+    """
+
+    def __init__(self, path, metadata, tensor_infos, *, overwrite: bool = False, inputs=()):
+        self.path = Path(path)
+        self.infos = _tensor_infos(tensor_infos)
+        self._check_target(overwrite, inputs)
+        self.alignment = self._alignment(metadata)
+        self.sizes = self._sizes()
+        header = self._header(metadata)
+        self._index = 0  # tensor being written
+        self._done = 0  # its bytes written so far
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
+        self.tmp_path = Path(tmp)
+        self._finalizer = weakref.finalize(self, _remove, self.tmp_path)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        try:
+            self._write(header)
+            self._pad(len(header))
+            self._skip_empty()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _check_target(self, overwrite: bool, inputs) -> None:
+        for src in inputs:
+            if _same_file(self.path, Path(src)):
+                raise OutputError(f"{self.path}: the output is also an input; write to another path")
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: is a directory")
+        if self.path.exists() and not overwrite:
+            raise OutputError(f"{self.path}: exists; pass overwrite=True (--force) to replace it")
+        if not self.path.parent.is_dir():
+            raise OutputError(f"{self.path}: folder {self.path.parent} does not exist")
+        names = set()
+        for info in self.infos:
+            if info.name in names:
+                raise OutputError(f"{self.path}: duplicate tensor name {info.name!r}")
+            names.add(info.name)
+            if len(info.shape) > MAX_DIMS:
+                raise ShapeError(f"tensor {info.name!r}: {len(info.shape)} dimensions, GGUF allows at most {MAX_DIMS}")
+
+    @staticmethod
+    def _alignment(metadata) -> int:
+        value = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        value = value.value if isinstance(value, Typed) else value
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value & (value - 1):
+            raise MetadataError(f"general.alignment {value!r} is not a positive power of two")
+        return int(value)
+
+    def _sizes(self) -> list[int]:
+        sizes = []
+        for info in self.infos:
+            try:
+                sizes.append(known_type(info.qtype).nbytes(info.shape))
+            except ShapeError as e:
+                raise ShapeError(f"tensor {info.name!r}: {e}") from None
+        return sizes
+
+    def _header(self, metadata) -> bytes:
+        """Magic, version, counts, kvs and tensor infos, offsets being aligned cumulative sizes."""
+        remembered = getattr(metadata, "value_type", lambda key: None)
+        parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(self.infos), len(metadata))]
+        parts += [encode_kv(key, value, remembered(key)) for key, value in metadata.items()]
+        offset = 0
+        for info, size in zip(self.infos, self.sizes):
+            parts.append(_pack_string(info.name))
+            parts.append(struct.pack(f"<I{len(info.shape)}Q", len(info.shape), *reversed(info.shape)))
+            parts.append(struct.pack("<IQ", info.qtype, offset))
+            offset += self._padded(size)
+        return b"".join(parts)
+
+    def _padded(self, n: int) -> int:
+        return -(-n // self.alignment) * self.alignment
+
+    def _write(self, data) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+
+    def _pad(self, n: int) -> None:
+        self._write(bytes(self._padded(n) - n))
+
+    def _skip_empty(self) -> None:
+        while self._index < len(self.infos) and self.sizes[self._index] == 0:
+            self._index += 1
+
+    def write(self, name: str | None, chunk) -> None:
+        """Append ``chunk`` (bytes-like or numpy array; its raw bytes) to tensor ``name``.
+
+        ``name`` must be the tensor being written or, once that is complete, the next one; None
+        means the same. A chunk may not run past the end of its tensor.
+        """
+        if self._file is None:
+            raise OutputError(f"{self.path}: writer is closed")
+        try:
+            if self._index >= len(self.infos):
+                raise OutputError(f"{self.path}: all {len(self.infos)} tensors are already written")
+            info, size = self.infos[self._index], self.sizes[self._index]
+            if name is not None and name != info.name:
+                expected = f"tensor {info.name!r}" + (" (still incomplete)" if self._done else "")
+                raise OutputError(f"{self.path}: got data for tensor {name!r}, expected {expected}")
+            view = memoryview(np.ascontiguousarray(chunk) if isinstance(chunk, np.ndarray) else chunk).cast("B")
+            if self._done + view.nbytes > size:
+                raise ShapeError(
+                    f"tensor {info.name!r}: {self._done + view.nbytes} bytes written, it takes {size} ({info.qtype.name} {info.shape})"
+                )
+            self._write(view)
+            self._done += view.nbytes
+            if self._done == size:
+                self._pad(size)
+                self._index += 1
+                self._done = 0
+                self._skip_empty()
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> None:
+        """Check every tensor is complete, fsync and rename the temporary file to ``path``."""
+        if self._file is None:
+            return
+        try:
+            if self._index < len(self.infos):
+                info = self.infos[self._index]
+                raise ShapeError(
+                    f"{self.path}: tensor {info.name!r} got {self._done} of its {self.sizes[self._index]} bytes"
+                    f" ({len(self.infos) - self._index} tensors incomplete)"
+                )
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+                os.replace(self.tmp_path, self.path)
+            except OSError as e:
+                raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+            self._finalizer.detach()
+            _fsync_dir(self.path.parent)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard the output: close and delete the temporary file."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+        self._finalizer()
+
+    def __enter__(self) -> GGUFStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_gguf(path, metadata, tensors, overwrite: bool = False) -> Path:
+    """Write a GGUF v3 file atomically; returns its path.
+
+    ``tensors``: a sequence of objects with .name/.qtype/.shape/.data (reader tensors,
+    QuantizedTensor-likes with a name), or a dict name -> object with .qtype/.shape/.data. ``data``
+    holds the GGUF bytes of the tensor. Reader tensors' files are refused as the output path.
+    """
+    items = list(tensors.values()) if isinstance(tensors, dict) else list(tensors)
+    inputs = {t.source_path for t in items if getattr(t, "source_path", None) is not None}
+    with GGUFStreamWriter(path, metadata, tensors, overwrite=overwrite, inputs=inputs) as out:
+        for info, t in zip(out.infos, items):
+            data = t.data if isinstance(t.data, np.ndarray) else np.frombuffer(t.data, dtype=np.uint8)
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+            for start in range(0, data.size, COPY_CHUNK_BYTES):
+                out.write(info.name, data[start : start + COPY_CHUNK_BYTES])
+    return out.path
