@@ -224,7 +224,7 @@ class GGUFFile:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.label = self.path.name
+        self.label = str(path)  # as the user gave it, for messages
         self.metadata = GGUFMetadata()
         self.tensors: list[GGUFTensor] = []
         self._by_name: dict[str, GGUFTensor] = {}
