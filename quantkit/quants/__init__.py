@@ -105,8 +105,13 @@ def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "te
         raise ImatrixError(f"{name}: {qt.name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
     kernels = qt.kernels()
     with numba_threads(threads):
-        _check_finite(rows, name)
-        data = kernels.quantize_rows(qt, rows, weights)
+        if getattr(kernels, "CHECKS_FINITE", False):
+            data, nonfinite = kernels.quantize_rows(qt, rows, weights)
+            if nonfinite.any():
+                _check_finite(rows, name)
+        else:
+            _check_finite(rows, name)
+            data = kernels.quantize_rows(qt, rows, weights)
     return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
 
 

@@ -20,6 +20,11 @@ def _nonfinite_column_per_row(rows):
     return bad_col
 
 
+def nonfinite_rows(rows: np.ndarray) -> np.ndarray:
+    """Per row of a 2-D float32 array: True where it holds a NaN or Inf."""
+    return _nonfinite_column_per_row(rows) >= 0
+
+
 def first_nonfinite(rows: np.ndarray) -> tuple[int, int]:
     """(row, column) of the first NaN/Inf in a 2-D float32 array, or (-1, -1)."""
     bad_col = _nonfinite_column_per_row(rows)

@@ -1,0 +1,287 @@
+"""Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: 32-value blocks with one fp16 scale (and a min for the _1 types).
+
+Block layouts (little endian, ``d``/``m`` are fp16):
+
+======  =====  ==================================================  ==============================
+type    bytes  fields                                              value j
+======  =====  ==================================================  ==============================
+Q8_0    34     d, qs[32] int8                                      d * qs[j]
+Q4_0    18     d, qs[16] (j in low nibble, j+16 in high nibble)    d * (q - 8)
+Q4_1    20     d, m, qs[16]                                        d * q + m
+Q5_0    22     d, qh uint32 (bit j = 5th bit of q_j), qs[16]       d * (q - 16)
+Q5_1    24     d, m, qh, qs[16]                                    d * q + m
+======  =====  ==================================================  ==============================
+
+Without an importance matrix, the scale comes straight from the block's (absolute) max, as
+llama.cpp's ``quantize_row_*_ref``. With one, Q4_0/Q5_0 search the scale with
+``make_qx_quants`` and Q4_1/Q5_1 scale and min with ``make_qkx3_quants``, each weight being
+``imatrix[j] * sqrt(sigma2 + x[j]^2)`` with sigma2 the row's mean square (llama.cpp's
+``quantize_row_*_impl``). Q8_0 ignores the imatrix, as llama.cpp does.
+"""
+
+import numba
+import numpy as np
+
+from .checks import nonfinite_rows
+from .numeric import FP16_TO_FP32, bits_f32, fp32_to_fp16_bits, roundf
+from .search import make_qkx3_quants, make_qx_quants
+
+QK = 32
+# kernel selector per type name
+_KIND = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q5_0": 3, "Q5_1": 4}
+_BLOCK_BYTES = (34, 18, 20, 22, 24)
+
+
+@numba.njit(inline="always", cache=True)
+def _put_fp16(out, pos, value):
+    h = fp32_to_fp16_bits(value)
+    out[pos] = np.uint8(h & 0xFF)
+    out[pos + 1] = np.uint8(h >> 8)
+
+
+@numba.njit(inline="always", cache=True)
+def _get_fp16(data, pos):
+    return FP16_TO_FP32[np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8)]
+
+
+@numba.njit(inline="always", cache=True)
+def _put_u32(out, pos, value):
+    for k in range(4):
+        out[pos + k] = np.uint8((value >> (8 * k)) & 0xFF)
+
+
+@numba.njit(inline="always", cache=True)
+def _pack_nibbles(out, pos, L):
+    """qs[j] = L[j] | L[j+16] << 4 (low 4 bits of each level)."""
+    for j in range(QK // 2):
+        out[pos + j] = np.uint8((L[j] & 0x0F) | ((L[j + QK // 2] & 0x0F) << 4))
+
+
+@numba.njit(inline="always", cache=True)
+def _pack_high_bits(L):
+    """qh: bit j holds the 5th bit of level j."""
+    qh = np.uint32(0)
+    for j in range(QK):
+        qh |= np.uint32((L[j] >> 4) & 1) << np.uint32(j)
+    return qh
+
+
+@numba.njit(inline="always", cache=True)
+def _scan_block(bits, base):
+    """One pass over a block's float32 bit patterns: (largest |x| bits, non-finite seen).
+
+    Integer max/or reductions vectorize where float ones (without fast-math) do not; for finite
+    floats the order of |x| equals the order of its bits.
+    """
+    amax_bits = np.uint32(0)
+    special = np.uint32(0)
+    for j in range(QK):
+        a = bits[base + j] & np.uint32(0x7FFFFFFF)
+        amax_bits = max(amax_bits, a)
+        special |= np.uint32(a >= np.uint32(0x7F800000))
+    return amax_bits, special != 0
+
+
+@numba.njit(inline="always", cache=True)
+def _first_with_abs_bits(x, bits, base, amax_bits):
+    """C's "if (amax < fabsf(v)) { amax = ..; max = v; }": the first value of largest magnitude (+0 if all 0)."""
+    if amax_bits == 0:
+        return np.float32(0.0)
+    first = QK
+    for j in range(QK):
+        if (bits[base + j] & np.uint32(0x7FFFFFFF)) == amax_bits:
+            first = min(first, j)
+    return x[base + first]
+
+
+@numba.njit(inline="always", cache=True)
+def _first_equal(x, base, value):
+    """The first element equal to ``value`` (so a zero keeps the sign C's strict-compare loop keeps)."""
+    for j in range(QK):
+        if x[base + j] == value:
+            return x[base + j]
+    return value
+
+
+@numba.njit(inline="always", cache=True)
+def _block_min_max(x, base):
+    mn = x[base]
+    mx = x[base]
+    for j in range(QK):
+        mn = min(mn, x[base + j])
+        mx = max(mx, x[base + j])
+    if mn == 0:
+        mn = _first_equal(x, base, mn)
+    if mx == 0:
+        mx = _first_equal(x, base, mx)
+    return mn, mx
+
+
+@numba.njit(inline="always", cache=True)
+def _block_ref(kind, x, bits, base, out, pos, L):
+    """One block by llama.cpp's reference rule (no imatrix); returns True on NaN/Inf."""
+    amax_bits, special = _scan_block(bits, base)
+    if special:
+        return True
+    if kind == 0:  # Q8_0
+        d = bits_f32(amax_bits) / np.float32(127.0)
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_fp16(out, pos, d)
+        for j in range(QK):
+            out[pos + 2 + j] = np.uint8(np.int32(roundf(x[base + j] * inv)) & 0xFF)
+        return False
+    if kind == 1 or kind == 3:  # Q4_0, Q5_0: symmetric, d = max / -(half range)
+        half = np.float32(8.0) if kind == 1 else np.float32(16.0)
+        top = 15 if kind == 1 else 31
+        d = _first_with_abs_bits(x, bits, base, amax_bits) / -half
+        inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+        _put_fp16(out, pos, d)
+        offset = half + np.float32(0.5)
+        for j in range(QK):
+            L[j] = min(top, np.int32(x[base + j] * inv + offset))
+        if kind == 1:
+            _pack_nibbles(out, pos + 2, L)
+        else:
+            _put_u32(out, pos + 2, _pack_high_bits(L))
+            _pack_nibbles(out, pos + 6, L)
+        return False
+    # Q4_1, Q5_1: d = (max - min) / levels, m = min
+    mn, mx = _block_min_max(x, base)
+    levels = np.float32(15.0) if kind == 2 else np.float32(31.0)
+    top = 15 if kind == 2 else 255
+    d = (mx - mn) / levels
+    inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
+    _put_fp16(out, pos, d)
+    _put_fp16(out, pos + 2, mn)
+    for j in range(QK):
+        L[j] = min(top, np.int32((x[base + j] - mn) * inv + np.float32(0.5)))
+    if kind == 2:
+        _pack_nibbles(out, pos + 4, L)
+    else:
+        _put_u32(out, pos + 4, _pack_high_bits(L))
+        _pack_nibbles(out, pos + 8, L)
+    return False
+
+
+@numba.njit(inline="always", cache=True)
+def _block_weighted(kind, x, base, weights, out, pos, L, Laux):
+    """One block by llama.cpp's imatrix-weighted search (kinds 1-4)."""
+    xb = x[base:base + QK]
+    if kind == 1 or kind == 3:
+        nmax = 8 if kind == 1 else 16
+        d = make_qx_quants(QK, nmax, xb, L, 1, weights)
+        _put_fp16(out, pos, d)
+        if kind == 1:
+            _pack_nibbles(out, pos + 2, L)
+        else:
+            _put_u32(out, pos + 2, _pack_high_bits(L))
+            _pack_nibbles(out, pos + 6, L)
+        return
+    nmax = 15 if kind == 2 else 31
+    d, the_min = make_qkx3_quants(QK, nmax, xb, weights, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
+    _put_fp16(out, pos, d)
+    _put_fp16(out, pos + 2, -the_min)
+    if kind == 2:
+        _pack_nibbles(out, pos + 4, L)
+    else:
+        _put_u32(out, pos + 4, _pack_high_bits(L))
+        _pack_nibbles(out, pos + 8, L)
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_ref_kernel(rows, bits, kind, block_bytes):
+    """Reference-rule quantization; also returns per row whether a NaN/Inf was met."""
+    nrows, n = rows.shape
+    nblocks = n // QK
+    out = np.empty((nrows, nblocks * block_bytes), dtype=np.uint8)
+    nonfinite = np.zeros(nrows, dtype=np.bool_)
+    for r in numba.prange(nrows):
+        x = rows[r]
+        xb = bits[r]
+        o = out[r]
+        L = np.empty(QK, dtype=np.int32)
+        for b in range(nblocks):
+            if _block_ref(kind, x, xb, b * QK, o, b * block_bytes, L):
+                nonfinite[r] = True
+                break
+    return out, nonfinite
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_weighted_kernel(rows, kind, block_bytes, imatrix):
+    nrows, n = rows.shape
+    nblocks = n // QK
+    out = np.empty((nrows, nblocks * block_bytes), dtype=np.uint8)
+    for r in numba.prange(nrows):
+        x = rows[r]
+        o = out[r]
+        L = np.empty(QK, dtype=np.uint8)
+        Laux = np.empty(QK, dtype=np.uint8)
+        weights = np.empty(QK, dtype=np.float32)
+        sum_x2 = np.float32(0.0)
+        for j in range(n):
+            sum_x2 += x[j] * x[j]
+        sigma2 = sum_x2 / np.float32(n)
+        for b in range(nblocks):
+            base = b * QK
+            for j in range(QK):
+                weights[j] = imatrix[base + j] * np.sqrt(sigma2 + x[base + j] * x[base + j])
+            _block_weighted(kind, x, base, weights, o, b * block_bytes, L, Laux)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_kernel(data, kind, n):
+    nrows = data.shape[0]
+    nblocks = n // QK
+    block_bytes = data.shape[1] // nblocks
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        src = data[r]
+        y = out[r]
+        for b in range(nblocks):
+            pos = b * block_bytes
+            base = b * QK
+            d = _get_fp16(src, pos)
+            if kind == 0:
+                for j in range(QK):
+                    y[base + j] = np.float32(np.int8(src[pos + 2 + j])) * d
+                continue
+            has_min = kind == 2 or kind == 4
+            m = _get_fp16(src, pos + 2) if has_min else np.float32(0.0)
+            qh = np.uint32(0)
+            qs = pos + (4 if has_min else 2)
+            if kind >= 3:
+                for k in range(4):
+                    qh |= np.uint32(src[qs + k]) << np.uint32(8 * k)
+                qs += 4
+            offset = 8 if kind == 1 else (16 if kind == 3 else 0)
+            for j in range(QK // 2):
+                lo = np.int32(src[qs + j] & 0x0F) | np.int32(((qh >> np.uint32(j)) & 1) << 4)
+                hi = np.int32(src[qs + j] >> 4) | np.int32(((qh >> np.uint32(j + 16)) & 1) << 4)
+                if has_min:
+                    y[base + j] = np.float32(lo) * d + m
+                    y[base + j + 16] = np.float32(hi) * d + m
+                else:
+                    y[base + j] = np.float32(lo - offset) * d
+                    y[base + j + 16] = np.float32(hi - offset) * d
+    return out
+
+
+# quantize_rows finds NaN/Inf itself (in the same pass as the block maxima) when it returns
+# (data, per-row non-finite flags); the front API then skips its own scan.
+CHECKS_FINITE = True
+
+
+def quantize_rows(qt, rows, imatrix):
+    kind = _KIND[qt.name]
+    if imatrix is None or kind == 0:
+        return _quantize_ref_kernel(rows, rows.view(np.uint32), kind, _BLOCK_BYTES[kind])
+    nonfinite = nonfinite_rows(rows)
+    if nonfinite.any():
+        return None, nonfinite
+    return _quantize_weighted_kernel(rows, kind, _BLOCK_BYTES[kind], imatrix), nonfinite
+
+
+def dequantize_rows(qt, data, n_per_row):
+    return _dequantize_kernel(data, _KIND[qt.name], n_per_row)
