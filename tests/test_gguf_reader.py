@@ -1,0 +1,121 @@
+"""The reader on the real SmolLM2 GGUF (written by llama.cpp), checked against gguf-py's GGUFReader."""
+
+import time
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+
+from quantkit import read_gguf
+from quantkit.errors import QuantkitError, UnsupportedTypeError
+from quantkit.ggufio import ArrayType
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    with read_gguf(smollm2_path) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def peer(smollm2_path):
+    return GGUFReader(str(smollm2_path))
+
+
+def test_header_and_counts(smollm2):
+    assert smollm2.version == 3
+    assert smollm2.alignment == 32
+    assert len(smollm2.tensors) == 272
+    assert len(smollm2.metadata) == 33
+    counts = {}
+    for t in smollm2.tensors:
+        counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
+    assert counts == {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+
+
+def test_known_values(smollm2):
+    md = smollm2.metadata
+    assert md["general.architecture"] == "llama"
+    assert md["llama.block_count"] == 30
+    assert md.value_type("llama.block_count") == GGUFValueType.UINT32
+    assert md["llama.attention.head_count"] == 9 and md["llama.attention.head_count_kv"] == 3
+    assert md["tokenizer.ggml.pre"] == "smollm"
+    assert md["llama.rope.freq_base"] == 100000.0
+    assert md.value_type("tokenizer.ggml.tokens") == ArrayType(GGUFValueType.STRING)
+    assert len(md["tokenizer.ggml.tokens"]) == 49152
+    assert md["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert md.value_type("tokenizer.ggml.token_type") == ArrayType(GGUFValueType.INT32)
+    emb = smollm2.tensor("token_embd.weight")
+    assert (emb.qtype, emb.shape, emb.nbytes) == (GGMLQuantizationType.Q8_0, (49152, 576), 49152 * 576 // 32 * 34)
+
+
+def test_metadata_equals_gguf_py(smollm2, peer):
+    peer_fields = {name: field for name, field in peer.fields.items() if not name.startswith("GGUF.")}
+    assert list(smollm2.metadata) == list(peer_fields)
+    for key, field in peer_fields.items():
+        assert smollm2.metadata[key] == field.contents(), key
+        spec = smollm2.metadata.value_type(key)
+        if field.types[0] == GGUFValueType.ARRAY:
+            assert spec == ArrayType(field.types[-1]), key
+        else:
+            assert spec == field.types[0], key
+    assert smollm2.metadata["tokenizer.ggml.merges"] == peer_fields["tokenizer.ggml.merges"].contents()
+
+
+def test_tensors_equal_gguf_py(smollm2, peer):
+    assert [t.name for t in smollm2.tensors] == [t.name for t in peer.tensors]
+    for ours, theirs in zip(smollm2.tensors, peer.tensors):
+        assert ours.qtype == theirs.tensor_type, ours.name
+        assert ours.shape == tuple(int(d) for d in reversed(theirs.shape.tolist())), ours.name
+        assert ours.nbytes == theirs.n_bytes, ours.name
+        assert ours.offset == theirs.data_offset, ours.name
+    for i in (0, 1, 2, 137, 271):
+        ours, theirs = smollm2.tensors[i], peer.tensors[i]
+        assert np.array_equal(ours.data, np.asarray(theirs.data).reshape(-1).view(np.uint8)), ours.name
+
+
+def test_data_is_a_zero_copy_view(smollm2):
+    t = smollm2.tensor("blk.0.ffn_down.weight")
+    data = t.data
+    assert data.dtype == np.uint8 and data.size == t.nbytes == 552960
+    assert not data.flags.owndata and not data.flags.writeable
+
+
+def test_f32_dequantize(smollm2):
+    t = smollm2.tensor("blk.0.attn_norm.weight")
+    values = t.dequantize()
+    assert values.shape == (576,) and values.dtype == np.float32
+    assert np.array_equal(values, t.data.view("<f4"))
+
+
+def test_unsupported_type_dequantize_raises(tmp_path):
+    from quantkit import write_gguf
+    from quantkit.quants import QuantizedTensor
+
+    tensor = QuantizedTensor(GGMLQuantizationType.I32, (2, 4), np.arange(8, dtype="<i4").view(np.uint8))
+    path = write_gguf(tmp_path / "i32.gguf", {}, {"ints": tensor})
+    with read_gguf(path) as f:
+        assert np.array_equal(f.tensor("ints").data.view("<i4"), np.arange(8))
+        with pytest.raises(UnsupportedTypeError, match="I32"):
+            f.tensor("ints").dequantize()
+
+
+def test_missing_tensor_name(smollm2):
+    with pytest.raises(QuantkitError, match="no tensor named 'nope'"):
+        smollm2.tensor("nope")
+
+
+def test_open_reads_no_tensor_data(smollm2_path):
+    start = time.perf_counter()
+    f = read_gguf(smollm2_path)
+    elapsed = time.perf_counter() - start
+    f.close()
+    assert elapsed < 2.0  # metadata only (the tokenizer arrays); the 96 MB of tensors stay unread
+
+
+def test_closed_file_refuses_data(smollm2_path):
+    f = read_gguf(smollm2_path)
+    t = f.tensors[0]
+    f.close()
+    with pytest.raises(QuantkitError, match="closed"):
+        t.data
