@@ -150,14 +150,19 @@ class _Cursor:
         start = self.pos
         n = self.unpack("Q", what)
         if n * min_item_bytes > self.size - self.pos:
-            raise self.fail(f"{what} {n} at offset {start} is larger than the {self.size - self.pos} bytes left")
+            raise self.fail(
+                f"{what} {n} at offset {start} is larger than the {self.size - self.pos} bytes left (truncated or corrupt file)"
+            )
         return n
 
     def string(self, what: str) -> str:
         start = self.pos
         n = self.unpack("Q", f"{what} length")
         if n > self.size - self.pos:
-            raise self.fail(f"{what} length {n} at offset {start} runs past the end of the file ({self.size - self.pos} bytes left)")
+            raise self.fail(
+                f"{what} length {n} at offset {start} runs past the end of the file "
+                f"({self.size - self.pos} bytes left; truncated or corrupt file)"
+            )
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         # invalid UTF-8 bytes become lone surrogates and are written back unchanged
