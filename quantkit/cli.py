@@ -62,18 +62,14 @@ def _clean(s: str) -> str:
 
 
 def _type_name(spec) -> str:
-    """STRING, UINT32, ... for scalars; ARRAY[STRING], ARRAY[ARRAY] for arrays."""
-    from .ggufio import ArrayType
-
-    if isinstance(spec, ArrayType):
+    """STRING, UINT32, ... for scalars; ARRAY[STRING], ARRAY[ARRAY] for arrays (an ArrayType has .elem)."""
+    if hasattr(spec, "elem"):
         return f"ARRAY[{spec.elem.name}]"
     return spec.name if spec is not None else "?"
 
 
 def _elem_label(spec) -> str:
-    from .ggufio import ArrayType
-
-    elem = spec.elem.name if isinstance(spec, ArrayType) else "values"
+    elem = spec.elem.name if hasattr(spec, "elem") else "values"
     return {"STRING": "strings", "ARRAY": "arrays"}.get(elem, elem)
 
 
@@ -94,7 +90,6 @@ def _text_value(value, spec=None) -> str:
 
 def _json_value(value, spec):
     """One metadata value as JSON: {"type", "value"}, or for a long array {"type", "length", "head"}."""
-    from .ggufio import ArrayType
 
     def plain(v):
         if isinstance(v, str):
@@ -104,7 +99,7 @@ def _json_value(value, spec):
         return v
 
     entry = {"type": _type_name(spec)}
-    if isinstance(spec, ArrayType) or isinstance(value, list):
+    if isinstance(value, list):
         entry["length"] = len(value)
         if len(value) > ARRAY_HEAD:
             entry["head"] = plain(value[:ARRAY_HEAD])

@@ -68,6 +68,10 @@ class ArrayType:
         return f"ArrayType(ARRAY, {list(self.items)!r})"
 
 
+def _type_label(spec) -> str:
+    return f"ARRAY[{spec.elem.name}]" if isinstance(spec, ArrayType) else spec.name
+
+
 class GGUFMetadata(dict):
     """An ordered dict key -> plain Python value that also remembers each key's GGUF type.
 
@@ -290,9 +294,8 @@ class GGUFFile:
             return DEFAULT_ALIGNMENT
         value = self.metadata["general.alignment"]
         vtype = self.metadata.value_type("general.alignment")
-        if vtype not in (GGUFValueType.UINT32, GGUFValueType.UINT64, GGUFValueType.INT32, GGUFValueType.INT64,
-                         GGUFValueType.UINT16, GGUFValueType.UINT8):
-            raise GGUFFormatError(f"{self.label}: general.alignment has type {getattr(vtype, 'name', 'ARRAY')}, expected an integer")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GGUFFormatError(f"{self.label}: general.alignment has type {_type_label(vtype)}, expected an integer")
         if value <= 0 or value & (value - 1):
             raise GGUFFormatError(f"{self.label}: general.alignment {value} is not a power of two")
         return value

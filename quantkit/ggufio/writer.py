@@ -122,10 +122,6 @@ def _infer(value, depth: int = 0):
 
 def _encode(value, vtype) -> bytes:
     """The GGUF bytes of ``value`` (without its type tag) as ``vtype``; _Mismatch if it does not fit."""
-    if isinstance(value, Typed):
-        if value.vtype != vtype:
-            raise _Mismatch(f"value typed {value.vtype!r} where {vtype!r} is expected")
-        value = value.value
     if isinstance(vtype, ArrayType):
         return _encode_array(value, vtype)
     if vtype == GGUFValueType.STRING:
@@ -138,22 +134,19 @@ def _encode(value, vtype) -> bytes:
 
 
 def _encode_numbers(values, vtype: GGUFValueType) -> bytes:
+    """Packed little-endian numbers of a fixed-size ``vtype``; no silent bool/int/float conversions."""
     dtype = SCALAR_DTYPES[vtype]
     if isinstance(values, np.ndarray):
-        if values.dtype.kind not in "biuf":
-            raise _Mismatch(f"array of {values.dtype} is not numeric")
-        arr = values.reshape(-1)
+        items = values.reshape(-1).tolist()
     else:
-        arr = np.array(values, dtype=object)
-    kind = {GGUFValueType.BOOL: "b", GGUFValueType.FLOAT32: "f", GGUFValueType.FLOAT64: "f"}.get(vtype, "i")
-    if kind == "b":
-        if not all(isinstance(v, (bool, np.bool_)) for v in arr.tolist()):
+        items = [v.item() if isinstance(v, np.generic) else v for v in values]
+    if vtype == GGUFValueType.BOOL:
+        if not all(isinstance(v, bool) for v in items):
             raise _Mismatch("BOOL needs True or False")
-        return np.asarray(arr.tolist(), dtype=bool).astype(dtype).tobytes()
-    items = arr.tolist()
+        return np.asarray(items, dtype=bool).astype(dtype).tobytes()
     if any(isinstance(v, bool) for v in items):
         raise _Mismatch("a bool where a number is expected")
-    if kind == "i":
+    if dtype.kind in "iu":
         if not all(isinstance(v, int) for v in items):
             raise _Mismatch(f"{vtype.name} needs integers")
         info = np.iinfo(dtype)
@@ -161,7 +154,10 @@ def _encode_numbers(values, vtype: GGUFValueType) -> bytes:
             raise _Mismatch(f"integer out of {vtype.name}'s range")
     elif not all(isinstance(v, (int, float)) for v in items):
         raise _Mismatch(f"{vtype.name} needs numbers")
-    return np.asarray(items, dtype=dtype).tobytes()
+    try:
+        return np.asarray(items, dtype=dtype).tobytes()
+    except OverflowError:
+        raise _Mismatch(f"a number out of {vtype.name}'s range") from None
 
 
 def _encode_array(value, spec: ArrayType) -> bytes:
@@ -180,13 +176,30 @@ def _encode_array(value, spec: ArrayType) -> bytes:
         for v, s in zip(value, items):
             if isinstance(v, Typed):
                 v, s = v.value, v.vtype
-            if not isinstance(s or _infer(v), ArrayType):
+            s = s or _infer(v)
+            if not isinstance(s, ArrayType):
                 raise _Mismatch("an array of arrays holds a non-array")
-            parts.append(_encode_array(v, s or _infer(v)))
+            parts.append(_encode_array(v, s))
         return head + b"".join(parts)
     if not isinstance(value, np.ndarray):
         value = [v.value if isinstance(v, Typed) else v for v in value]
     return head + _encode_numbers(value, spec.elem)
+
+
+def _typed_body(key: str, value, remembered):
+    """(GGUF type, value bytes): explicit ``typed``, then UINT32 alignment, then the remembered
+    type while the value fits it, then the inferred type."""
+    if isinstance(value, Typed):
+        return value.vtype, _encode(value.value, value.vtype)
+    if key == "general.alignment":
+        return GGUFValueType.UINT32, _encode(value, GGUFValueType.UINT32)
+    if remembered is not None:
+        try:
+            return remembered, _encode(value, remembered)
+        except _Mismatch:
+            pass
+    spec = _infer(value)
+    return spec, _encode(value, spec)
 
 
 def encode_kv(key: str, value, remembered=None) -> bytes:
@@ -194,22 +207,7 @@ def encode_kv(key: str, value, remembered=None) -> bytes:
     if not isinstance(key, str):
         raise MetadataError(f"metadata key {key!r} is not a string")
     try:
-        if isinstance(value, Typed):
-            spec = value.vtype
-        elif key == "general.alignment":
-            spec = GGUFValueType.UINT32
-        else:
-            spec = remembered
-        if spec is not None:
-            try:
-                body = _encode(value, spec)
-            except _Mismatch:
-                if isinstance(value, Typed) or key == "general.alignment":
-                    raise
-                spec = None
-        if spec is None:
-            spec = _infer(value)
-            body = _encode(value, spec)
+        spec, body = _typed_body(key, value, remembered)
     except _Mismatch as e:
         raise MetadataError(f"metadata key {key!r}: {e}") from None
     tag = GGUFValueType.ARRAY if isinstance(spec, ArrayType) else spec
@@ -283,6 +281,8 @@ class GGUFStreamWriter:
             names.add(info.name)
             if len(info.shape) > MAX_DIMS:
                 raise ShapeError(f"tensor {info.name!r}: {len(info.shape)} dimensions, GGUF allows at most {MAX_DIMS}")
+            if any(d < 0 for d in info.shape):
+                raise ShapeError(f"tensor {info.name!r}: negative dimension in shape {info.shape}")
 
     @staticmethod
     def _alignment(metadata) -> int:
