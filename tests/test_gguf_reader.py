@@ -1,5 +1,6 @@
 """The reader on the real SmolLM2 GGUF (written by llama.cpp), checked against gguf-py's GGUFReader."""
 
+import struct
 import time
 
 import numpy as np
@@ -119,3 +120,23 @@ def test_closed_file_refuses_data(smollm2_path):
     f.close()
     with pytest.raises(QuantkitError, match="closed"):
         t.data
+
+
+def test_huge_sparse_file_opens_instantly(tmp_path):
+    """A 16 GiB tensor (a sparse file): opening and taking its view read no data."""
+    name = b"huge.weight"
+    infos = struct.pack("<Q", len(name)) + name + struct.pack("<IQQIQ", 2, 65536, 65536, GGMLQuantizationType.F32, 0)
+    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + infos
+    data_offset = -(-len(header) // 32) * 32
+    path = tmp_path / "huge.gguf"
+    with open(path, "wb") as fh:
+        fh.write(header)
+        fh.truncate(data_offset + 65536 * 65536 * 4)
+    start = time.perf_counter()
+    with read_gguf(path) as f:
+        t = f.tensor("huge.weight")
+        data = t.data
+        assert (t.shape, t.nbytes, data.size, t.offset) == ((65536, 65536), 2**34, 2**34, data_offset)
+        assert data[-1] == 0
+        del data
+    assert time.perf_counter() - start < 1.0
