@@ -1,0 +1,690 @@
+"""IQ2_XXS, IQ2_XS and IQ2_S: 2-bit "lattice" quants on codebooks of 8-value entries.
+
+Every group of 8 weights is stored as an index into a codebook (256, 512 or 1024 entries of 8
+magnitudes, each from {1, 3, 5} in units of the group scale, stored by llama.cpp as 8/25/43) plus 8
+sign bits (7 for IQ2_XXS/IQ2_XS, the 8th implied by even parity). The search puts the weights on the
+grid of odd levels, looks the resulting point up in a map of the codebook and, when the point is not
+in the codebook, picks the best among its nearest codebook entries.
+
+That map and the nearest-entry lists are what llama.cpp's ``iq2xs_init_impl`` builds at start-up;
+:func:`grid_tables` builds the same tables (for the 256/512/1024/2048-entry grids, the last one used
+by IQ1_S/IQ1_M) with numpy, once per grid, cached for the process.
+
+Layout and search details: docs/iquants-iq2-iq1.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..errors import ImatrixError
+from .codebooks import grid as codebook
+from .numeric import FP16_TO_FP32, f32_bits, fp32_to_fp16_bits
+
+QK_K = 256
+KMAP_SIZE = 43692  # 2 bits per element of an 8-element point, levels 0..2: max index 0xAAAA, + 2
+
+FLT_MAX = np.float32(np.finfo(np.float32).max)
+F0 = np.float32(0.0)
+F1 = np.float32(1.0)
+FHALF = np.float32(0.5)
+GROUP_MAX_EPS = np.float32(1e-15)
+GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
+
+# grid size -> (type whose codebook it is, nearest distances kept per off-grid point)
+_GRIDS = {256: ("IQ2_XXS", 2), 512: ("IQ2_XS", 2), 1024: ("IQ2_S", 1), 2048: ("IQ1_S", 3)}
+
+
+class GridTables(NamedTuple):
+    """llama.cpp's iq2xs_init_impl tables for one codebook.
+
+    levels: (G, 8) int8, each element's level 0..2 (the grid value is 2*level + 1).
+    kmap: (KMAP_SIZE,) int32, point index (2 bits per element) -> codebook entry, or -1.
+    nbr_start, nbr_count: (KMAP_SIZE,) int32, where the neighbour list of an off-grid point lies in
+    ``nbr`` (count 0 for on-grid points and points with a level-3 element, which never occur).
+    nbr: int32 codebook entries, each list ordered by (distance, entry), holding every entry whose
+    squared distance is among the point's ``nwant`` smallest distinct distances.
+    """
+
+    levels: np.ndarray
+    kmap: np.ndarray
+    nbr_start: np.ndarray
+    nbr_count: np.ndarray
+    nbr: np.ndarray
+
+
+def _codebook_levels(grid_size: int) -> np.ndarray:
+    type_name, _ = _GRIDS[grid_size]
+    values = codebook(type_name)
+    if values.shape != (grid_size, 8):
+        raise RuntimeError(f"{type_name} codebook has shape {values.shape}, expected ({grid_size}, 8)")
+    distinct = np.unique(values)  # IQ2: 8 < 25 < 43; IQ1: -1 < 0 < 1
+    if distinct.size != 3:
+        raise RuntimeError(f"{type_name} codebook has {distinct.size} distinct values, expected 3")
+    return np.searchsorted(distinct, values).astype(np.int8)
+
+
+@functools.cache
+def grid_tables(grid_size: int) -> GridTables:
+    """The map and neighbour lists of the ``grid_size``-entry codebook (256, 512, 1024 or 2048).
+
+    Built once per process (about a second for the 2048-entry grid), then cached.
+    """
+    _, nwant = _GRIDS[grid_size]
+    levels = _codebook_levels(grid_size)
+    shifts = 2 * np.arange(8)
+    index = (levels.astype(np.int32) << shifts).sum(axis=1)
+    kmap = np.full(KMAP_SIZE, -1, dtype=np.int32)
+    kmap[index] = np.arange(grid_size, dtype=np.int32)
+
+    # only points whose 8 levels are all 0..2 are ever looked up (levels are clamped to 0..2)
+    digits = np.indices((3,) * 8).reshape(8, -1).T[:, ::-1]  # (6561, 8), element 0 first
+    points = (digits << shifts).sum(axis=1).astype(np.int32)
+    off_grid = kmap[points] < 0
+    points, digits = points[off_grid], digits[off_grid]
+
+    gpos = (2 * levels + 1).astype(np.float64)
+    gnorm = (gpos * gpos).sum(axis=1)
+    starts = np.zeros(KMAP_SIZE, dtype=np.int32)
+    counts = np.zeros(KMAP_SIZE, dtype=np.int32)
+    lists = []
+    total = 0
+    chunk = 1024
+    for c0 in range(0, len(points), chunk):
+        ppos = (2 * digits[c0:c0 + chunk] + 1).astype(np.float64)
+        d2 = (ppos * ppos).sum(axis=1)[:, None] + gnorm[None, :] - 2.0 * (ppos @ gpos.T)
+        d2 = np.rint(d2).astype(np.int32)
+        keys = np.sort(d2 * grid_size + np.arange(grid_size, dtype=np.int32)[None, :], axis=1)
+        dist = keys // grid_size
+        rank = np.zeros(keys.shape, dtype=np.int16)
+        np.cumsum(dist[:, 1:] != dist[:, :-1], axis=1, dtype=np.int16, out=rank[:, 1:])
+        keep = rank < nwant
+        n = keep.sum(axis=1).astype(np.int32)
+        pts = points[c0:c0 + chunk]
+        counts[pts] = n
+        starts[pts] = total + np.cumsum(n) - n
+        total += int(n.sum())
+        lists.append((keys % grid_size)[keep].astype(np.int32))  # row-major: lists in point order
+    nbr = np.concatenate(lists)
+    for a in (levels, kmap, starts, counts, nbr):
+        a.setflags(write=False)
+    return GridTables(levels, kmap, starts, counts, nbr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Numba kernels
+
+
+@njit(inline="always", cache=True)
+def nearest_int(value):
+    """ggml's nearest_int, bit for bit, also outside its valid range (|x| > 4194303, inf, NaN).
+
+    make_qp_quants can feed it huge quotients (tiny denominators under extreme importance weights);
+    the C trick (add 1.5*2^23, keep the low 23 mantissa bits) then wraps, and so must we.
+    """
+    bits = f32_bits(np.float32(value) + np.float32(12582912.0))
+    return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
+
+
+@njit(cache=True)
+def _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, w, off, scale, L):
+    """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale."""
+    s = nbr_start[u]
+    best_d2 = FLT_MAX
+    gi = -1
+    for j in range(nbr_count[u]):
+        g = nbr[s + j]
+        d2 = F0
+        for i in range(8):
+            q = np.float32(2 * levels[g, i] + 1)
+            diff = scale * q - xval[off + i]
+            d2 += w[off + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            gi = g
+    if gi < 0:  # only with NaN distances (llama.cpp aborts there)
+        gi = nbr[s]
+    for i in range(8):
+        L[off + i] = levels[gi, i]
+    return gi
+
+
+@njit(cache=True)
+def _point(L, off):
+    u = 0
+    for i in range(8):
+        u |= np.int32(L[off + i]) << (2 * i)
+    return u
+
+
+@njit(cache=True)
+def _levels_at(id_, xval, off, L):
+    """Level 0..2 nearest to id*x (odd grid 1,3,5) of 8 values; returns the point index."""
+    u = 0
+    for i in range(8):
+        l = nearest_int(FHALF * (id_ * xval[off + i] - F1))
+        if l > 2:
+            l = 2
+        if l < 0:
+            l = 0
+        L[off + i] = l
+        u |= l << (2 * i)
+    return u
+
+
+@njit(cache=True)
+def _sums(weight, xval, L, n):
+    sumqx = F0
+    sumq2 = F0
+    for i in range(n):
+        w = weight[i]
+        q = np.float32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+@njit(cache=True)
+def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels):
+    """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills L, returns the scale."""
+    vmax = xval[0]
+    for i in range(1, 16):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    for i in range(16):
+        L[i] = 0
+    best = F0
+    scale = vmax / np.float32(5.0)
+    on_grid[0] = True
+    on_grid[1] = True
+    for is_ in range(-9, 10):
+        id_ = (np.float32(5.0) + np.float32(is_) * np.float32(0.1)) / vmax
+        this_scale = F1 / id_
+        for k in range(2):
+            u = _levels_at(id_, xval, 8 * k, Laux)
+            aux_on[k] = True
+            if kmap[u] < 0:
+                aux_on[k] = False
+                _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, this_scale, Laux)
+        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
+        if sumq2 > F0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            for i in range(16):
+                L[i] = Laux[i]
+            on_grid[0] = aux_on[0]
+            on_grid[1] = aux_on[1]
+    if (not on_grid[0] or not on_grid[1]) and scale > F0:
+        id_ = F1 / scale
+        for k in range(2):
+            if on_grid[k]:
+                continue
+            u = _levels_at(id_, xval, 8 * k, L)
+            if kmap[u] < 0:
+                _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, scale, L)
+        sumqx, sumq2 = _sums(weight, xval, L, 16)
+        if sumq2 > F0:
+            scale = sumqx / sumq2
+    return scale
+
+
+@njit(cache=True)
+def _signs_with_parity(xb, off, weight, xval):
+    """Absolute values of 8 weights; an odd number of negatives flips the least important one."""
+    nflip = 0
+    s = 0
+    for i in range(8):
+        v = xb[off + i]
+        if v >= F0:
+            xval[off + i] = v
+        else:
+            xval[off + i] = -v
+            nflip += 1
+            s |= 1 << i
+    if nflip % 2 == 1:
+        imin = 0
+        vmin = weight[off] * xb[off] * xb[off]
+        for i in range(1, 8):
+            ax = weight[off + i] * xb[off + i] * xb[off + i]
+            if ax < vmin:
+                vmin = ax
+                imin = i
+        xval[off + imin] = -xval[off + imin]
+        s ^= 1 << imin
+    return s & 127
+
+
+@njit(cache=True)
+def _put_u16(out, p, v):
+    out[p] = np.uint8(v & 255)
+    out[p + 1] = np.uint8((v >> 8) & 255)
+
+
+@njit(cache=True)
+def _sigma2(xbl, factor):
+    sumx2 = F0
+    for i in range(QK_K):
+        sumx2 += xbl[i] * xbl[i]
+    return factor * sumx2 / np.float32(QK_K)
+
+
+@njit(cache=True)
+def _quantize_row_iq2_xs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+    nbl = x.shape[0] // QK_K
+    scales = np.zeros(QK_K // 16, dtype=np.float32)
+    weight = np.zeros(16, dtype=np.float32)
+    waux = np.zeros(16, dtype=np.float32)
+    xval = np.zeros(16, dtype=np.float32)
+    L = np.zeros(16, dtype=np.int32)
+    Laux = np.zeros(16, dtype=np.int32)
+    on_grid = np.zeros(2, dtype=np.bool_)
+    aux_on = np.zeros(2, dtype=np.bool_)
+    signs = np.zeros(2, dtype=np.int32)
+    q2 = np.zeros(QK_K // 8, dtype=np.int32)
+    for ibl in range(nbl):
+        o = ibl * 74
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        for i in range(74):
+            out[o + i] = 0
+        q2[:] = 0
+        max_scale = F0
+        sigma2 = _sigma2(xbl, F1)
+        for ib in range(QK_K // 16):
+            xb = xbl[16 * ib:16 * ib + 16]
+            for i in range(16):
+                weight[i] = qw[QK_K * ibl + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            for i in range(16):
+                waux[i] = np.sqrt(weight[i])
+            for k in range(2):
+                signs[k] = _signs_with_parity(xb, 8 * k, weight, xval)
+            vmax = xval[0]
+            for i in range(1, 16):
+                vmax = vmax if vmax > xval[i] else xval[i]
+            if vmax < GROUP_MAX_EPS:
+                scales[ib] = F0
+                continue
+            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels)
+            if scale < F0:
+                scale = -scale
+                for k in range(2):
+                    signs[k] = (~signs[k]) & 127
+            for k in range(2):
+                q2[2 * ib + k] = kmap[_point(L, 8 * k)] | (signs[k] << 9)
+            scales[ib] = scale
+            max_scale = max_scale if max_scale > scale else scale
+        if max_scale == F0:
+            continue
+        d = max_scale / np.float32(31.0)
+        _put_u16(out, o, fp32_to_fp16_bits(d))
+        id_ = F1 / d
+        for ib in range(QK_K // 16):
+            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
+            l = max(0, min(15, l))
+            out[o + 66 + ib // 2] |= np.uint8(l << (4 * (ib % 2)))
+        for j in range(QK_K // 8):
+            _put_u16(out, o + 2 + 2 * j, q2[j])
+
+
+@njit(cache=True)
+def _quantize_row_iq2_s(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+    nbl = x.shape[0] // QK_K
+    scales = np.zeros(QK_K // 16, dtype=np.float32)
+    weight = np.zeros(16, dtype=np.float32)
+    waux = np.zeros(16, dtype=np.float32)
+    xval = np.zeros(16, dtype=np.float32)
+    L = np.zeros(16, dtype=np.int32)
+    Laux = np.zeros(16, dtype=np.int32)
+    on_grid = np.zeros(2, dtype=np.bool_)
+    aux_on = np.zeros(2, dtype=np.bool_)
+    signs = np.zeros(2, dtype=np.int32)
+    for ibl in range(nbl):
+        o = ibl * 82
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        for i in range(82):
+            out[o + i] = 0
+        max_scale = F0
+        sigma2 = _sigma2(xbl, np.float32(2.0))
+        for ib in range(QK_K // 16):
+            xb = xbl[16 * ib:16 * ib + 16]
+            if has_qw:
+                for i in range(16):
+                    weight[i] = qw[QK_K * ibl + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            else:
+                for i in range(16):
+                    weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
+            for i in range(16):
+                waux[i] = np.sqrt(weight[i])
+            for k in range(2):
+                s = 0
+                for i in range(8):
+                    v = xb[8 * k + i]
+                    if v >= F0:
+                        xval[8 * k + i] = v
+                    else:
+                        xval[8 * k + i] = -v
+                        s |= 1 << i
+                signs[k] = s
+            vmax = xval[0]
+            for i in range(1, 16):
+                vmax = vmax if vmax > xval[i] else xval[i]
+            if vmax < GROUP_MAX_EPS_IQ2_S:
+                scales[ib] = F0
+                continue
+            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels)
+            if scale < F0:
+                scale = -scale
+                for k in range(2):
+                    signs[k] = (~signs[k]) & 255
+            for k in range(2):
+                gi = kmap[_point(L, 8 * k)]
+                i8 = 2 * ib + k
+                out[o + 2 + i8] = np.uint8(gi & 255)
+                out[o + 66 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
+                out[o + 2 + 32 + i8] = np.uint8(signs[k])
+            scales[ib] = scale
+            max_scale = max_scale if max_scale > scale else scale
+        if max_scale == F0:
+            continue
+        d = max_scale / np.float32(31.0)
+        _put_u16(out, o, fp32_to_fp16_bits(d * np.float32(0.9875)))
+        id_ = F1 / d
+        for ib in range(QK_K // 16):
+            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
+            l = max(0, min(15, l))
+            out[o + 74 + ib // 2] |= np.uint8(l << (4 * (ib % 2)))
+
+
+@njit(cache=True)
+def _make_qp_quants(n, nmax, x, L, w):
+    """llama.cpp's make_qp_quants: a scale for x on levels 0..nmax.
+
+    L is uint8 in C: a negative level (IQ2_XXS passes one negated value per odd-sign group) is
+    stored as 256 + l and read back that way, so L here keeps ``l & 255``.
+    """
+    vmax = F0
+    for i in range(n):
+        vmax = vmax if vmax > x[i] else x[i]
+    if vmax < GROUP_MAX_EPS:
+        for i in range(n):
+            L[i] = 0
+        return F0
+    fnmax = np.float32(nmax)
+    iscale = fnmax / vmax
+    for i in range(n):
+        L[i] = nearest_int(iscale * x[i]) & 255
+    scale = F1 / iscale
+    best_mse = F0
+    for i in range(n):
+        diff = x[i] - scale * np.float32(L[i])
+        best_mse += w[i] * diff * diff
+    for is_ in range(-4, 5):
+        if is_ == 0:
+            continue
+        iscale_is = (np.float32(0.1) * np.float32(is_) + fnmax) / vmax
+        scale_is = F1 / iscale_is
+        mse = F0
+        for i in range(n):
+            l = min(nmax, nearest_int(iscale_is * x[i]))
+            diff = x[i] - scale_is * np.float32(l)
+            mse += w[i] * diff * diff
+        if mse < best_mse:
+            best_mse = mse
+            iscale = iscale_is
+    sumlx = F0
+    suml2 = F0
+    for i in range(n):
+        l = min(nmax, nearest_int(iscale * x[i]))
+        L[i] = l & 255
+        fl = np.float32(l)
+        sumlx += w[i] * x[i] * fl
+        suml2 += w[i] * fl * fl
+    for itry in range(5):
+        n_changed = 0
+        for i in range(n):
+            wi = w[i]
+            fl = np.float32(L[i])
+            slx = sumlx - wi * x[i] * fl
+            sl2 = suml2 - wi * fl * fl
+            if slx > F0 and sl2 > F0:
+                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
+                if new_l != L[i]:
+                    fn = np.float32(new_l)
+                    slx += wi * x[i] * fn
+                    sl2 += wi * fn * fn
+                    if slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l & 255
+                        sumlx = slx
+                        suml2 = sl2
+                        n_changed += 1
+        if n_changed == 0:
+            break
+    return sumlx / suml2 if suml2 > F0 else F0
+
+
+@njit(cache=True)
+def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+    nbl = x.shape[0] // QK_K
+    scales = np.zeros(QK_K // 32, dtype=np.float32)
+    weight = np.zeros(32, dtype=np.float32)
+    waux = np.zeros(32, dtype=np.float32)
+    xval = np.zeros(32, dtype=np.float32)
+    L = np.zeros(32, dtype=np.int32)
+    Laux = np.zeros(32, dtype=np.int32)
+    signs = np.zeros(4, dtype=np.int32)
+    q2 = np.zeros(QK_K // 16, dtype=np.uint32)
+    for ibl in range(nbl):
+        o = ibl * 66
+        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
+        for i in range(66):
+            out[o + i] = 0
+        q2[:] = 0
+        max_scale = F0
+        sigma2 = _sigma2(xbl, F1)
+        for ib in range(QK_K // 32):
+            xb = xbl[32 * ib:32 * ib + 32]
+            for i in range(32):
+                weight[i] = qw[QK_K * ibl + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+            for i in range(32):
+                waux[i] = np.sqrt(weight[i])
+            for k in range(4):
+                signs[k] = _signs_with_parity(xb, 8 * k, weight, xval)
+            vmax = xval[0]
+            for i in range(1, 32):
+                vmax = vmax if vmax > xval[i] else xval[i]
+            if vmax < GROUP_MAX_EPS:
+                scales[ib] = F0
+                continue
+            scale = _make_qp_quants(32, 4, xval, L, weight)
+            eff_max = scale * np.float32(3.0)
+            if eff_max <= F0:
+                scales[ib] = F0
+                continue
+            best = F0
+            for is_ in range(-6, 7):
+                id_ = (np.float32(5.0) + np.float32(is_) * np.float32(0.1)) / eff_max
+                this_scale = F1 / id_
+                for k in range(4):
+                    u = _levels_at(id_, xval, 8 * k, Laux)
+                    if kmap[u] < 0:
+                        _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, this_scale, Laux)
+                sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+                if sumq2 > F0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    for i in range(32):
+                        L[i] = Laux[i]
+            if scale > F0:
+                id_ = F1 / scale
+                for k in range(4):
+                    u = _levels_at(id_, xval, 8 * k, L)
+                    if kmap[u] < 0:
+                        _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, scale, L)
+                sumqx, sumq2 = _sums(weight, xval, L, 32)
+                if sumq2 > F0:
+                    scale = sumqx / sumq2
+            if scale < F0:
+                scale = -scale
+                for k in range(4):
+                    signs[k] = (~signs[k]) & 127
+            for k in range(4):
+                gi = kmap[_point(L, 8 * k)]
+                q2[2 * ib] |= np.uint32(gi) << np.uint32(8 * k)
+                q2[2 * ib + 1] |= np.uint32(signs[k]) << np.uint32(7 * k)
+            scales[ib] = scale
+            max_scale = max_scale if max_scale > scale else scale
+        if max_scale == F0:
+            continue
+        d = max_scale / np.float32(31.0)
+        _put_u16(out, o, fp32_to_fp16_bits(d))
+        id_ = F1 / d
+        for ib in range(QK_K // 32):
+            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
+            l = max(0, min(15, l))
+            q2[2 * ib + 1] |= np.uint32(l) << np.uint32(28)
+        for j in range(QK_K // 16):
+            v = q2[j]
+            for b in range(4):
+                out[o + 2 + 4 * j + b] = np.uint8((v >> np.uint32(8 * b)) & np.uint32(255))
+
+
+@njit(parallel=True, cache=True)
+def _quantize_iq2_xs_rows(rows, imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+    for r in prange(rows.shape[0]):
+        _quantize_row_iq2_xs(rows[r], imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_iq2_xxs_rows(rows, imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+    for r in prange(rows.shape[0]):
+        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_iq2_s_rows(rows, imatrix, has_imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+    for r in prange(rows.shape[0]):
+        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_iq2_xxs_rows(data, out, grid, signs_tab, fp16):
+    nb = out.shape[1] // QK_K
+    for r in prange(data.shape[0]):
+        q = data[r]
+        y = out[r]
+        for i in range(nb):
+            o = 66 * i
+            d = fp16[np.int32(q[o]) | (np.int32(q[o + 1]) << 8)]
+            for ib32 in range(8):
+                p = o + 2 + 8 * ib32
+                aux1 = np.uint32(0)
+                for b in range(4):
+                    aux1 |= np.uint32(q[p + 4 + b]) << np.uint32(8 * b)
+                db = d * (FHALF + np.float32(aux1 >> np.uint32(28))) * np.float32(0.25)
+                for l in range(4):
+                    g = np.int32(q[p + l])
+                    s = signs_tab[(aux1 >> np.uint32(7 * l)) & np.uint32(127)]
+                    for j in range(8):
+                        v = db * np.float32(grid[g, j])
+                        y[QK_K * i + 32 * ib32 + 8 * l + j] = -v if (s >> j) & 1 else v
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_iq2_xs_rows(data, out, grid, signs_tab, fp16):
+    nb = out.shape[1] // QK_K
+    for r in prange(data.shape[0]):
+        q = data[r]
+        y = out[r]
+        for i in range(nb):
+            o = 74 * i
+            d = fp16[np.int32(q[o]) | (np.int32(q[o + 1]) << 8)]
+            for ib32 in range(8):
+                sc = np.int32(q[o + 66 + ib32])
+                db0 = d * (FHALF + np.float32(sc & 15)) * np.float32(0.25)
+                db1 = d * (FHALF + np.float32(sc >> 4)) * np.float32(0.25)
+                for l in range(4):
+                    p = o + 2 + 2 * (4 * ib32 + l)
+                    v16 = np.int32(q[p]) | (np.int32(q[p + 1]) << 8)
+                    g = v16 & 511
+                    s = signs_tab[v16 >> 9]
+                    db = db0 if l < 2 else db1
+                    for j in range(8):
+                        v = db * np.float32(grid[g, j])
+                        y[QK_K * i + 32 * ib32 + 8 * l + j] = -v if (s >> j) & 1 else v
+
+
+@njit(parallel=True, cache=True)
+def _dequantize_iq2_s_rows(data, out, grid, fp16):
+    nb = out.shape[1] // QK_K
+    for r in prange(data.shape[0]):
+        q = data[r]
+        y = out[r]
+        for i in range(nb):
+            o = 82 * i
+            d = fp16[np.int32(q[o]) | (np.int32(q[o + 1]) << 8)]
+            for ib32 in range(8):
+                sc = np.int32(q[o + 74 + ib32])
+                db0 = d * (FHALF + np.float32(sc & 15)) * np.float32(0.25)
+                db1 = d * (FHALF + np.float32(sc >> 4)) * np.float32(0.25)
+                qh = np.int32(q[o + 66 + ib32])
+                for l in range(4):
+                    g = np.int32(q[o + 2 + 4 * ib32 + l]) | ((qh << (8 - 2 * l)) & 0x300)
+                    s = np.int32(q[o + 34 + 4 * ib32 + l])
+                    db = db0 if l < 2 else db1
+                    for j in range(8):
+                        v = db * np.float32(grid[g, j])
+                        y[QK_K * i + 32 * ib32 + 8 * l + j] = -v if (s >> j) & 1 else v
+
+
+# ------------------------------------------------------------------------------------------------
+# Python entry points (the family-module contract)
+
+
+def _tables_args(grid_size: int):
+    t = grid_tables(grid_size)
+    return t.kmap, t.nbr_start, t.nbr_count, t.nbr, t.levels
+
+
+def _sign_table() -> np.ndarray:
+    from .codebooks import ksigns
+
+    return ksigns().astype(np.int32)
+
+
+def quantize_rows(qt, rows: np.ndarray, imatrix) -> np.ndarray:
+    """ggml_quantize_chunk for IQ2_XXS / IQ2_XS / IQ2_S of float32 rows (n_per_row % 256 == 0)."""
+    nrows, n_per_row = rows.shape
+    out = np.zeros((nrows, qt.row_bytes(n_per_row)), dtype=np.uint8)
+    name = qt.name
+    if name in ("IQ2_XXS", "IQ2_XS") and imatrix is None:
+        raise ImatrixError(f"{name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
+    qw = np.zeros(1, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    if name == "IQ2_XS":
+        _quantize_iq2_xs_rows(rows, qw, out, *_tables_args(512))
+    elif name == "IQ2_XXS":
+        _quantize_iq2_xxs_rows(rows, qw, out, *_tables_args(256))
+    elif name == "IQ2_S":
+        _quantize_iq2_s_rows(rows, qw, imatrix is not None, out, *_tables_args(1024))
+    else:
+        raise ValueError(f"iq2 does not implement {name}")
+    return out
+
+
+def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """dequantize_row_iq2_xxs / _xs / _s of uint8 rows."""
+    out = np.empty((data.shape[0], n_per_row), dtype=np.float32)
+    data = np.ascontiguousarray(data)
+    name = qt.name
+    grid = codebook(name).astype(np.int32)
+    if name == "IQ2_XXS":
+        _dequantize_iq2_xxs_rows(data, out, grid, _sign_table(), FP16_TO_FP32)
+    elif name == "IQ2_XS":
+        _dequantize_iq2_xs_rows(data, out, grid, _sign_table(), FP16_TO_FP32)
+    elif name == "IQ2_S":
+        _dequantize_iq2_s_rows(data, out, grid, FP16_TO_FP32)
+    else:
+        raise ValueError(f"iq2 does not implement {name}")
+    return out
