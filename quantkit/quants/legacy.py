@@ -104,13 +104,24 @@ def _first_equal(x, base, value):
 
 
 @numba.njit(inline="always", cache=True)
-def _block_min_max(x, base):
-    mn = x[base]
-    mx = x[base]
+def _order_key(u):
+    """An int32 that orders finite float32 bit patterns as their values (-0 just below +0); an involution."""
+    s = np.int32(u)
+    return s ^ ((s >> np.int32(31)) & np.int32(0x7FFFFFFF))
+
+
+@numba.njit(inline="always", cache=True)
+def _block_min_max(x, bits, base):
+    """C's "if (v < min) min = v; if (v > max) max = v;" over a block, with integer (vectorizable) keys."""
+    lo = np.int32(0x7FFFFFFF)
+    hi = np.int32(-0x80000000)
     for j in range(QK):
-        mn = min(mn, x[base + j])
-        mx = max(mx, x[base + j])
-    if mn == 0:
+        k = _order_key(bits[base + j])
+        lo = min(lo, k)
+        hi = max(hi, k)
+    mn = bits_f32(_order_key(np.uint32(lo)))
+    mx = bits_f32(_order_key(np.uint32(hi)))
+    if mn == 0:  # C keeps the first of +0/-0
         mn = _first_equal(x, base, mn)
     if mx == 0:
         mx = _first_equal(x, base, mx)
@@ -146,7 +157,7 @@ def _block_ref(kind, x, bits, base, out, pos, L):
             _pack_nibbles(out, pos + 6, L)
         return False
     # Q4_1, Q5_1: d = (max - min) / levels, m = min
-    mn, mx = _block_min_max(x, base)
+    mn, mx = _block_min_max(x, bits, base)
     levels = np.float32(15.0) if kind == 2 else np.float32(31.0)
     top = 15 if kind == 2 else 255
     d = (mx - mn) / levels

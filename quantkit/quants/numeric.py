@@ -1,7 +1,7 @@
 """Scalar helpers for Numba kernels that reproduce ggml's float conversions bit for bit.
 
 - ``fp32_to_fp16_bits``: IEEE round-to-nearest-even float32 -> binary16 bits, subnormals included
-  (what ``GGML_FP32_TO_FP16`` does on every build).
+  (what ``GGML_FP32_TO_FP16`` does on every build); takes a float32.
 - ``FP16_TO_FP32``: a 65536-entry table, binary16 bits -> float32 (exact).
 - ``nearest_int``: ggml's ``nearest_int`` (add 1.5*2^23, read the mantissa), i.e. round half to
   even, valid for ``|x| <= 4194303``.
@@ -45,29 +45,29 @@ def bits_f32(typingctx, value):
     return types.float32(value), codegen
 
 
-@njit(inline="always", cache=True)
-def fp32_to_fp16_bits(value):
-    """float32 -> binary16 bits, round to nearest even (as GGML_FP32_TO_FP16)."""
-    x = f32_bits(np.float32(value))
-    sign = (x >> np.uint32(16)) & np.uint32(0x8000)
-    ax = x & np.uint32(0x7FFFFFFF)
-    if ax >= np.uint32(0x7F800000):  # inf or nan
-        if ax > np.uint32(0x7F800000):
-            return np.uint16(sign | np.uint32(0x7E00))
-        return np.uint16(sign | np.uint32(0x7C00))
-    if ax >= np.uint32(0x477FF000):  # rounds past 65504
-        return np.uint16(sign | np.uint32(0x7C00))
-    if ax < np.uint32(0x38800000):  # fp16 subnormal (or zero): m * 2^-24
-        m = np.rint(bits_f32(ax) * np.float32(16777216.0))
-        return np.uint16(sign | np.uint32(m))
-    ax = ax + np.uint32(0xC8000FFF) + ((ax >> np.uint32(13)) & np.uint32(1))
-    return np.uint16(sign | (ax >> np.uint32(13)))
+@intrinsic
+def fp32_to_fp16_bits(typingctx, value):
+    """float32 -> binary16 bits, round to nearest even, subnormals included (GGML_FP32_TO_FP16).
+
+    LLVM's fptrunc to half: IEEE conversion, which x86's F16C (vcvtps2ph) does in hardware and
+    vectorizes.
+    """
+    if not isinstance(value, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        single = args[0] if value == types.float32 else builder.fptrunc(args[0], ir.FloatType())
+        half = builder.fptrunc(single, ir.HalfType())
+        return builder.bitcast(half, ir.IntType(16))
+
+    return types.uint16(value), codegen
 
 
 @njit(inline="always", cache=True)
 def nearest_int(value):
-    """ggml's nearest_int: round half to even (valid for |value| <= 4194303)."""
-    return np.int32(np.rint(np.float32(value)))
+    """ggml's nearest_int: add 1.5*2^23 and read the mantissa, i.e. round half to even (|value| <= 4194303)."""
+    shifted = f32_bits(np.float32(value) + np.float32(12582912.0))
+    return np.int32(shifted & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(inline="always", cache=True)
