@@ -25,13 +25,17 @@ def _qx_weight(x, qw, i, rmse_type):
     return np.sqrt(np.abs(x[i]))
 
 
+N_QX_CANDIDATES = 19  # candidate 0: -nmax/max; then -(nmax + 0.1*is)/max for is = -9..-1, 1..9
+
+
 @njit(cache=True)
 def make_qx_quants(n, nmax, x, L, rmse_type, qw):
     """Symmetric levels in [0, 2*nmax) for ``x`` (an empty ``qw`` means "no weights").
 
     Tries the scale -nmax/max and 18 nearby ones, keeping the one with the best weighted
     least-squares fit (rmse_type picks the weight when qw is empty; 0 means no search,
-    negative means one refinement only).
+    negative means one refinement only). All candidates' sums are accumulated side by side in
+    one pass over x (each in C's order, so the result is llama.cpp's), which vectorizes.
     """
     fnmax = np.float32(nmax)
     mx = np.float32(0.0)
@@ -45,51 +49,50 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw):
         for i in range(n):
             L[i] = 0
         return np.float32(0.0)
-    iscale = -fnmax / mx
+    iscale0 = -fnmax / mx
     if rmse_type == 0:
         for i in range(n):
-            l = nearest_int(iscale * x[i])
+            l = nearest_int(iscale0 * x[i])
             L[i] = nmax + max(-nmax, min(nmax - 1, l))
-        return np.float32(1.0) / iscale
-    return_early = False
-    if rmse_type < 0:
-        rmse_type = -rmse_type
-        return_early = True
-    sumlx = np.float32(0.0)
-    suml2 = np.float32(0.0)
-    for i in range(n):
-        l = nearest_int(iscale * x[i])
-        l = max(-nmax, min(nmax - 1, l))
-        L[i] = l + nmax
-        w = _qx_weight(x, qw, i, rmse_type)
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    scale = sumlx / suml2 if suml2 != np.float32(0.0) else np.float32(0.0)
+        return np.float32(1.0) / iscale0
+    return_early = rmse_type < 0
     if return_early:
-        if suml2 > np.float32(0.0):
-            return np.float32(0.5) * (scale + np.float32(1.0) / iscale)
-        return np.float32(1.0) / iscale
-    best = scale * sumlx
+        rmse_type = -rmse_type
+    ncand = 1 if return_early else N_QX_CANDIDATES
+    iscales = np.empty(N_QX_CANDIDATES, dtype=np.float32)
+    sumlx = np.zeros(N_QX_CANDIDATES, dtype=np.float32)
+    suml2 = np.zeros(N_QX_CANDIDATES, dtype=np.float32)
+    iscales[0] = iscale0
+    k = 1
     for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(fnmax + np.float32(0.1) * np.float32(step)) / mx
-        sumlx = np.float32(0.0)
-        suml2 = np.float32(0.0)
+        if step != 0:
+            iscales[k] = -(fnmax + np.float32(0.1) * np.float32(step)) / mx
+            k += 1
+    # every candidate's sums, each accumulated in C's order over i; candidates side by side
+    for i in range(n):
+        xi = x[i]
+        w = _qx_weight(x, qw, i, rmse_type)
+        wx = w * xi
+        for c in range(ncand):
+            l = np.float32(max(-nmax, min(nmax - 1, nearest_int(iscales[c] * xi))))
+            sumlx[c] += wx * l
+            suml2[c] += w * l * l
+    scale = sumlx[0] / suml2[0] if suml2[0] != np.float32(0.0) else np.float32(0.0)
+    if return_early:
         for i in range(n):
-            l = nearest_int(iscale * x[i])
-            l = max(-nmax, min(nmax - 1, l))
-            w = _qx_weight(x, qw, i, rmse_type)
-            fl = np.float32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
-        if suml2 > np.float32(0.0) and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                l = nearest_int(iscale * x[i])
-                L[i] = nmax + max(-nmax, min(nmax - 1, l))
-            scale = sumlx / suml2
-            best = scale * sumlx
+            L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale0 * x[i])))
+        if suml2[0] > np.float32(0.0):
+            return np.float32(0.5) * (scale + np.float32(1.0) / iscale0)
+        return np.float32(1.0) / iscale0
+    best = scale * sumlx[0]
+    chosen = 0
+    for c in range(1, N_QX_CANDIDATES):
+        if suml2[c] > np.float32(0.0) and sumlx[c] * sumlx[c] > best * suml2[c]:
+            scale = sumlx[c] / suml2[c]
+            best = scale * sumlx[c]
+            chosen = c
+    for i in range(n):
+        L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscales[chosen] * x[i])))
     return scale
 
 
