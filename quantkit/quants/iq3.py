@@ -1,0 +1,485 @@
+"""IQ3_XXS and IQ3_S: groups of 4 magnitudes from a 256- or 512-entry grid, signs apart.
+
+Block layouts (256 weights, little-endian, as llama.cpp's ``block_iq3_xxs`` / ``block_iq3_s``):
+
+- IQ3_XXS, 98 bytes: ``d`` (fp16) | ``qs[64]`` (one grid index per group of 4) |
+  8 x u32 ``scales_and_signs``: for each sub-block of 32, four 7-bit sign patterns (the 8th sign
+  of each 8 is implied by even parity, see ``ksigns_iq2xs``) and a 4-bit scale in bits 28-31;
+  sub-block scale ``d * (0.5 + s) * 0.5``.
+- IQ3_S, 110 bytes: ``d`` (fp16) | ``qs[64]`` (low 8 bits of the grid indices) | ``qh[8]`` (9th
+  bits: bit k of qh[ib] for group k of sub-block ib) | ``signs[32]`` (one bit per weight) |
+  ``scales[4]`` (two 4-bit scales per byte; sub-block scale ``d * (1 + 2 s)``).
+
+The quantizer is ``quantize_row_iq3_xxs_impl`` / ``quantize_row_iq3_s_impl`` of ggml-quants.c:
+per sub-block of 32, signs are split off, 31 (IQ3_XXS) or 19 (IQ3_S) trial scales are tried;
+a group of 4 levels that is not a grid point goes to its best neighbour in the tables that
+``iq3xs_init_impl`` builds (:func:`neighbour_tables`). All arithmetic is float32 in C's order.
+
+One quirk reproduced on purpose: in IQ3_S an all-zero sub-block of 32 does not advance the
+``qs``/``signs`` write position, so the following sub-blocks' indices and signs are stored one
+slot earlier (llama.cpp's output, which its own dequantizer reads differently; it only
+matters for exact-zero runs of 32 weights).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+
+from ..errors import NonFiniteError, ShapeError
+from .codebooks import grid, ksigns
+from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+
+QK_K = 256
+BLOCK_BYTES = {"IQ3_XXS": 98, "IQ3_S": 110}
+_GRID_SIZE = {"IQ3_XXS": 256, "IQ3_S": 512}
+_KMAP_SIZE = 4096  # 4 levels of 3 bits
+_GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
+
+
+@functools.cache
+def neighbour_tables(type_name: str):
+    """llama.cpp's ``iq3xs_init_impl`` tables for IQ3_XXS (256-entry grid) or IQ3_S (512).
+
+    Returns ``(levels, kmap, neighbours)``:
+
+    - ``levels``: int8 (grid_size, 4), the 3-bit level (0..7) of each element of each grid entry
+      (llama.cpp's grid value ``2*level + 1``);
+    - ``kmap``: int32 (4096,), for the 12-bit code ``sum(level_i << 3i)`` of any 4 levels: the grid
+      index if the point is on the grid, else ``-(offset + 1)``;
+    - ``neighbours``: uint16, at ``offset`` the count n, then n grid indices: all entries at the
+      2 (IQ3_XXS) or 3 (IQ3_S) smallest squared distances from the point, sorted by distance then
+      index (llama.cpp's qsort order).
+
+    Built on first use from the grid in ``gguf`` and cached; read-only.
+    """
+    magnitudes = grid(type_name)
+    levels = np.searchsorted(np.unique(magnitudes), magnitudes).astype(np.int8)  # 8 magnitudes -> 0..7
+    grid_size = levels.shape[0]
+    assert grid_size == _GRID_SIZE[type_name] and np.unique(magnitudes).size == 8
+    nwant = 2 if grid_size == 256 else 3
+    shifts = 3 * np.arange(4)
+    codes = (levels.astype(np.int64) << shifts).sum(axis=1)
+    kmap = np.full(_KMAP_SIZE, -1, dtype=np.int32)
+    kmap[codes] = np.arange(grid_size, dtype=np.int32)
+
+    off_grid = np.flatnonzero(kmap < 0)
+    points = 2 * ((off_grid[:, None] >> shifts) & 7) + 1  # (m, 4) odd values 1..15
+    pos = 2 * levels.astype(np.int64) + 1  # (grid_size, 4)
+    dist2 = ((pos[None, :, :] - points[:, None, :]) ** 2).sum(axis=2)  # (m, grid_size)
+    order = np.argsort(dist2, axis=1, kind="stable")  # by distance, then index
+    sorted_d2 = np.take_along_axis(dist2, order, axis=1)
+    chunks = []
+    offset = 0
+    for row, i in enumerate(off_grid):
+        distinct = np.unique(sorted_d2[row])[:nwant]
+        n = int(np.searchsorted(sorted_d2[row], distinct[-1], side="right"))
+        kmap[i] = -(offset + 1)
+        chunks.append(np.concatenate(([n], order[row, :n])))
+        offset += 1 + n
+    neighbours = np.concatenate(chunks).astype(np.uint16)
+    for a in (levels, kmap, neighbours):
+        a.setflags(write=False)
+    return levels, kmap, neighbours
+
+
+@numba.njit(cache=True)
+def _best_neighbour(neighbours, start, gridf, levels, xval, waux, o, scale, L):
+    """iq3_find_best_neighbour: the listed entry nearest to xval[o:o+4] (weights waux), into L.
+
+    Returns -1 (L untouched) where every squared distance is inf or NaN: llama.cpp aborts there.
+    """
+    count = np.int64(neighbours[start])
+    best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
+    grid_index = -1
+    for j in range(1, count + 1):
+        g = np.int64(neighbours[start + j])
+        d2 = np.float32(0.0)
+        for i in range(4):
+            diff = scale * gridf[g, i] - xval[o + i]
+            d2 += waux[o + i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            grid_index = g
+    if grid_index < 0:
+        return -1
+    for i in range(4):
+        L[o + i] = levels[grid_index, i]
+    return grid_index
+
+
+@numba.njit(cache=True)
+def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap, neighbours,
+              vmax, nsteps, second_pass_all, start_on_grid, failed):
+    """The trial-scale search of one sub-block of 32 (shared by IQ3_XXS and IQ3_S); returns scale.
+
+    Leaves the chosen levels in L (all on the grid afterwards). Sets failed[0] where llama.cpp
+    would abort (no neighbour at a finite distance: values or importances so large that float32
+    overflows).
+    """
+    zero = np.float32(0.0)
+    best = zero
+    scale = vmax / np.float32(15.0)  # max/(2*kMaxQ-1)
+    for k in range(8):
+        on_grid[k] = start_on_grid
+    for step in range(-nsteps, nsteps + 1):
+        inv = (np.float32(15.0) + np.float32(step) * np.float32(0.2)) / vmax
+        this_scale = np.float32(1.0) / inv
+        for k in range(8):
+            u = 0
+            for i in range(4):
+                l = nearest_int(np.float32(0.5) * (inv * xval[4 * k + i] - np.float32(1.0)))
+                l = max(0, min(7, l))
+                Laux[4 * k + i] = l
+                u |= l << (3 * i)
+            gi = kmap[u]
+            on_grid_aux[k] = True
+            if gi < 0:
+                on_grid_aux[k] = False
+                if _best_neighbour(neighbours, -gi - 1, gridf, levels, xval, waux, 4 * k, this_scale, Laux) < 0:
+                    failed[0] = True
+                    return scale
+        sumqx = zero
+        sumq2 = zero
+        for i in range(32):
+            w = weight[i]
+            q = np.float32(2 * Laux[i] + 1)
+            sumqx += w * xval[i] * q
+            sumq2 += w * q * q
+        if sumq2 > zero and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            for i in range(32):
+                L[i] = Laux[i]
+            for k in range(8):
+                on_grid[k] = on_grid_aux[k]
+    n_not_on_grid = 0
+    for k in range(8):
+        if not on_grid[k]:
+            n_not_on_grid += 1
+    if n_not_on_grid > 0 and scale > zero:
+        inv = np.float32(1.0) / scale
+        for k in range(8):
+            if on_grid[k] and not second_pass_all:
+                continue
+            u = 0
+            for i in range(4):
+                l = nearest_int(np.float32(0.5) * (inv * xval[4 * k + i] - np.float32(1.0)))
+                l = max(0, min(7, l))
+                u |= l << (3 * i)
+            gi = kmap[u]
+            if gi < 0:
+                gi = _best_neighbour(neighbours, -gi - 1, gridf, levels, xval, waux, 4 * k, scale, L)
+                if gi < 0:
+                    failed[0] = True
+                    return scale
+            for i in range(4):
+                L[4 * k + i] = levels[gi, i]
+        sumqx = zero
+        sumq2 = zero
+        for i in range(32):
+            w = weight[i]
+            q = np.float32(2 * L[i] + 1)
+            sumqx += w * xval[i] * q
+            sumq2 += w * q * q
+        if sumq2 > zero:
+            scale = sumqx / sumq2
+    return scale
+
+
+@numba.njit(inline="always", cache=True)
+def _weights(xb, qw, use_w, sigma2, weight, waux):
+    for i in range(32):
+        if use_w:
+            weight[i] = qw[i] * np.float32(np.sqrt(sigma2 + xb[i] * xb[i]))
+        else:
+            weight[i] = xb[i] * xb[i]
+    for i in range(32):
+        waux[i] = np.float32(np.sqrt(weight[i]))
+
+
+@numba.njit(inline="always", cache=True)
+def _sigma2(xbl):
+    sumx2 = np.float32(0.0)
+    for i in range(QK_K):
+        sumx2 += xbl[i] * xbl[i]
+    return np.float32(2.0) * sumx2 / np.float32(QK_K)
+
+
+@numba.njit(inline="always", cache=True)
+def _put_fp16(out, pos, value):
+    bits = fp32_to_fp16_bits(value)
+    out[pos] = np.uint8(bits & np.uint16(0xFF))
+    out[pos + 1] = np.uint8(bits >> np.uint16(8))
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_iq3_xxs(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
+    nrows, n = rows.shape
+    nbl = n // QK_K
+    out = np.zeros((nrows, nbl * 98), dtype=np.uint8)
+    bad = np.zeros(nrows, dtype=np.bool_)
+    for r in numba.prange(nrows):
+        scales = np.zeros(8, dtype=np.float32)
+        weight = np.zeros(32, dtype=np.float32)
+        waux = np.zeros(32, dtype=np.float32)
+        xval = np.zeros(32, dtype=np.float32)
+        L = np.zeros(32, dtype=np.int64)
+        Laux = np.zeros(32, dtype=np.int64)
+        on_grid = np.zeros(8, dtype=np.bool_)
+        on_grid_aux = np.zeros(8, dtype=np.bool_)
+        block_signs = np.zeros(4, dtype=np.int64)
+        failed = np.zeros(1, dtype=np.bool_)
+        q3 = np.zeros(64, dtype=np.uint8)
+        sas = np.zeros(8, dtype=np.uint32)
+        for ibl in range(nbl):
+            xbl = rows[r, ibl * QK_K:(ibl + 1) * QK_K]
+            y = out[r, ibl * 98:(ibl + 1) * 98]
+            q3[:] = 0
+            sas[:] = 0
+            max_scale = np.float32(0.0)
+            sigma2 = _sigma2(xbl)
+            for ib in range(8):
+                xb = xbl[32 * ib:32 * ib + 32]
+                qw = imatrix[ibl * QK_K + 32 * ib:ibl * QK_K + 32 * ib + 32] if use_w else imatrix[0:0]
+                _weights(xb, qw, use_w, sigma2, weight, waux)
+                for k in range(4):
+                    nflip = 0
+                    s = 0
+                    for i in range(8):
+                        v = xb[8 * k + i]
+                        if v >= np.float32(0.0):
+                            xval[8 * k + i] = v
+                        else:
+                            xval[8 * k + i] = -v
+                            nflip += 1
+                            s |= 1 << i
+                    if nflip % 2:
+                        imin = 0
+                        vmin = weight[8 * k] * xb[8 * k] * xb[8 * k]
+                        for i in range(1, 8):
+                            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
+                            if ax < vmin:
+                                vmin = ax
+                                imin = i
+                        xval[8 * k + imin] = -xval[8 * k + imin]
+                        s ^= 1 << imin
+                    block_signs[k] = s & 127
+                vmax = xval[0]
+                for i in range(1, 32):
+                    vmax = vmax if vmax > xval[i] else xval[i]
+                L[:] = 0
+                if vmax < _GROUP_MAX_EPS_IQ3_XXS:
+                    scales[ib] = np.float32(0.0)
+                    continue
+                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap,
+                                  neighbours, vmax, 15, False, True, failed)
+                if failed[0]:
+                    break
+                if scale < np.float32(0.0):
+                    scale = -scale
+                    for k in range(4):
+                        block_signs[k] = (~block_signs[k]) & 127
+                for k in range(8):
+                    u = 0
+                    for i in range(4):
+                        u |= L[4 * k + i] << (3 * i)
+                    q3[8 * ib + k] = np.uint8(kmap[u])  # on the grid by construction
+                sas[ib] = np.uint32(block_signs[0] | (block_signs[1] << 7) | (block_signs[2] << 14)
+                                    | (block_signs[3] << 21))
+                scales[ib] = scale
+                max_scale = max_scale if max_scale > scale else scale
+            if failed[0]:
+                bad[r] = True
+                break
+            if max_scale == np.float32(0.0):
+                continue  # d = 0 and all-zero quants: the block stays zero
+            d = max_scale / np.float32(31.0)
+            _put_fp16(y, 0, d * np.float32(1.0125))
+            inv = np.float32(1.0) / d
+            for ib in range(8):
+                l = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))
+                l = max(0, min(15, l))
+                sas[ib] |= np.uint32(l) << np.uint32(28)
+            for j in range(64):
+                y[2 + j] = q3[j]
+            for ib in range(8):
+                v = sas[ib]
+                for b in range(4):
+                    y[66 + 4 * ib + b] = np.uint8((v >> np.uint32(8 * b)) & np.uint32(0xFF))
+    return out, bad
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_iq3_s(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
+    nrows, n = rows.shape
+    nbl = n // QK_K
+    out = np.zeros((nrows, nbl * 110), dtype=np.uint8)
+    bad = np.zeros(nrows, dtype=np.bool_)
+    for r in numba.prange(nrows):
+        scales = np.zeros(8, dtype=np.float32)
+        weight = np.zeros(32, dtype=np.float32)
+        waux = np.zeros(32, dtype=np.float32)
+        xval = np.zeros(32, dtype=np.float32)
+        L = np.zeros(32, dtype=np.int64)
+        Laux = np.zeros(32, dtype=np.int64)
+        on_grid = np.zeros(8, dtype=np.bool_)
+        on_grid_aux = np.zeros(8, dtype=np.bool_)
+        block_signs = np.zeros(4, dtype=np.int64)
+        failed = np.zeros(1, dtype=np.bool_)
+        for ibl in range(nbl):
+            xbl = rows[r, ibl * QK_K:(ibl + 1) * QK_K]
+            y = out[r, ibl * 110:(ibl + 1) * 110]  # d 0:2, qs 2:66, qh 66:74, signs 74:106, scales 106:110
+            qs = 2
+            signs = 74
+            max_scale = np.float32(0.0)
+            sigma2 = _sigma2(xbl)
+            for ib in range(8):
+                xb = xbl[32 * ib:32 * ib + 32]
+                qw = imatrix[ibl * QK_K + 32 * ib:ibl * QK_K + 32 * ib + 32] if use_w else imatrix[0:0]
+                _weights(xb, qw, use_w, sigma2, weight, waux)
+                for k in range(4):
+                    s = 0
+                    for i in range(8):
+                        v = xb[8 * k + i]
+                        if v >= np.float32(0.0):
+                            xval[8 * k + i] = v
+                        else:
+                            xval[8 * k + i] = -v
+                            s |= 1 << i
+                    block_signs[k] = s
+                vmax = xval[0]
+                for i in range(1, 32):
+                    vmax = vmax if vmax > xval[i] else xval[i]
+                L[:] = 0
+                if vmax == np.float32(0.0):
+                    scales[ib] = np.float32(0.0)
+                    continue  # llama.cpp does not advance qs/signs here
+                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap,
+                                  neighbours, vmax, 9, True, False, failed)
+                if failed[0]:
+                    break
+                if scale < np.float32(0.0):
+                    scale = -scale
+                    for k in range(4):
+                        block_signs[k] = (~block_signs[k]) & 255
+                for k in range(8):
+                    u = 0
+                    for i in range(4):
+                        u |= L[4 * k + i] << (3 * i)
+                    gi = kmap[u]  # on the grid by construction
+                    y[qs + k] = np.uint8(gi & 255)
+                    y[66 + ib] |= np.uint8((gi >> 8) << k)
+                qs += 8
+                for k in range(4):
+                    y[signs + k] = np.uint8(block_signs[k])
+                signs += 4
+                scales[ib] = scale
+                max_scale = max_scale if max_scale > scale else scale
+            if failed[0]:
+                bad[r] = True
+                break
+            if max_scale == np.float32(0.0):
+                continue
+            d = max_scale / np.float32(31.0)
+            _put_fp16(y, 0, d * np.float32(1.033))
+            inv = np.float32(1.0) / d
+            for ib in range(0, 8, 2):
+                l1 = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))
+                l1 = max(0, min(15, l1))
+                l2 = nearest_int(np.float32(0.5) * (inv * scales[ib + 1] - np.float32(1.0)))
+                l2 = max(0, min(15, l2))
+                y[106 + ib // 2] = np.uint8(l1 | (l2 << 4))
+    return out, bad
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_iq3_xxs(data, n, gridv, signs_table, fp16):
+    nrows = data.shape[0]
+    nbl = n // QK_K
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ibl in range(nbl):
+            b = ibl * 98
+            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
+            y = ibl * QK_K
+            for ib in range(8):
+                aux = np.int64(0)
+                for t in range(4):
+                    aux |= np.int64(data[r, b + 66 + 4 * ib + t]) << (8 * t)
+                db = d * (np.float32(0.5) + np.float32(aux >> 28)) * np.float32(0.5)
+                for l in range(4):
+                    sg = signs_table[(aux >> (7 * l)) & 127]
+                    g1 = np.int64(data[r, b + 2 + 8 * ib + 2 * l])
+                    g2 = np.int64(data[r, b + 2 + 8 * ib + 2 * l + 1])
+                    for j in range(4):
+                        s1 = np.float32(-1.0) if sg & (1 << j) else np.float32(1.0)
+                        s2 = np.float32(-1.0) if sg & (1 << (j + 4)) else np.float32(1.0)
+                        out[r, y + j] = db * gridv[g1, j] * s1
+                        out[r, y + 4 + j] = db * gridv[g2, j] * s2
+                    y += 8
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_iq3_s(data, n, gridv, fp16):
+    nrows = data.shape[0]
+    nbl = n // QK_K
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ibl in range(nbl):
+            b = ibl * 110
+            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
+            y = ibl * QK_K
+            for ib in range(8):
+                sc = np.int64(data[r, b + 106 + ib // 2])
+                s = (sc >> 4) if ib % 2 else (sc & 0xF)
+                db = d * np.float32(1 + 2 * s)
+                qh = np.int64(data[r, b + 66 + ib])
+                for l in range(4):
+                    g1 = np.int64(data[r, b + 2 + 8 * ib + 2 * l]) | (((qh >> (2 * l)) & 1) << 8)
+                    g2 = np.int64(data[r, b + 2 + 8 * ib + 2 * l + 1]) | (((qh >> (2 * l + 1)) & 1) << 8)
+                    sg = np.int64(data[r, b + 74 + 4 * ib + l])
+                    for j in range(4):
+                        s1 = np.float32(-1.0) if sg & (1 << j) else np.float32(1.0)
+                        s2 = np.float32(-1.0) if sg & (1 << (j + 4)) else np.float32(1.0)
+                        out[r, y + j] = db * gridv[g1, j] * s1
+                        out[r, y + 4 + j] = db * gridv[g2, j] * s2
+                    y += 8
+    return out
+
+
+def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """Quantize float32 rows (nrows, n_per_row) to IQ3_XXS / IQ3_S bytes (nrows, row bytes).
+
+    ``imatrix``: one importance weight per column, or None. Equals ``ggml_quantize_chunk``.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] % QK_K:
+        raise ShapeError(f"{qt.name}: rows of shape {rows.shape} are not whole blocks of {QK_K}")
+    use_w = imatrix is not None
+    weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1) if use_w else np.zeros(0, np.float32)
+    if use_w and weights.size != rows.shape[1]:
+        raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
+    levels, kmap, neighbours = neighbour_tables(qt.name)
+    gridf = (2 * levels + 1).astype(np.float32)
+    kernel = _quantize_iq3_xxs if qt.name == "IQ3_XXS" else _quantize_iq3_s
+    out, bad = kernel(rows, weights, use_w, gridf, levels, kmap, neighbours)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise NonFiniteError(
+            f"{qt.name}: row {row} (largest |value| {float(np.abs(rows[row]).max()):.3g}) overflows float32 in the "
+            f"grid search (llama.cpp aborts on such input); scale the tensor down or use another type"
+        )
+    return out
+
+
+def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """float32 rows (nrows, n_per_row) from IQ3_XXS / IQ3_S bytes, as llama.cpp's dequantize_row_*."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    gridv = grid(qt.name).astype(np.float32)
+    if qt.name == "IQ3_XXS":
+        return _dequantize_iq3_xxs(data, int(n_per_row), gridv, ksigns(), FP16_TO_FP32)
+    return _dequantize_iq3_s(data, int(n_per_row), gridv, FP16_TO_FP32)

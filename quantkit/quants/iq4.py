@@ -1,0 +1,254 @@
+"""IQ4_NL and IQ4_XS: 4-bit non-linear quants on llama.cpp's 16 levels ``kvalues_iq4nl``.
+
+Block layouts (little-endian, as llama.cpp's ``block_iq4_nl`` / ``block_iq4_xs``):
+
+- IQ4_NL, 32 weights in 18 bytes: ``d`` (fp16) | ``qs[16]`` (weight j in the low nibble of
+  byte j, weight j+16 in the high nibble).
+- IQ4_XS, 256 weights in 136 bytes: ``d`` (fp16) | ``scales_h`` (u16, 2 high bits of each of the 8
+  sub-block scales) | ``scales_l[4]`` (4 low bits each) | ``qs[128]`` (8 x 16 bytes as in IQ4_NL).
+  Sub-block ``ib`` has scale ``d * (ls - 32)`` with ``ls`` the 6-bit value.
+
+The quantizer is ``quantize_row_iq4_nl_impl`` of ggml-quants.c as ``quantize_iq4_nl`` and
+``quantize_iq4_xs`` call it (what ``ggml_quantize_chunk`` runs): weights ``x*x`` without an
+importance matrix, ``imatrix[j] * sqrt(sigma2 + x*x)`` with one; a first scale from the largest
+magnitude, refined by least squares, then 15 trial scales ``(itry - 127) / max``; for IQ4_XS the
+8 sub-block scales are then quantized to 6 bits against ``-max_scale / 32`` and the weights
+re-assigned with the quantized scale. All arithmetic is float32 in the C order of operations.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import ShapeError
+from .codebooks import iq4nl_values
+from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+
+QK4_NL = 32
+QK_K = 256
+BLOCK_BYTES = {"IQ4_NL": 18, "IQ4_XS": 136}
+BLOCK_SIZE = {"IQ4_NL": QK4_NL, "IQ4_XS": QK_K}
+
+_NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
+_GROUP_MAX_EPS = np.float32(1e-15)
+
+
+def _values_f32() -> np.ndarray:
+    return iq4nl_values().astype(np.float32)
+
+
+@numba.njit(inline="always", cache=True)
+def _best_index(values, x):
+    """ggml's best_index_int8(16, values, x): index of the level nearest to x (ties go up)."""
+    if x <= values[0]:
+        return 0
+    if x >= values[15]:
+        return 15
+    ml = 0
+    mu = 15
+    while mu - ml > 1:
+        mav = (ml + mu) // 2
+        if x < values[mav]:
+            mu = mav
+        else:
+            ml = mav
+    if x - values[mu - 1] < values[mu] - x:
+        return mu - 1
+    return mu
+
+
+@numba.njit(cache=True)
+def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
+    """quantize_row_iq4_nl_impl(len(x), 32, ...) with ntry = 7, writing one block into ``out``.
+
+    ``x``: the super-block's float32 values (32 for IQ4_NL, 256 for IQ4_XS); ``qw``: its imatrix
+    slice when ``use_w``; ``out``: the block's bytes (zeroed by the caller).
+    """
+    sb = x.shape[0]
+    nb = sb // 32
+    zero = np.float32(0.0)
+
+    sigma2 = zero
+    for j in range(sb):
+        sigma2 += x[j] * x[j]
+    sigma2 *= np.float32(2.0 / sb)  # 2.f/super_block_size: a power of two, exact
+
+    max_scale = zero
+    amax_scale = zero
+    for ib in range(nb):
+        o = ib * 32
+        if use_w:
+            for j in range(32):
+                xj = x[o + j]
+                weight[j] = qw[o + j] * np.float32(np.sqrt(sigma2 + xj * xj))
+        else:
+            for j in range(32):
+                weight[j] = x[o + j] * x[o + j]
+        amax = zero
+        vmax = zero
+        for j in range(32):
+            ax = np.abs(x[o + j])
+            if ax > amax:
+                amax = ax
+                vmax = x[o + j]
+        if amax < _GROUP_MAX_EPS:
+            scales[ib] = zero
+            continue
+        d = -vmax / values[0]
+        inv = np.float32(1.0) / d
+        sumqx = zero
+        sumq2 = zero
+        for j in range(32):
+            xj = x[o + j]
+            l = _best_index(values, inv * xj)
+            L[o + j] = l
+            q = values[l]
+            w = weight[j]
+            sumqx += w * q * xj
+            sumq2 += w * q * q
+        d = sumqx / sumq2 if sumq2 > zero else zero
+        best = d * sumqx
+        for itry in range(-_NTRY, _NTRY + 1):
+            inv = np.float32(itry - 127) / vmax  # (itry + values[0]) / max
+            sumqx = zero
+            sumq2 = zero
+            for j in range(32):
+                xj = x[o + j]
+                q = values[_best_index(values, inv * xj)]
+                w = weight[j]
+                sumqx += w * q * xj
+                sumq2 += w * q * q
+            if sumq2 > zero and sumqx * sumqx > best * sumq2:
+                d = sumqx / sumq2
+                best = d * sumqx
+        scales[ib] = d
+        abs_d = np.abs(d)
+        if abs_d > amax_scale:
+            amax_scale = abs_d
+            max_scale = d
+
+    if nb > 1:  # IQ4_XS: 6-bit sub-block scales against d = -max_scale/32
+        d = -max_scale / np.float32(32.0)
+        bits = fp32_to_fp16_bits(d)
+        out[0] = np.uint8(bits & np.uint16(0xFF))
+        out[1] = np.uint8(bits >> np.uint16(8))
+        inv = np.float32(1.0) / d if d != zero else zero
+        scales_h = 0
+        for ib in range(nb):
+            l = nearest_int(inv * scales[ib])
+            l = max(-32, min(31, l))
+            dl = d * np.float32(l)
+            idl = np.float32(1.0) / dl if dl != zero else zero
+            o = ib * 32
+            for j in range(32):
+                L[o + j] = _best_index(values, idl * x[o + j])
+            l += 32
+            l_l = l & 0xF
+            l_h = l >> 4
+            if ib % 2 == 0:
+                out[4 + ib // 2] = np.uint8(l_l)
+            else:
+                out[4 + ib // 2] |= np.uint8(l_l << 4)
+            scales_h |= l_h << (2 * (ib % 8))
+        out[2] = np.uint8(scales_h & 0xFF)
+        out[3] = np.uint8((scales_h >> 8) & 0xFF)
+        qoff = 8
+    else:  # IQ4_NL
+        s = scales[0]
+        bits = fp32_to_fp16_bits(s)
+        out[0] = np.uint8(bits & np.uint16(0xFF))
+        out[1] = np.uint8(bits >> np.uint16(8))
+        inv = np.float32(1.0) / s if s != zero else zero
+        for j in range(sb):
+            L[j] = _best_index(values, inv * x[j])
+        qoff = 2
+
+    for i in range(sb // 32):
+        for j in range(16):
+            out[qoff + 16 * i + j] = np.uint8(L[32 * i + j] | (L[32 * i + 16 + j] << 4))
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_rows(rows, imatrix, use_w, values, sb, block_bytes):
+    nrows, n = rows.shape
+    nblocks = n // sb
+    out = np.zeros((nrows, nblocks * block_bytes), dtype=np.uint8)
+    for r in numba.prange(nrows):
+        L = np.zeros(sb, dtype=np.uint8)
+        scales = np.zeros(sb // 32, dtype=np.float32)
+        weight = np.zeros(32, dtype=np.float32)
+        for ibl in range(nblocks):
+            x = rows[r, ibl * sb:(ibl + 1) * sb]
+            qw = imatrix[ibl * sb:(ibl + 1) * sb] if use_w else imatrix[0:0]
+            _quantize_superblock(x, qw, use_w, values, out[r, ibl * block_bytes:(ibl + 1) * block_bytes],
+                                 L, scales, weight)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_iq4_nl(data, n, values, fp16):
+    nrows = data.shape[0]
+    nblocks = n // 32
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ib in range(nblocks):
+            b = ib * 18
+            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
+            for j in range(16):
+                q = data[r, b + 2 + j]
+                out[r, ib * 32 + j] = d * values[q & 0xF]
+                out[r, ib * 32 + 16 + j] = d * values[q >> 4]
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_iq4_xs(data, n, values, fp16):
+    nrows = data.shape[0]
+    nblocks = n // 256
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ibl in range(nblocks):
+            b = ibl * 136
+            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
+            scales_h = np.int64(data[r, b + 2]) | (np.int64(data[r, b + 3]) << 8)
+            for ib in range(8):
+                ls = ((np.int64(data[r, b + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
+                dl = d * np.float32(ls - 32)
+                y = ibl * 256 + ib * 32
+                for j in range(16):
+                    q = data[r, b + 8 + ib * 16 + j]
+                    out[r, y + j] = dl * values[q & 0xF]
+                    out[r, y + 16 + j] = dl * values[q >> 4]
+    return out
+
+
+def _check_rows(qt, rows: np.ndarray) -> np.ndarray:
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim != 2:
+        raise ShapeError(f"{qt.name}: expected 2-D rows, got shape {rows.shape}")
+    block = BLOCK_SIZE[qt.name]
+    if rows.shape[1] % block:
+        raise ShapeError(f"{qt.name}: row length {rows.shape[1]} is not a multiple of {block}")
+    return rows
+
+
+def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """Quantize float32 rows (nrows, n_per_row) to IQ4_NL / IQ4_XS bytes (nrows, row bytes).
+
+    ``imatrix``: one importance weight per column, or None. Equals ``ggml_quantize_chunk``.
+    """
+    rows = _check_rows(qt, rows)
+    use_w = imatrix is not None
+    weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1) if use_w else np.zeros(0, np.float32)
+    if use_w and weights.size != rows.shape[1]:
+        raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
+    return _quantize_rows(rows, weights, use_w, _values_f32(), BLOCK_SIZE[qt.name], BLOCK_BYTES[qt.name])
+
+
+def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """float32 rows (nrows, n_per_row) from IQ4_NL / IQ4_XS bytes, as llama.cpp's dequantize_row_*."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if qt.name == "IQ4_NL":
+        return _dequantize_iq4_nl(data, int(n_per_row), _values_f32(), FP16_TO_FP32)
+    return _dequantize_iq4_xs(data, int(n_per_row), _values_f32(), FP16_TO_FP32)

@@ -1,0 +1,169 @@
+"""TQ1_0 and TQ2_0: ternary weights {-1, 0, 1} times one fp16 scale per 256 (BitNet b1.58, TriLMs).
+
+Both take the block's absolute maximum as the scale ``d`` and store ``lroundf(x / d)``
+(``x * (1/d)`` in float32, rounded half away from zero) plus 1, i.e. 0, 1 or 2. llama.cpp's
+quantizers ignore an importance matrix, and so does this module.
+
+Block layouts (as llama.cpp's ``block_tq1_0`` / ``block_tq2_0``):
+
+- TQ1_0, 256 weights in 54 bytes: ``qs[48]`` | ``qh[4]`` | ``d`` (fp16). Five trits per byte,
+  stored as ``ceil(t * 256 / 243)`` of the base-3 number ``t`` (first trit most significant):
+  ``qs[0:32]`` holds weights ``m + 32n`` (m < 32, n < 5), ``qs[32:48]`` weights ``160 + m + 16n``
+  (m < 16, n < 5), and ``qh[j]`` weights ``240 + j + 4n`` (n < 4, a fifth trit of 0).
+- TQ2_0, 256 weights in 66 bytes: ``qs[64]`` | ``d`` (fp16). Two bits per weight: byte
+  ``32c + m`` holds weight ``128c + m + 32n`` in bits ``2n``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import ShapeError
+from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, roundf
+
+QK_K = 256
+BLOCK_BYTES = {"TQ1_0": 54, "TQ2_0": 66}
+
+
+@numba.njit(inline="always", cache=True)
+def _trit(v, inv):
+    """lroundf(v * id) + 1: 0, 1 or 2."""
+    return np.int64(roundf(v * inv)) + 1
+
+
+@numba.njit(inline="always", cache=True)
+def _scale(x, out, d_off):
+    """The block's abs max as fp16 into out[d_off:d_off+2]; returns 1/amax (0 for an all-zero block)."""
+    amax = np.float32(0.0)
+    for j in range(x.shape[0]):
+        ax = np.abs(x[j])
+        amax = amax if amax > ax else ax
+    bits = fp32_to_fp16_bits(amax)
+    out[d_off] = np.uint8(bits & np.uint16(0xFF))
+    out[d_off + 1] = np.uint8(bits >> np.uint16(8))
+    return np.float32(1.0) / amax if amax != np.float32(0.0) else np.float32(0.0)
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_tq1_0(rows):
+    nrows, n = rows.shape
+    nb = n // QK_K
+    out = np.zeros((nrows, nb * 54), dtype=np.uint8)
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            x = rows[r, ib * QK_K:(ib + 1) * QK_K]
+            y = out[r, ib * 54:(ib + 1) * 54]
+            inv = _scale(x, y, 52)
+            for m in range(32):  # 5 trits per byte along 32 bytes: weights 0..159
+                q = 0
+                for k in range(5):
+                    q = q * 3 + _trit(x[m + 32 * k], inv)
+                y[m] = np.uint8((q * 256 + 242) // 243)
+            for m in range(16):  # along 16 bytes: weights 160..239
+                q = 0
+                for k in range(5):
+                    q = q * 3 + _trit(x[160 + m + 16 * k], inv)
+                y[32 + m] = np.uint8((q * 256 + 242) // 243)
+            for j in range(4):  # 4 trits per byte (+ a 0 trit): weights 240..255
+                q = 0
+                for k in range(4):
+                    q = q * 3 + _trit(x[240 + j + 4 * k], inv)
+                q *= 3
+                y[48 + j] = np.uint8((q * 256 + 242) // 243)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _quantize_tq2_0(rows):
+    nrows, n = rows.shape
+    nb = n // QK_K
+    out = np.zeros((nrows, nb * 66), dtype=np.uint8)
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            x = rows[r, ib * QK_K:(ib + 1) * QK_K]
+            y = out[r, ib * 66:(ib + 1) * 66]
+            inv = _scale(x, y, 64)
+            for c in range(2):
+                for m in range(32):
+                    q = 0
+                    for k in range(4):
+                        q += (_trit(x[128 * c + m + 32 * k], inv) & 3) << (2 * k)
+                    y[32 * c + m] = np.uint8(q)
+    return out
+
+
+@numba.njit(inline="always", cache=True)
+def _untrit(byte, pow3):
+    """Trit of a TQ1_0 byte after multiplying by 3^n (mod 256): ((q * 3) >> 8) - 1."""
+    q = (np.int64(byte) * pow3) & 0xFF
+    return np.float32(((q * 3) >> 8) - 1)
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_tq1_0(data, n, fp16):
+    nrows = data.shape[0]
+    nb = n // QK_K
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            b = ib * 54
+            d = fp16[np.int64(data[r, b + 52]) | (np.int64(data[r, b + 53]) << 8)]
+            y = ib * QK_K
+            p = 1
+            for k in range(5):
+                for m in range(32):
+                    out[r, y] = _untrit(data[r, b + m], p) * d
+                    y += 1
+                p *= 3
+            p = 1
+            for k in range(5):
+                for m in range(16):
+                    out[r, y] = _untrit(data[r, b + 32 + m], p) * d
+                    y += 1
+                p *= 3
+            p = 1
+            for k in range(4):
+                for j in range(4):
+                    out[r, y] = _untrit(data[r, b + 48 + j], p) * d
+                    y += 1
+                p *= 3
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _dequantize_tq2_0(data, n, fp16):
+    nrows = data.shape[0]
+    nb = n // QK_K
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            b = ib * 66
+            d = fp16[np.int64(data[r, b + 64]) | (np.int64(data[r, b + 65]) << 8)]
+            y = ib * QK_K
+            for c in range(2):
+                for k in range(4):
+                    for m in range(32):
+                        q = (np.int64(data[r, b + 32 * c + m]) >> (2 * k)) & 3
+                        out[r, y] = np.float32(q - 1) * d
+                        y += 1
+    return out
+
+
+def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """Quantize float32 rows (nrows, n_per_row) to TQ1_0 / TQ2_0 bytes; ``imatrix`` is ignored
+    (as by llama.cpp). Equals ``ggml_quantize_chunk``."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] % QK_K:
+        raise ShapeError(f"{qt.name}: rows of shape {rows.shape} are not whole blocks of {QK_K}")
+    if qt.name == "TQ1_0":
+        return _quantize_tq1_0(rows)
+    return _quantize_tq2_0(rows)
+
+
+def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
+    """float32 rows (nrows, n_per_row) from TQ1_0 / TQ2_0 bytes, as llama.cpp's dequantize_row_*."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    if qt.name == "TQ1_0":
+        return _dequantize_tq1_0(data, int(n_per_row), FP16_TO_FP32)
+    return _dequantize_tq2_0(data, int(n_per_row), FP16_TO_FP32)

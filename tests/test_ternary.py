@@ -1,0 +1,114 @@
+"""TQ1_0 and TQ2_0: bytes equal to llama.cpp's ggml_quantize_chunk, with and without an imatrix."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import llamacpp_ref as ref
+import quantkit
+from quantkit.errors import ShapeError
+from quantkit.quants import dequantize, quantize
+from quantkit.types import quant_type
+
+TYPES = ["TQ1_0", "TQ2_0"]
+
+
+def assert_same_blocks(ours: np.ndarray, theirs: np.ndarray, qtype: str) -> None:
+    size = quant_type(qtype).type_size
+    ours = np.asarray(ours).view(np.uint8).reshape(-1)
+    theirs = np.asarray(theirs).view(np.uint8).reshape(-1)
+    assert ours.size == theirs.size
+    bad = np.flatnonzero((ours.reshape(-1, size) != theirs.reshape(-1, size)).any(axis=1))
+    assert bad.size == 0, f"{qtype}: {bad.size} of {ours.size // size} blocks differ, first {bad[:5].tolist()}"
+
+
+def check(x: np.ndarray, qtype: str, imatrix=None) -> None:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    q = quantize(x, qtype, imatrix=imatrix)
+    expected = ref.quantize(x, qtype, imatrix)
+    assert_same_blocks(q.data, expected, qtype)
+    np.testing.assert_array_equal(dequantize(q).reshape(-1), ref.dequantize(expected, qtype, x.size))
+
+
+@pytest.mark.parametrize("use_imatrix", [False, True], ids=["plain", "imatrix"])
+@pytest.mark.parametrize("qtype", TYPES)
+def test_gaussian_rows_match_llamacpp(qtype, use_imatrix):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 2048)).astype(np.float32)
+    check(x, qtype, rng.random(2048).astype(np.float32) if use_imatrix else None)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_imatrix_is_ignored_as_by_llamacpp(qtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    w = (rng.random(512) * 100).astype(np.float32)
+    np.testing.assert_array_equal(quantize(x, qtype, imatrix=w).data, quantize(x, qtype).data)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_half_way_values_round_away_from_zero(qtype):
+    # x/amax of exactly +-0.5 is where lroundf (away from zero) and rint (to even) disagree
+    rng = np.random.default_rng(2)
+    x = rng.choice(np.array([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0], np.float32), (16, 256))
+    x[:, 0] = 1.0
+    x[1] = 0.5 * x[1] + np.float32(2.0 ** -25)  # just past the half way
+    check(x, qtype)
+    levels = dequantize(quantize(x[:1], qtype)).reshape(-1)
+    assert set(np.unique(levels)) <= {-1.0, 0.0, 1.0}
+    np.testing.assert_array_equal(levels[x[0] == 0.5], 1.0)
+    np.testing.assert_array_equal(levels[x[0] == -0.5], -1.0)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "ternary", "tiny", "subnormal", "fp16_overflow", "heavy_tail", "one_sign"])
+@pytest.mark.parametrize("qtype", TYPES)
+def test_edge_cases_match_llamacpp(qtype, kind):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 1024))
+    if kind == "zeros":
+        x[:] = 0.0
+        x[1, 256:512] = 1.0  # one block non-zero
+    elif kind == "ternary":  # what TQ types are for: {-1, 0, 1} times a scale, recovered exactly
+        x = rng.integers(-1, 2, x.shape) * 0.0625
+        x[:, ::256] = 0.0625
+    elif kind == "tiny":
+        x *= 1e-20
+    elif kind == "subnormal":
+        x *= 1e-42
+    elif kind == "fp16_overflow":
+        x *= 1e6
+    elif kind == "heavy_tail":
+        x = rng.standard_t(1.5, x.shape)
+    elif kind == "one_sign":
+        x = np.abs(x)
+    x = x.astype(np.float32)
+    check(x, qtype)
+    if kind == "ternary":
+        np.testing.assert_array_equal(dequantize(quantize(x, qtype)), x)
+
+
+def test_minilm_weights_match_llamacpp(minilm_weights):
+    x = minilm_weights["encoder.layer.2.output.dense.weight"]  # rows of 1536 = 6 blocks
+    for qtype in TYPES:
+        check(x, qtype)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    qtype=st.sampled_from(TYPES),
+    x=hnp.arrays(np.float32, (2, 256), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)),
+)
+def test_any_finite_input_matches_llamacpp(qtype, x):
+    check(x, qtype)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_public_api_and_row_length(qtype):
+    x = np.random.default_rng(4).standard_normal((2, 3, 256)).astype(np.float32)
+    q = quantkit.quantize(x, qtype)
+    assert q.shape == (2, 3, 256) and q.nbytes == 6 * quant_type(qtype).type_size
+    np.testing.assert_array_equal(q.data, ref.quantize(x.reshape(-1, 256), qtype))
+    with pytest.raises(ShapeError, match="256"):
+        quantkit.quantize(np.ones((2, 96), np.float32), qtype)
