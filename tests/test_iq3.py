@@ -71,15 +71,34 @@ def test_neighbour_tables_are_llamacpps(qtype):
         assert np.array_equal(listed, expected[: int((d2 <= cutoff).sum())])
 
 
-@pytest.mark.parametrize("use_imatrix", [False, True], ids=["plain", "imatrix"])
+def activation_imatrix(n: int, seed: int = 11) -> np.ndarray:
+    """An imatrix as llama.cpp collects it: mean squared activations, column scales varying widely."""
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((64, n)) * np.exp(rng.standard_normal(n) * 1.5)
+    return (acts**2).mean(axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 256), (3, 768), (32, 2048)], ids=["1x256", "3x768", "32x2048"])
+@pytest.mark.parametrize("imatrix", [None, "random", "activations"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_gaussian_rows_match_llamacpp(qtype, use_imatrix):
-    x = np.random.default_rng(0).standard_normal((32, 2048)).astype(np.float32)
-    check(x, qtype, imatrix_for(2048) if use_imatrix else None)
+def test_gaussian_rows_match_llamacpp(qtype, imatrix, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    w = {None: None, "random": imatrix_for, "activations": activation_imatrix}[imatrix]
+    check(x, qtype, w(shape[1]) if w else None)
+
+
+@pytest.mark.parametrize("qtype, threshold", [("IQ3_XXS", 0.005), ("IQ3_S", 0.004)])
+def test_llamacpp_selftest_error(qtype, threshold):
+    # llama.cpp's test-quantize-fns data 0.1 + 2*cos(i); error sqrt(sum sq diff)/n below its threshold
+    i = np.arange(32 * 128, dtype=np.float32)
+    x = (0.1 + 2.0 * np.cos(i).astype(np.float64)).astype(np.float32)[None, :]
+    check(x, qtype)
+    diff = dequantize(quantize(x, qtype)).astype(np.float64) - x
+    assert np.sqrt((diff**2).sum()) / x.size < threshold
 
 
 EDGE_KINDS = ["zeros", "zero_subblocks", "below_group_eps", "subnormal", "odd_negatives", "fp16_overflow",
-              "large", "heavy_tail", "ties", "constant", "one_sign", "outliers", "sparse"]
+              "large", "heavy_tail", "lognormal_scaled", "ties", "constant", "one_sign", "outliers", "sparse"]
 
 
 @pytest.mark.parametrize("kind", EDGE_KINDS)
@@ -106,6 +125,8 @@ def test_edge_cases_match_llamacpp(qtype, use_imatrix, kind):
         x *= 1e11
     elif kind == "heavy_tail":
         x = rng.standard_t(2, x.shape)
+    elif kind == "lognormal_scaled":  # Gaussian * exp(Gaussian)
+        x *= np.exp(rng.standard_normal(x.shape) * 2)
     elif kind == "ties":
         x = rng.integers(-4, 5, x.shape).astype(float)
     elif kind == "constant":
@@ -140,6 +161,16 @@ def test_minilm_weights_match_llamacpp(minilm_weights, qtype, use_imatrix):
         check(x, qtype, imatrix_for(x.shape[1]) if use_imatrix else None)
     x = minilm_weights["encoder.layer.1.attention.self.value.weight"].reshape(-1, 768)[:48]
     check(x, qtype, imatrix_for(768) if use_imatrix else None)
+
+
+@pytest.mark.parametrize("imatrix", [None, "activations"])
+@pytest.mark.parametrize("qtype", TYPES)
+def test_smollm2_weights_match_llamacpp(smollm2_weights, qtype, imatrix):
+    for name in ["blk.0.ffn_down.weight", "blk.29.ffn_down.weight"]:  # (576, 1536)
+        x = smollm2_weights[name][:48]
+        check(x, qtype, activation_imatrix(1536) if imatrix else None)
+    x = smollm2_weights["blk.5.attn_v.weight"].reshape(-1, 768)[:48]  # 576-wide rows regrouped by 768
+    check(x, qtype, activation_imatrix(768) if imatrix else None)
 
 
 @settings(max_examples=20, deadline=None)

@@ -61,6 +61,8 @@ def edge_rows(kind: str, n: int = 1024) -> np.ndarray:
         x *= 1e25
     elif kind == "heavy_tail":
         x = rng.standard_t(2, x.shape)
+    elif kind == "lognormal_scaled":  # Gaussian * exp(Gaussian)
+        x *= np.exp(rng.standard_normal(x.shape) * 2)
     elif kind == "ties":
         x = rng.integers(-4, 5, x.shape).astype(float)
     elif kind == "constant":
@@ -74,14 +76,44 @@ def edge_rows(kind: str, n: int = 1024) -> np.ndarray:
 
 
 EDGE_KINDS = ["zeros", "zero_subblocks", "below_group_eps", "subnormal", "fp16_overflow", "square_overflow",
-              "heavy_tail", "ties", "constant", "one_sign", "outliers"]
+              "heavy_tail", "lognormal_scaled", "ties", "constant", "one_sign", "outliers"]
 
 
-@pytest.mark.parametrize("use_imatrix", [False, True], ids=["plain", "imatrix"])
+def activation_imatrix(n: int, seed: int = 11) -> np.ndarray:
+    """An imatrix as llama.cpp collects it: mean squared activations, column scales varying widely."""
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((64, n)) * np.exp(rng.standard_normal(n) * 1.5)
+    return (acts**2).mean(axis=0).astype(np.float32)
+
+
+def selftest_data(n: int, offset: float = 0.0) -> np.ndarray:
+    """llama.cpp's tests/test-quantize-fns.cpp data: 0.1 + 2*cos(i + offset)."""
+    i = np.arange(n, dtype=np.float32)
+    return (0.1 + 2.0 * np.cos(i + np.float32(offset)).astype(np.float64)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 256), (3, 768), (48, 2048)], ids=["1x256", "3x768", "48x2048"])
+@pytest.mark.parametrize("imatrix", [None, "random", "activations"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_gaussian_rows_match_llamacpp(qtype, use_imatrix):
-    x = np.random.default_rng(0).standard_normal((48, 2048)).astype(np.float32)
-    check(x, qtype, imatrix_for(2048) if use_imatrix else None)
+def test_gaussian_rows_match_llamacpp(qtype, imatrix, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    w = {None: None, "random": imatrix_for, "activations": activation_imatrix}[imatrix]
+    check(x, qtype, w(shape[1]) if w else None)
+
+
+def test_single_block_rows_match_llamacpp():
+    rng = np.random.default_rng(9)
+    check(rng.standard_normal((1, 32)).astype(np.float32), "IQ4_NL")
+    check(rng.standard_normal((5, 32)).astype(np.float32), "IQ4_NL", imatrix_for(32))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_llamacpp_selftest_error(qtype):
+    # total error sqrt(sum sq diff) / n below llama.cpp's threshold for 4-bit types (0.002)
+    x = selftest_data(32 * 128)[None, :]
+    check(x, qtype)
+    diff = dequantize(quantize(x, qtype)).astype(np.float64) - x
+    assert np.sqrt((diff**2).sum()) / x.size < 0.002
 
 
 @pytest.mark.parametrize("kind", EDGE_KINDS)
@@ -112,6 +144,17 @@ def test_minilm_weights_match_llamacpp(minilm_weights, use_imatrix):
         x = minilm_weights[name][:128]
         check(x, "IQ4_XS", imatrix_for(x.shape[1]) if use_imatrix else None)
         check(x, "IQ4_NL", imatrix_for(x.shape[1]) if use_imatrix else None)
+
+
+@pytest.mark.parametrize("imatrix", [None, "activations"])
+def test_smollm2_weights_match_llamacpp(smollm2_weights, imatrix):
+    for name in ["blk.0.attn_q.weight", "blk.7.attn_k.weight"]:  # rows of 576: IQ4_NL only
+        x = smollm2_weights[name][:128]
+        check(x, "IQ4_NL", activation_imatrix(576) if imatrix else None)
+    for name in ["blk.0.ffn_down.weight", "blk.29.ffn_down.weight"]:  # (576, 1536)
+        x = smollm2_weights[name][:96]
+        for qtype in TYPES:
+            check(x, qtype, activation_imatrix(1536) if imatrix else None)
 
 
 @settings(max_examples=30, deadline=None)

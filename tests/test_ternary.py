@@ -32,12 +32,23 @@ def check(x: np.ndarray, qtype: str, imatrix=None) -> None:
     np.testing.assert_array_equal(dequantize(q).reshape(-1), ref.dequantize(expected, qtype, x.size))
 
 
+@pytest.mark.parametrize("shape", [(1, 256), (3, 768), (64, 2048)], ids=["1x256", "3x768", "64x2048"])
 @pytest.mark.parametrize("use_imatrix", [False, True], ids=["plain", "imatrix"])
 @pytest.mark.parametrize("qtype", TYPES)
-def test_gaussian_rows_match_llamacpp(qtype, use_imatrix):
+def test_gaussian_rows_match_llamacpp(qtype, use_imatrix, shape):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 2048)).astype(np.float32)
-    check(x, qtype, rng.random(2048).astype(np.float32) if use_imatrix else None)
+    x = rng.standard_normal(shape).astype(np.float32)
+    check(x, qtype, rng.random(shape[1]).astype(np.float32) if use_imatrix else None)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_llamacpp_selftest_error(qtype):
+    # llama.cpp's test-quantize-fns data 0.1 + 2*cos(i); error sqrt(sum sq diff)/n below 0.01 (ternary)
+    i = np.arange(32 * 128, dtype=np.float32)
+    x = (0.1 + 2.0 * np.cos(i).astype(np.float64)).astype(np.float32)[None, :]
+    check(x, qtype)
+    diff = dequantize(quantize(x, qtype)).astype(np.float64) - x
+    assert np.sqrt((diff**2).sum()) / x.size < 0.01
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -62,7 +73,8 @@ def test_half_way_values_round_away_from_zero(qtype):
     np.testing.assert_array_equal(levels[x[0] == -0.5], -1.0)
 
 
-@pytest.mark.parametrize("kind", ["zeros", "ternary", "tiny", "subnormal", "fp16_overflow", "heavy_tail", "one_sign"])
+@pytest.mark.parametrize("kind", ["zeros", "ternary", "tiny", "subnormal", "fp16_overflow", "heavy_tail",
+                                  "lognormal_scaled", "one_sign"])
 @pytest.mark.parametrize("qtype", TYPES)
 def test_edge_cases_match_llamacpp(qtype, kind):
     rng = np.random.default_rng(3)
@@ -81,6 +93,8 @@ def test_edge_cases_match_llamacpp(qtype, kind):
         x *= 1e6
     elif kind == "heavy_tail":
         x = rng.standard_t(1.5, x.shape)
+    elif kind == "lognormal_scaled":  # Gaussian * exp(Gaussian)
+        x *= np.exp(rng.standard_normal(x.shape) * 2)
     elif kind == "one_sign":
         x = np.abs(x)
     x = x.astype(np.float32)
@@ -91,6 +105,15 @@ def test_edge_cases_match_llamacpp(qtype, kind):
 
 def test_minilm_weights_match_llamacpp(minilm_weights):
     x = minilm_weights["encoder.layer.2.output.dense.weight"]  # rows of 1536 = 6 blocks
+    for qtype in TYPES:
+        check(x, qtype)
+
+
+def test_smollm2_weights_match_llamacpp(smollm2_weights):
+    x = smollm2_weights["blk.3.ffn_down.weight"]  # (576, 1536)
+    for qtype in TYPES:
+        check(x, qtype)
+    x = smollm2_weights["blk.3.attn_q.weight"].reshape(-1, 768)  # 576-wide rows regrouped by 768
     for qtype in TYPES:
         check(x, qtype)
 
