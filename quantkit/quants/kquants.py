@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
-from .search import GROUP_MAX_EPS, make_qkx3_quants, make_qx_quants
+from .search import GROUP_MAX_EPS, make_qx_quants
 
 QK_K = 256
 _KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
@@ -35,144 +35,274 @@ _F1 = np.float32(1.0)
 
 
 # ------------------------------------------------------------------------------------------ searches
-# llama.cpp's make_qkx2_quants, make_q3_quants and make_qp_quants (float32, C operation order).
+# llama.cpp runs its searches one group (sub-block) at a time. Here G groups of n values run side
+# by side: X[i*G + g] is value i of group g, and every loop over the groups is innermost, so LLVM
+# vectorizes across groups while each group's sums still accumulate in C's order (lane g does
+# exactly the float32 operations C does for group g; decisions become per-lane selects).
+# State rows of ``st`` (a (16, G) float32 scratch):
+_MN, _MX, _SW, _SX, _IS, _SC, _BEST, _SL, _SL2, _SXL, _TS, _TM, _ERR, _FLAT, _ACC = range(15)
 
 
-@numba.njit(cache=True)
-def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
-    """Levels in [0, nmax] with a min for ``x`` under ``weights``: returns (scale, -min).
+@numba.njit(cache=True, error_model="numpy")
+def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
+    """make_qkx2_quants (and make_qkx3_quants with weights, the same search) on G groups.
 
-    The range [min(x, 0), max(x)] first gives scale (max-min)/nmax; then nstep+1 trial inverse
-    scales (rmin + rdelta*k + nmax)/(max-min) each round the values, solve the weighted least
-    squares for scale and min (min clamped to <= 0), and the one with the lowest weighted error
-    (absolute if use_mad, else squared) wins.
+    Levels in [0, nmax] with a min: the range [min(x, 0), max(x)] gives a first scale; then
+    nstep+1 trial inverse scales (rmin + rdelta*k + nmax)/(max - min) each round the values, solve
+    the weighted least squares for scale and min (min clamped to <= 0) and keep the fit with the
+    lowest weighted error (absolute if use_mad, else squared). A better fit's min is used by the
+    following trials, as in C. Results: st[_SC] (scale), st[_MN] (min; C returns -min), L.
+    Requires nstep >= 1.
     """
-    mn = x[0]
-    mx = x[0]
-    sum_w = weights[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        v = x[i]
-        if v < mn:
-            mn = v
-        if v > mx:
-            mx = v
-        w = weights[i]
-        sum_w += w
-        sum_x += w * v
-    if mn > _F0:
-        mn = _F0
-    if mx == mn:
-        for i in range(n):
-            L[i] = 0
-        return _F0, -mn
+    mn = st[_MN]
+    mx = st[_MX]
+    sum_w = st[_SW]
+    sum_x = st[_SX]
+    iscale = st[_IS]
+    scale = st[_SC]
+    best = st[_BEST]
+    sl = st[_SL]
+    sl2 = st[_SL2]
+    sxl = st[_SXL]
+    ts = st[_TS]
+    tm = st[_TM]
+    err = st[_ERR]
+    flat = st[_FLAT]
+    acc = st[_ACC]
     fnmax = np.float32(nmax)
-    iscale = fnmax / (mx - mn)
-    scale = _F1 / iscale
-    best_error = _F0
+    for g in range(G):
+        mn[g] = X[g]
+        mx[g] = X[g]
+        sum_w[g] = W[g]
+        sum_x[g] = W[g] * X[g]
+    for i in range(1, n):
+        for g in range(G):
+            v = X[i * G + g]
+            mn[g] = v if v < mn[g] else mn[g]
+            mx[g] = v if v > mx[g] else mx[g]
+            w = W[i * G + g]
+            sum_w[g] += w
+            sum_x[g] += w * v
+    for g in range(G):
+        m = _F0 if mn[g] > _F0 else mn[g]
+        mn[g] = m
+        flat[g] = _F1 if mx[g] == m else _F0
+        iscale[g] = fnmax / (mx[g] - m)
+        scale[g] = _F1 / iscale[g]
+        best[g] = _F0
     for i in range(n):
-        l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-        L[i] = l
-        diff = scale * np.float32(l) + mn - x[i]
-        diff = np.abs(diff) if use_mad else diff * diff
-        best_error += weights[i] * diff
-    if nstep < 1:
-        return scale, -mn
+        for g in range(G):
+            l = max(0, min(nmax, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
+            L[i * G + g] = l
+            diff = scale[g] * np.float32(l) + mn[g] - X[i * G + g]
+            diff = np.abs(diff) if use_mad else diff * diff
+            best[g] += W[i * G + g] * diff
     for step in range(nstep + 1):
-        # mn may have moved to a better fit's min: C re-reads it in every step
-        iscale = (rmin + rdelta * np.float32(step) + fnmax) / (mx - mn)
-        sum_l = _F0
-        sum_l2 = _F0
-        sum_xl = _F0
+        for g in range(G):
+            iscale[g] = (rmin + rdelta * np.float32(step) + fnmax) / (mx[g] - mn[g])
+            sl[g] = _F0
+            sl2[g] = _F0
+            sxl[g] = _F0
         for i in range(n):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-            Laux[i] = l
-            wl = weights[i] * np.float32(l)
-            sum_l += wl
-            sum_l2 += wl * np.float32(l)
-            sum_xl += wl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > _F0:
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > _F0:
-                this_min = _F0
-                this_scale = sum_xl / sum_l2
-            cur_error = _F0
-            for i in range(n):
-                diff = this_scale * np.float32(Laux[i]) + this_min - x[i]
+            for g in range(G):
+                l = max(0, min(nmax, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
+                Laux[i * G + g] = l
+                fl = np.float32(l)
+                wl = W[i * G + g] * fl
+                sl[g] += wl
+                sl2[g] += wl * fl
+                sxl[g] += wl * X[i * G + g]
+        for g in range(G):
+            D = sum_w[g] * sl2[g] - sl[g] * sl[g]
+            a = (sum_w[g] * sxl[g] - sum_x[g] * sl[g]) / D
+            b = (sl2[g] * sum_x[g] - sl[g] * sxl[g]) / D
+            clamp = b > _F0
+            ts[g] = sxl[g] / sl2[g] if clamp else a
+            tm[g] = _F0 if clamp else b
+            err[g] = _F0
+            acc[g] = _F1 if (D > _F0 and flat[g] == _F0) else _F0
+        for i in range(n):
+            for g in range(G):
+                diff = ts[g] * np.float32(Laux[i * G + g]) + tm[g] - X[i * G + g]
                 diff = np.abs(diff) if use_mad else diff * diff
-                cur_error += weights[i] * diff
-            if cur_error < best_error:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_error = cur_error
-                scale = this_scale
-                mn = this_min
-    return scale, -mn
-
-
-@numba.njit(cache=True)
-def make_q3_quants(n, nmax, x, L, do_rmse):
-    """Symmetric levels in [0, 2*nmax) for ``x``: scale -nmax/max, then (do_rmse) up to 5 passes
-    of coordinate descent on each level, weighted by x^2, keeping changes that improve the fit."""
-    mx = _F0
-    amax = _F0
+                err[g] += W[i * G + g] * diff
+        for g in range(G):
+            ok = acc[g] != _F0 and err[g] < best[g]
+            acc[g] = _F1 if ok else _F0
+            best[g] = err[g] if ok else best[g]
+            scale[g] = ts[g] if ok else scale[g]
+            mn[g] = tm[g] if ok else mn[g]
+        for i in range(n):
+            for g in range(G):
+                L[i * G + g] = Laux[i * G + g] if acc[g] != _F0 else L[i * G + g]
     for i in range(n):
-        ax = np.abs(x[i])
-        if ax > amax:
-            amax = ax
-            mx = x[i]
-    if amax < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return _F0
-    iscale = -np.float32(nmax) / mx
-    if do_rmse:
-        sumlx = _F0
-        suml2 = _F0
-        for i in range(n):
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            L[i] = l
-            w = x[i] * x[i]
+        for g in range(G):
+            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g]
+    for g in range(G):
+        scale[g] = _F0 if flat[g] != _F0 else scale[g]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _absmax_lanes(G, n, X, st):
+    """Per group: st[_MX] = the value of largest magnitude (first on ties), st[_IS] = its magnitude."""
+    mx = st[_MX]
+    amax = st[_IS]
+    for g in range(G):
+        mx[g] = _F0
+        amax[g] = _F0
+    for i in range(n):
+        for g in range(G):
+            v = X[i * G + g]
+            a = np.abs(v)
+            big = a > amax[g]
+            amax[g] = a if big else amax[g]
+            mx[g] = v if big else mx[g]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _qx_lanes(G, n, nmax, X, W, L, Laux, st):
+    """make_qx_quants with rmse_type 1 and weights W (x*x when llama.cpp passes no weights).
+
+    Symmetric levels in [0, 2*nmax): starts from the scale -max/nmax (max = the value of largest
+    magnitude), then tries the 18 inverse scales -(nmax + 0.1*k)/max, k = -9..9, keeping the one
+    whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[_SC].
+    """
+    _absmax_lanes(G, n, X, st)
+    mx = st[_MX]
+    amax = st[_IS]
+    flat = st[_FLAT]
+    scale = st[_SC]
+    best = st[_BEST]
+    sumlx = st[_SL]
+    suml2 = st[_SL2]
+    iscale = st[_TS]
+    acc = st[_ACC]
+    fnmax = np.float32(nmax)
+    for g in range(G):
+        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
+        iscale[g] = -fnmax / mx[g]
+        sumlx[g] = _F0
+        suml2[g] = _F0
+    for i in range(n):
+        for g in range(G):
+            x = X[i * G + g]
+            l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
+            L[i * G + g] = l + nmax
+            w = W[i * G + g]
             fl = np.float32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
+            sumlx[g] += w * x * fl
+            suml2[g] += w * fl * fl
+    for g in range(G):
+        scale[g] = sumlx[g] / suml2[g] if suml2[g] != _F0 else _F0
+        best[g] = scale[g] * sumlx[g]
+    for k in range(-9, 10):
+        if k == 0:
+            continue
+        for g in range(G):
+            iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
+            sumlx[g] = _F0
+            suml2[g] = _F0
+        for i in range(n):
+            for g in range(G):
+                x = X[i * G + g]
+                l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
+                Laux[i * G + g] = l + nmax
+                w = W[i * G + g]
+                fl = np.float32(l)
+                sumlx[g] += w * x * fl
+                suml2[g] += w * fl * fl
+        for g in range(G):
+            ok = flat[g] == _F0 and suml2[g] > _F0 and sumlx[g] * sumlx[g] > best[g] * suml2[g]
+            acc[g] = _F1 if ok else _F0
+            s = sumlx[g] / suml2[g]
+            scale[g] = s if ok else scale[g]
+            best[g] = s * sumlx[g] if ok else best[g]
+        for i in range(n):
+            for g in range(G):
+                L[i * G + g] = Laux[i * G + g] if acc[g] != _F0 else L[i * G + g]
+    for i in range(n):
+        for g in range(G):
+            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g]
+    for g in range(G):
+        scale[g] = _F0 if flat[g] != _F0 else scale[g]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _q3_lanes(G, n, nmax, X, L, st):
+    """make_q3_quants with do_rmse: symmetric levels in [0, 2*nmax) weighted by x*x.
+
+    Starts from the scale -max/nmax, then up to 5 passes of coordinate descent: each level in turn
+    moves to the value that best fits the current least-squares scale of the others, kept only if
+    the fit (sum(wxl)^2/sum(wl^2)) improves; a group stops after a pass without change.
+    Result: st[_SC].
+    """
+    _absmax_lanes(G, n, X, st)
+    mx = st[_MX]
+    amax = st[_IS]
+    flat = st[_FLAT]
+    scale = st[_SC]
+    sumlx = st[_SL]
+    suml2 = st[_SL2]
+    iscale = st[_TS]
+    fnmax = np.float32(nmax)
+    for g in range(G):
+        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
+        iscale[g] = -fnmax / mx[g]
+        sumlx[g] = _F0
+        suml2[g] = _F0
+    for i in range(n):
+        for g in range(G):
+            x = X[i * G + g]
+            l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
+            L[i * G + g] = l
+            w = x * x
+            fl = np.float32(l)
+            sumlx[g] += w * x * fl
+            suml2[g] += w * fl * fl
+    # the coordinate descent is sequential within a group: one group at a time, state in registers
+    for g in range(G):
+        if flat[g] != _F0:
+            continue
+        sx = sumlx[g]
+        s2 = suml2[g]
         for itry in range(5):
             n_changed = 0
             for i in range(n):
-                w = x[i] * x[i]
-                fli = np.float32(L[i])
-                slx = sumlx - w * x[i] * fli
+                x = X[i * G + g]
+                w = x * x
+                li = L[i * G + g]
+                fli = np.float32(li)
+                slx = sx - w * x * fli
                 if slx > _F0:
-                    sl2 = suml2 - w * fli * fli
-                    new_l = max(-nmax, min(nmax - 1, nearest_int(x[i] * sl2 / slx)))
-                    if new_l != L[i]:
+                    sl2 = s2 - w * fli * fli
+                    new_l = max(-nmax, min(nmax - 1, nearest_int(x * sl2 / slx)))
+                    if new_l != li:
                         fnl = np.float32(new_l)
-                        slx += w * x[i] * fnl
+                        slx += w * x * fnl
                         sl2 += w * fnl * fnl
-                        if sl2 > _F0 and slx * slx * suml2 > sumlx * sumlx * sl2:
-                            L[i] = new_l
-                            sumlx = slx
-                            suml2 = sl2
+                        if sl2 > _F0 and slx * slx * s2 > sx * sx * sl2:
+                            L[i * G + g] = new_l
+                            sx = slx
+                            s2 = sl2
                             n_changed += 1
             if n_changed == 0:
                 break
-        for i in range(n):
-            L[i] += nmax
-        return sumlx / suml2 if suml2 > _F0 else _F0
+        sumlx[g] = sx
+        suml2[g] = s2
     for i in range(n):
-        L[i] = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i]))) + nmax
-    return _F1 / iscale
+        for g in range(G):
+            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g] + nmax
+    for g in range(G):
+        scale[g] = sumlx[g] / suml2[g] if (flat[g] == _F0 and suml2[g] > _F0) else _F0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, quant_weights):
-    """Levels in [0, nmax] for non-negative ``x`` (sub-block scales or mins) under weights.
+    """llama.cpp's make_qp_quants: levels in [0, nmax] for non-negative ``x`` (sub-block scales or
+    mins) under weights; ``L`` is uint8 as in C (where a negative level would wrap too).
 
     Tries nmax/max and 8 nearby inverse scales (weighted squared error), then up to 5 passes of
     coordinate descent on single levels; returns the least-squares scale sum(wxl)/sum(wl^2).
-    ``L`` is uint8 as in C (a negative level would wrap there too).
     """
     mx = _F0
     for i in range(n):
@@ -314,220 +444,253 @@ def _unpack_scale_q3(q, pos, j):
     return sc - 32
 
 
+# ------------------------------------------------------------------------------------------ row drivers
+# Each row is cut into chunks of up to _CHUNK super-blocks; a chunk's sub-blocks are the lanes of
+# one search. Scratch is allocated once per row.
+_CHUNK = 4
+
+
+@numba.njit(inline="always", cache=True)
+def _to_lanes(x, base, G, n, X):
+    """X[i*G + g] = x[base + n*g + i]: the chunk's sub-blocks side by side."""
+    for g in range(G):
+        for i in range(n):
+            X[i * G + g] = x[base + n * g + i]
+
+
+@numba.njit(inline="always", cache=True)
+def _from_lanes(L, G, n, g0, Lb):
+    """The levels of one super-block (lanes g0 .. g0 + 256/n - 1) in natural order."""
+    for j in range(QK_K // n):
+        for i in range(n):
+            Lb[n * j + i] = L[i * G + g0 + j]
+
+
+@numba.njit(inline="always", cache=True)
+def _lane_sums(G, n, W, out):
+    """out[g] = sum of group g's weights, in order."""
+    for g in range(G):
+        out[g] = _F0
+    for i in range(n):
+        for g in range(G):
+            out[g] += W[i * G + g]
+
+
+@numba.njit(inline="always", cache=True)
+def _imatrix_weights(x, qw, base, G, n, X, W, sigma2_factor):
+    """W = qw * sqrt(sigma2 + x^2), sigma2 = factor * (sum of its super-block's x^2) / 256."""
+    per_block = QK_K // n
+    for b in range(G // per_block):
+        sb = base + b * QK_K
+        s = _F0
+        for j in range(QK_K):
+            s += x[sb + j] * x[sb + j]
+        sigma2 = sigma2_factor * s / np.float32(256.0)
+        for jj in range(per_block):
+            g = b * per_block + jj
+            for i in range(n):
+                v = X[i * G + g]
+                W[i * G + g] = qw[sb + n * jj + i] * np.sqrt(sigma2 + v * v)
+
+
 # ------------------------------------------------------------------------------------------ Q4_K / Q5_K
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q45(x, out, L, ls, lm, d_stored, m_stored, nmax, five):
+def _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five):
     """Common tail of Q4_K/Q5_K: requantize with the stored scales and pack qs (and qh)."""
-    sbase = 4
     for j in range(8):
-        sc, m = _scale_min_k4(j, out, sbase)
+        sc, m = _scale_min_k4(j, out, ob + 4)
         d = d_stored * np.float32(sc)
         if d == _F0:
             continue
         dm = m_stored * np.float32(m)
         for ii in range(32):
-            l = nearest_int((x[32 * j + ii] + dm) / d)
-            L[32 * j + ii] = max(0, min(nmax, l))
+            l = nearest_int((x[xb + 32 * j + ii] + dm) / d)
+            Lb[32 * j + ii] = max(0, min(nmax, l))
     if five:
-        qh = 16
-        ql = 48
-        for k in range(32):
-            out[qh + k] = 0
-        m1 = 1
-        m2 = 2
-        for n in range(0, QK_K, 64):
+        qh = ob + 16
+        ql = ob + 48
+        # qh: bits 2k and 2k+1 of byte j are the 5th bits of values 64k + j and 64k + j + 32
+        for j in range(32):
+            h = 0
+            for k in range(4):
+                h |= ((np.int64(Lb[64 * k + j]) >> 4) << (2 * k)) | ((np.int64(Lb[64 * k + j + 32]) >> 4) << (2 * k + 1))
+            out[qh + j] = np.uint8(h & 0xFF)
+        for k in range(4):
             for j in range(32):
-                l1 = np.int64(L[n + j])
-                if l1 > 15:
-                    l1 -= 16
-                    out[qh + j] = np.uint8(out[qh + j] | m1)
-                l2 = np.int64(L[n + j + 32])
-                if l2 > 15:
-                    l2 -= 16
-                    out[qh + j] = np.uint8(out[qh + j] | m2)
-                out[ql + j] = np.uint8((l1 | (l2 << 4)) & 0xFF)
-            m1 <<= 2
-            m2 <<= 2
-            ql += 32
+                l1 = np.int64(Lb[64 * k + j]) & 0xF
+                l2 = np.int64(Lb[64 * k + j + 32]) & 0xF
+                out[ql + 32 * k + j] = np.uint8(l1 | (l2 << 4))
     else:
-        q = 16
+        q = ob + 16
         for j in range(0, QK_K, 64):
             for l in range(32):
-                out[q + l] = np.uint8((np.int64(L[j + l]) | (np.int64(L[j + l + 32]) << 4)) & 0xFF)
+                out[q + l] = np.uint8((np.int64(Lb[j + l]) | (np.int64(Lb[j + l + 32]) << 4)) & 0xFF)
             q += 32
 
 
-@numba.njit(cache=True)
-def _q45_block_ref(x, out, L, Laux, weights, scales, mins, ls, lm, nmax, rmin, rdelta, nstep, five):
-    """quantize_row_q4_K_ref / quantize_row_q5_K_ref on one super-block."""
-    max_scale = _F0
-    max_min = _F0
-    for j in range(8):
-        xs = x[32 * j : 32 * j + 32]
-        sum_x2 = _F0
-        for l in range(32):
-            sum_x2 += xs[l] * xs[l]
-        av_x = np.sqrt(sum_x2 / np.float32(32.0))
-        for l in range(32):
-            weights[l] = av_x + np.abs(xs[l])
-        s, m = make_qkx2_quants(32, nmax, xs, weights, L[32 * j : 32 * j + 32], Laux, rmin, rdelta, nstep, False)
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
-    inv_scale = np.float32(63.0) / max_scale if max_scale > _F0 else _F0
-    inv_min = np.float32(63.0) / max_min if max_min > _F0 else _F0
-    for j in range(8):
-        ls[j] = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)
-        lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
-    _pack_scale_min_k4(out, 4, ls, lm)
-    d_stored = _put_fp16(out, 0, max_scale / np.float32(63.0))
-    m_stored = _put_fp16(out, 2, max_min / np.float32(63.0))
-    _finish_q45(x, out, L, ls, lm, d_stored, m_stored, nmax, five)
+@numba.njit(cache=True, error_model="numpy")
+def _q45_row(x, qw, out, five):
+    nb = x.shape[0] // QK_K
+    nmax = 31 if five else 15
+    bb = 176 if five else 144
+    has_w = qw.size > 0
+    X = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    W = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    L = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    st = np.empty((16, 8 * _CHUNK), dtype=np.float32)
+    sw = np.empty(8 * _CHUNK, dtype=np.float32)
+    Lb = np.empty(QK_K, dtype=np.int32)
+    scales = np.empty(8, dtype=np.float32)
+    mins = np.empty(8, dtype=np.float32)
+    Ls = np.empty(8, dtype=np.uint8)
+    Lm = np.empty(8, dtype=np.uint8)
+    ls = np.empty(8, dtype=np.int64)
+    lm = np.empty(8, dtype=np.int64)
+    for c0 in range(0, nb, _CHUNK):
+        nbc = min(_CHUNK, nb - c0)
+        G = 8 * nbc
+        base = c0 * QK_K
+        _to_lanes(x, base, G, 32, X)
+        if has_w:
+            _imatrix_weights(x, qw, base, G, 32, X, W, np.float32(2.0))
+            _lane_sums(G, 32, W, sw)
+            _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
+        else:
+            # weights av_x + |x|, av_x = the sub-block's rms
+            for g in range(G):
+                sw[g] = _F0
+            for i in range(32):
+                for g in range(G):
+                    sw[g] += X[i * G + g] * X[i * G + g]
+            for g in range(G):
+                sw[g] = np.sqrt(sw[g] / np.float32(32.0))
+            for i in range(32):
+                for g in range(G):
+                    W[i * G + g] = sw[g] + np.abs(X[i * G + g])
+            if five:
+                _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, False, st)
+            else:
+                _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-1.0), np.float32(0.1), 20, False, st)
+        for b in range(nbc):
+            xb = base + b * QK_K
+            ob = (c0 + b) * bb
+            _from_lanes(L, G, 32, 8 * b, Lb)
+            for j in range(8):
+                scales[j] = st[_SC, 8 * b + j]
+                mins[j] = -st[_MN, 8 * b + j]
+            if has_w:
+                d_block = make_qp_quants(8, 63, scales, Ls, sw[8 * b : 8 * b + 8])
+                m_block = make_qp_quants(8, 63, mins, Lm, sw[8 * b : 8 * b + 8])
+                for j in range(8):
+                    s = np.int64(Ls[j])
+                    m = np.int64(Lm[j])
+                    ls[j] = min(63, s) if five else s
+                    lm[j] = min(63, m) if five else m
+            else:
+                max_scale = _F0
+                max_min = _F0
+                for j in range(8):
+                    if scales[j] > max_scale:
+                        max_scale = scales[j]
+                    if mins[j] > max_min:
+                        max_min = mins[j]
+                inv_scale = np.float32(63.0) / max_scale if max_scale > _F0 else _F0
+                inv_min = np.float32(63.0) / max_min if max_min > _F0 else _F0
+                for j in range(8):
+                    ls[j] = min(63, nearest_int(inv_scale * scales[j]) & 0xFF)
+                    lm[j] = min(63, nearest_int(inv_min * mins[j]) & 0xFF)
+                d_block = max_scale / np.float32(63.0)
+                m_block = max_min / np.float32(63.0)
+            _pack_scale_min_k4(out, ob + 4, ls, lm)
+            d_stored = _put_fp16(out, ob, d_block)
+            m_stored = _put_fp16(out, ob + 2, m_block)
+            _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five)
 
 
-@numba.njit(cache=True)
-def _q45_block_impl(x, qw, out, L, Laux, weights, scales, mins, sw, Ls, Lm, ls, lm, nmax, five):
-    """quantize_row_q4_K_impl / quantize_row_q5_K_impl (with an imatrix) on one super-block."""
-    sum_x2 = _F0
-    for l in range(QK_K):
-        sum_x2 += x[l] * x[l]
-    sigma2 = np.float32(2.0) * sum_x2 / np.float32(256.0)
-    for j in range(8):
-        xs = x[32 * j : 32 * j + 32]
-        for l in range(32):
-            weights[l] = qw[32 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
-        sumw = _F0
-        for l in range(32):
-            sumw += weights[l]
-        sw[j] = sumw
-        s, m = make_qkx3_quants(
-            32, nmax, xs, weights, L[32 * j : 32 * j + 32], Laux, np.float32(-0.9), np.float32(0.05), 36, False
-        )
-        scales[j] = s
-        mins[j] = m
-    d_block = make_qp_quants(8, 63, scales, Ls, sw)
-    m_block = make_qp_quants(8, 63, mins, Lm, sw)
-    for j in range(8):
-        s = np.int64(Ls[j])
-        m = np.int64(Lm[j])
-        if five:
-            s = min(63, s)
-            m = min(63, m)
-        ls[j] = s
-        lm[j] = m
-    _pack_scale_min_k4(out, 4, ls, lm)
-    d_stored = _put_fp16(out, 0, d_block)
-    m_stored = _put_fp16(out, 2, m_block)
-    _finish_q45(x, out, L, ls, lm, d_stored, m_stored, nmax, five)
-
-
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_q45_kernel(rows, qw, five):
     nrows, n = rows.shape
-    nb = n // QK_K
-    bb = 176 if five else 144
-    nmax = 31 if five else 15
-    out = np.zeros((nrows, nb * bb), dtype=np.uint8)
-    has_w = qw.size > 0
+    out = np.zeros((nrows, n // QK_K * (176 if five else 144)), dtype=np.uint8)
     for r in numba.prange(nrows):
-        L = np.zeros(QK_K, dtype=np.uint8)
-        Laux = np.zeros(32, dtype=np.uint8)
-        weights = np.zeros(32, dtype=np.float32)
-        scales = np.zeros(8, dtype=np.float32)
-        mins = np.zeros(8, dtype=np.float32)
-        sw = np.zeros(8, dtype=np.float32)
-        Ls = np.zeros(8, dtype=np.uint8)
-        Lm = np.zeros(8, dtype=np.uint8)
-        ls = np.zeros(8, dtype=np.int64)
-        lm = np.zeros(8, dtype=np.int64)
-        for i in range(nb):
-            x = rows[r, QK_K * i : QK_K * (i + 1)]
-            o = out[r, bb * i : bb * (i + 1)]
-            if has_w:
-                _q45_block_impl(
-                    x, qw[QK_K * i : QK_K * (i + 1)], o, L, Laux, weights, scales, mins, sw, Ls, Lm, ls, lm, nmax, five
-                )
-            elif five:
-                _q45_block_ref(
-                    x, o, L, Laux, weights, scales, mins, ls, lm, nmax, np.float32(-0.5), np.float32(0.1), 15, five
-                )
-            else:
-                _q45_block_ref(
-                    x, o, L, Laux, weights, scales, mins, ls, lm, nmax, np.float32(-1.0), np.float32(0.1), 20, five
-                )
+        _q45_row(rows[r], qw, out[r], five)
     return out
 
 
 # ------------------------------------------------------------------------------------------ Q6_K
 
 
-@numba.njit(cache=True)
-def _q6_block(x, qw, out, L, scales):
-    """quantize_row_q6_K_ref (qw empty) / quantize_row_q6_K_impl (qw = the block's imatrix)."""
-    max_scale = _F0
-    max_abs_scale = _F0
-    for ib in range(16):
-        if qw.size > 0:
-            s = make_qx_quants(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], 1, qw[16 * ib : 16 * ib + 16])
+@numba.njit(cache=True, error_model="numpy")
+def _q6_row(x, qw, out):
+    nb = x.shape[0] // QK_K
+    has_w = qw.size > 0
+    X = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    W = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    L = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    Lb = np.empty(QK_K, dtype=np.int32)
+    for c0 in range(0, nb, _CHUNK):
+        nbc = min(_CHUNK, nb - c0)
+        G = 16 * nbc
+        base = c0 * QK_K
+        _to_lanes(x, base, G, 16, X)
+        if has_w:
+            _to_lanes(qw, base, G, 16, W)
         else:
-            s = make_qx_quants(16, 32, x[16 * ib : 16 * ib + 16], L[16 * ib : 16 * ib + 16], 1, qw)
-        scales[ib] = s
-        a = np.abs(s)
-        if a > max_abs_scale:
-            max_abs_scale = a
-            max_scale = s
-    if max_abs_scale < GROUP_MAX_EPS:
-        for k in range(210):
-            out[k] = 0
-        return
-    iscale = np.float32(-128.0) / max_scale
-    d_stored = _put_fp16(out, 208, _F1 / iscale)
-    for ib in range(16):
-        out[192 + ib] = np.uint8(min(127, nearest_int(iscale * scales[ib])) & 0xFF)
-    for j in range(16):
-        sc = np.int64(np.int8(out[192 + j]))
-        d = d_stored * np.float32(sc)
-        if d == _F0:
-            continue
-        for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            L[16 * j + ii] = max(-32, min(31, l)) + 32
-    ql = 0
-    qh = 128
-    for j in range(0, QK_K, 128):
-        for l in range(32):
-            a = np.int64(L[j + l])
-            b = np.int64(L[j + l + 32])
-            c = np.int64(L[j + l + 64])
-            e = np.int64(L[j + l + 96])
-            out[ql + l] = np.uint8(((a & 0xF) | ((c & 0xF) << 4)) & 0xFF)
-            out[ql + l + 32] = np.uint8(((b & 0xF) | ((e & 0xF) << 4)) & 0xFF)
-            out[qh + l] = np.uint8(((a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)) & 0xFF)
-        ql += 64
-        qh += 32
+            for k in range(QK_K * nbc):
+                W[k] = X[k] * X[k]
+        _qx_lanes(G, 16, 32, X, W, L, Laux, st)
+        for b in range(nbc):
+            xb = base + b * QK_K
+            ob = (c0 + b) * 210
+            max_scale = _F0
+            max_abs_scale = _F0
+            for ib in range(16):
+                s = st[_SC, 16 * b + ib]
+                a = np.abs(s)
+                if a > max_abs_scale:
+                    max_abs_scale = a
+                    max_scale = s
+            if max_abs_scale < GROUP_MAX_EPS:
+                for k in range(210):
+                    out[ob + k] = 0
+                continue
+            _from_lanes(L, G, 16, 16 * b, Lb)
+            iscale = np.float32(-128.0) / max_scale
+            d_stored = _put_fp16(out, ob + 208, _F1 / iscale)
+            for ib in range(16):
+                out[ob + 192 + ib] = np.uint8(min(127, nearest_int(iscale * st[_SC, 16 * b + ib])) & 0xFF)
+            for j in range(16):
+                d = d_stored * np.float32(np.int8(out[ob + 192 + j]))
+                if d == _F0:
+                    continue
+                for ii in range(16):
+                    l = nearest_int(x[xb + 16 * j + ii] / d)
+                    Lb[16 * j + ii] = max(-32, min(31, l)) + 32
+            ql = ob
+            qh = ob + 128
+            for j in range(0, QK_K, 128):
+                for l in range(32):
+                    a = np.int64(Lb[j + l])
+                    b2 = np.int64(Lb[j + l + 32])
+                    c = np.int64(Lb[j + l + 64])
+                    e = np.int64(Lb[j + l + 96])
+                    out[ql + l] = np.uint8(((a & 0xF) | ((c & 0xF) << 4)) & 0xFF)
+                    out[ql + l + 32] = np.uint8(((b2 & 0xF) | ((e & 0xF) << 4)) & 0xFF)
+                    out[qh + l] = np.uint8(((a >> 4) | ((b2 >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)) & 0xFF)
+                ql += 64
+                qh += 32
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_q6_kernel(rows, qw):
     nrows, n = rows.shape
-    nb = n // QK_K
-    out = np.zeros((nrows, nb * 210), dtype=np.uint8)
-    has_w = qw.size > 0
+    out = np.zeros((nrows, n // QK_K * 210), dtype=np.uint8)
     for r in numba.prange(nrows):
-        L = np.zeros(QK_K, dtype=np.int32)
-        scales = np.zeros(16, dtype=np.float32)
-        for i in range(nb):
-            x = rows[r, QK_K * i : QK_K * (i + 1)]
-            o = out[r, 210 * i : 210 * (i + 1)]
-            if has_w:
-                _q6_block(x, qw[QK_K * i : QK_K * (i + 1)], o, L, scales)
-            else:
-                _q6_block(x, qw, o, L, scales)
+        _q6_row(rows[r], qw, out[r])
     return out
 
 
@@ -535,97 +698,93 @@ def _quantize_q6_kernel(rows, qw):
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q3(x, out, L):
+def _finish_q3(x, xb, out, ob, Lb):
     """Requantize with the stored scales (d at 108, scales at 96) and pack hmask and qs."""
-    d_all = _get_fp16(out, 108)
+    d_all = _get_fp16(out, ob + 108)
     for j in range(16):
-        sc = _unpack_scale_q3(out, 96, j)
+        sc = _unpack_scale_q3(out, ob + 96, j)
         d = d_all * np.float32(sc)
         if d == _F0:
             continue
         for ii in range(16):
-            l = nearest_int(x[16 * j + ii] / d)
-            L[16 * j + ii] = max(-4, min(3, l)) + 4
-    for k in range(32):
-        out[k] = 0
-    m = 0
-    hm = 1
+            l = nearest_int(x[xb + 16 * j + ii] / d)
+            Lb[16 * j + ii] = max(-4, min(3, l)) + 4
+    # hmask: bit k of byte m is the high bit (level > 3) of value 32*k + m; qs keep the low 2 bits
+    for m in range(32):
+        h = 0
+        for k in range(8):
+            h |= (1 if Lb[32 * k + m] > 3 else 0) << k
+        out[ob + m] = np.uint8(h)
     for j in range(QK_K):
-        if L[j] > 3:
-            out[m] = np.uint8(out[m] | hm)
-            L[j] -= 4
-        m += 1
-        if m == 32:
-            m = 0
-            hm <<= 1
-    _pack_2bit(out, 32, L)
+        Lb[j] &= 3
+    _pack_2bit(out, ob + 32, Lb)
 
 
-@numba.njit(cache=True)
-def _q3_block_ref(x, out, L, scales, ls):
-    max_scale = _F0
-    amax = _F0
-    for j in range(16):
-        s = make_q3_quants(16, 4, x[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], True)
-        scales[j] = s
-        a = np.abs(s)
-        if a > amax:
-            amax = a
-            max_scale = s
-    if max_scale != _F0:
-        iscale = np.float32(-32.0) / max_scale
-        for j in range(16):
-            l = np.int64(np.int8(nearest_int(iscale * scales[j]) & 0xFF))
-            ls[j] = max(-32, min(31, l)) + 32
-        _pack_scales_q3(out, 96, ls)
-        _put_fp16(out, 108, _F1 / iscale)
-    else:
-        for k in range(12):
-            out[96 + k] = 0
-        _put_fp16(out, 108, _F0)
-    _finish_q3(x, out, L)
+@numba.njit(cache=True, error_model="numpy")
+def _q3_row(x, qw, out):
+    nb = x.shape[0] // QK_K
+    has_w = qw.size > 0
+    X = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    W = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    L = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    sw = np.empty(16 * _CHUNK, dtype=np.float32)
+    Lb = np.empty(QK_K, dtype=np.int32)
+    scales = np.empty(16, dtype=np.float32)
+    sw16 = np.empty(16, dtype=np.float32)
+    Ls = np.empty(16, dtype=np.int32)
+    for c0 in range(0, nb, _CHUNK):
+        nbc = min(_CHUNK, nb - c0)
+        G = 16 * nbc
+        base = c0 * QK_K
+        _to_lanes(x, base, G, 16, X)
+        if has_w:
+            _imatrix_weights(x, qw, base, G, 16, X, W, np.float32(2.0))
+            _lane_sums(G, 16, W, sw)
+            _qx_lanes(G, 16, 4, X, W, L, Laux, st)
+        else:
+            _q3_lanes(G, 16, 4, X, L, st)
+        for b in range(nbc):
+            xb = base + b * QK_K
+            ob = (c0 + b) * 110
+            _from_lanes(L, G, 16, 16 * b, Lb)
+            for j in range(16):
+                scales[j] = st[_SC, 16 * b + j]
+            if has_w:
+                for j in range(16):
+                    sw16[j] = sw[16 * b + j]
+                d_block = make_qx_quants(16, 32, scales, Ls, 1, sw16)
+                _pack_scales_q3(out, ob + 96, Ls)
+                _put_fp16(out, ob + 108, d_block)
+            else:
+                max_scale = _F0
+                amax = _F0
+                for j in range(16):
+                    a = np.abs(scales[j])
+                    if a > amax:
+                        amax = a
+                        max_scale = scales[j]
+                if max_scale != _F0:
+                    iscale = np.float32(-32.0) / max_scale
+                    for j in range(16):
+                        l = np.int64(np.int8(nearest_int(iscale * scales[j]) & 0xFF))
+                        Ls[j] = max(-32, min(31, l)) + 32
+                    _pack_scales_q3(out, ob + 96, Ls)
+                    _put_fp16(out, ob + 108, _F1 / iscale)
+                else:
+                    for k in range(12):
+                        out[ob + 96 + k] = 0
+                    _put_fp16(out, ob + 108, _F0)
+            _finish_q3(x, xb, out, ob, Lb)
 
 
-@numba.njit(cache=True)
-def _q3_block_impl(x, qw, out, L, scales, weight, sw, Ls):
-    sumx2 = _F0
-    for j in range(QK_K):
-        sumx2 += x[j] * x[j]
-    sigma2 = np.float32(2.0) * sumx2 / np.float32(256.0)
-    for j in range(16):
-        for l in range(16):
-            v = x[16 * j + l]
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + v * v)
-        sumw = _F0
-        for l in range(16):
-            sumw += weight[l]
-        sw[j] = sumw
-        scales[j] = make_qx_quants(16, 4, x[16 * j : 16 * j + 16], L[16 * j : 16 * j + 16], 1, weight)
-    d_block = make_qx_quants(16, 32, scales, Ls, 1, sw)
-    _pack_scales_q3(out, 96, Ls)
-    _put_fp16(out, 108, d_block)
-    _finish_q3(x, out, L)
-
-
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_q3_kernel(rows, qw):
     nrows, n = rows.shape
-    nb = n // QK_K
-    out = np.zeros((nrows, nb * 110), dtype=np.uint8)
-    has_w = qw.size > 0
+    out = np.zeros((nrows, n // QK_K * 110), dtype=np.uint8)
     for r in numba.prange(nrows):
-        L = np.zeros(QK_K, dtype=np.int32)
-        scales = np.zeros(16, dtype=np.float32)
-        weight = np.zeros(16, dtype=np.float32)
-        sw = np.zeros(16, dtype=np.float32)
-        Ls = np.zeros(16, dtype=np.int32)
-        for i in range(nb):
-            x = rows[r, QK_K * i : QK_K * (i + 1)]
-            o = out[r, 110 * i : 110 * (i + 1)]
-            if has_w:
-                _q3_block_impl(x, qw[QK_K * i : QK_K * (i + 1)], o, L, scales, weight, sw, Ls)
-            else:
-                _q3_block_ref(x, o, L, scales, Ls)
+        _q3_row(rows[r], qw, out[r])
     return out
 
 
@@ -633,110 +792,102 @@ def _quantize_q3_kernel(rows, qw):
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q2(x, out, L):
+def _finish_q2(x, xb, out, ob, Lb):
     """Requantize with the stored scale/min nibbles (d at 80, dmin at 82) and pack qs at 16."""
-    d_all = _get_fp16(out, 80)
-    m_all = _get_fp16(out, 82)
+    d_all = _get_fp16(out, ob + 80)
+    m_all = _get_fp16(out, ob + 82)
     for j in range(16):
-        sc = np.int64(out[j])
+        sc = np.int64(out[ob + j])
         d = d_all * np.float32(sc & 0xF)
         if d == _F0:
             continue
         dm = m_all * np.float32(sc >> 4)
         for ii in range(16):
-            l = nearest_int((x[16 * j + ii] + dm) / d)
-            L[16 * j + ii] = max(0, min(3, l))
-    _pack_2bit(out, 16, L)
+            l = nearest_int((x[xb + 16 * j + ii] + dm) / d)
+            Lb[16 * j + ii] = max(0, min(3, l))
+    _pack_2bit(out, ob + 16, Lb)
 
 
-@numba.njit(cache=True)
-def _q2_block_ref(x, out, L, Laux, weights, scales, mins):
+@numba.njit(cache=True, error_model="numpy")
+def _q2_row(x, qw, out):
+    nb = x.shape[0] // QK_K
+    has_w = qw.size > 0
+    X = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    W = np.empty(QK_K * _CHUNK, dtype=np.float32)
+    L = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
+    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    sw = np.empty(16 * _CHUNK, dtype=np.float32)
+    Lb = np.empty(QK_K, dtype=np.int32)
+    scales = np.empty(16, dtype=np.float32)
+    mins = np.empty(16, dtype=np.float32)
+    sw16 = np.empty(16, dtype=np.float32)
+    Ls = np.empty(16, dtype=np.uint8)
+    Lm = np.empty(16, dtype=np.uint8)
     q4scale = np.float32(15.0)
-    max_scale = _F0
-    max_min = _F0
-    for j in range(16):
-        xs = x[16 * j : 16 * j + 16]
-        for l in range(16):
-            weights[l] = np.abs(xs[l])
-        s, m = make_qkx2_quants(
-            16, 3, xs, weights, L[16 * j : 16 * j + 16], Laux, np.float32(-0.5), np.float32(0.1), 15, True
-        )
-        scales[j] = s
-        mins[j] = m
-        if s > max_scale:
-            max_scale = s
-        if m > max_min:
-            max_min = m
-    if max_scale > _F0:
-        iscale = q4scale / max_scale
-        for j in range(16):
-            out[j] = np.uint8(nearest_int(iscale * scales[j]) & 0xFF)
-        _put_fp16(out, 80, max_scale / q4scale)
-    else:
-        for j in range(16):
-            out[j] = 0
-        _put_fp16(out, 80, _F0)
-    if max_min > _F0:
-        iscale = q4scale / max_min
-        for j in range(16):
-            l = np.int64(nearest_int(iscale * mins[j]))
-            out[j] = np.uint8((np.int64(out[j]) | (l << 4)) & 0xFF)
-        _put_fp16(out, 82, max_min / q4scale)
-    else:
-        _put_fp16(out, 82, _F0)
-    _finish_q2(x, out, L)
+    for c0 in range(0, nb, _CHUNK):
+        nbc = min(_CHUNK, nb - c0)
+        G = 16 * nbc
+        base = c0 * QK_K
+        _to_lanes(x, base, G, 16, X)
+        if has_w:
+            _imatrix_weights(x, qw, base, G, 16, X, W, _F1)
+            _lane_sums(G, 16, W, sw)
+            _qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
+        else:
+            for k in range(QK_K * nbc):
+                W[k] = np.abs(X[k])
+            _qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, True, st)
+        for b in range(nbc):
+            xb = base + b * QK_K
+            ob = (c0 + b) * 84
+            _from_lanes(L, G, 16, 16 * b, Lb)
+            for j in range(16):
+                scales[j] = st[_SC, 16 * b + j]
+                mins[j] = -st[_MN, 16 * b + j]
+            if has_w:
+                for j in range(16):
+                    sw16[j] = sw[16 * b + j]
+                dm = make_qp_quants(16, 15, scales, Ls, sw16)
+                mm = make_qp_quants(16, 15, mins, Lm, sw16)
+                _put_fp16(out, ob + 80, dm)
+                _put_fp16(out, ob + 82, mm)
+                for j in range(16):
+                    out[ob + j] = np.uint8((np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF)
+            else:
+                max_scale = _F0
+                max_min = _F0
+                for j in range(16):
+                    if scales[j] > max_scale:
+                        max_scale = scales[j]
+                    if mins[j] > max_min:
+                        max_min = mins[j]
+                if max_scale > _F0:
+                    iscale = q4scale / max_scale
+                    for j in range(16):
+                        out[ob + j] = np.uint8(nearest_int(iscale * scales[j]) & 0xFF)
+                    _put_fp16(out, ob + 80, max_scale / q4scale)
+                else:
+                    for j in range(16):
+                        out[ob + j] = 0
+                    _put_fp16(out, ob + 80, _F0)
+                if max_min > _F0:
+                    iscale = q4scale / max_min
+                    for j in range(16):
+                        l = np.int64(nearest_int(iscale * mins[j]))
+                        out[ob + j] = np.uint8((np.int64(out[ob + j]) | (l << 4)) & 0xFF)
+                    _put_fp16(out, ob + 82, max_min / q4scale)
+                else:
+                    _put_fp16(out, ob + 82, _F0)
+            _finish_q2(x, xb, out, ob, Lb)
 
 
-@numba.njit(cache=True)
-def _q2_block_impl(x, qw, out, L, Laux, weight, scales, mins, sw, Ls, Lm):
-    sumx2 = _F0
-    for j in range(QK_K):
-        sumx2 += x[j] * x[j]
-    sigma2 = sumx2 / np.float32(256.0)
-    for j in range(16):
-        xs = x[16 * j : 16 * j + 16]
-        for l in range(16):
-            weight[l] = qw[16 * j + l] * np.sqrt(sigma2 + xs[l] * xs[l])
-        s = _F0
-        for l in range(16):
-            s += weight[l]
-        sw[j] = s
-        sc, m = make_qkx3_quants(
-            16, 3, xs, weight, L[16 * j : 16 * j + 16], Laux, np.float32(-0.9), np.float32(0.05), 36, False
-        )
-        scales[j] = sc
-        mins[j] = m
-    dm = make_qp_quants(16, 15, scales, Ls, sw)
-    mm = make_qp_quants(16, 15, mins, Lm, sw)
-    _put_fp16(out, 80, dm)
-    _put_fp16(out, 82, mm)
-    for j in range(16):
-        out[j] = np.uint8((np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF)
-    _finish_q2(x, out, L)
-
-
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_q2_kernel(rows, qw):
     nrows, n = rows.shape
-    nb = n // QK_K
-    out = np.zeros((nrows, nb * 84), dtype=np.uint8)
-    has_w = qw.size > 0
+    out = np.zeros((nrows, n // QK_K * 84), dtype=np.uint8)
     for r in numba.prange(nrows):
-        L = np.zeros(QK_K, dtype=np.uint8)
-        Laux = np.zeros(16, dtype=np.uint8)
-        weight = np.zeros(16, dtype=np.float32)
-        scales = np.zeros(16, dtype=np.float32)
-        mins = np.zeros(16, dtype=np.float32)
-        sw = np.zeros(16, dtype=np.float32)
-        Ls = np.zeros(16, dtype=np.uint8)
-        Lm = np.zeros(16, dtype=np.uint8)
-        for i in range(nb):
-            x = rows[r, QK_K * i : QK_K * (i + 1)]
-            o = out[r, 84 * i : 84 * (i + 1)]
-            if has_w:
-                _q2_block_impl(x, qw[QK_K * i : QK_K * (i + 1)], o, L, Laux, weight, scales, mins, sw, Ls, Lm)
-            else:
-                _q2_block_ref(x, o, L, Laux, weight, scales, mins)
+        _q2_row(rows[r], qw, out[r])
     return out
 
 
