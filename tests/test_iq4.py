@@ -101,6 +101,22 @@ def test_gaussian_rows_match_llamacpp(qtype, imatrix, shape):
     check(x, qtype, w(shape[1]) if w else None)
 
 
+def test_branchless_level_index_equals_best_index_int8():
+    from quantkit.quants.iq4 import _best_index, _index, _values_f32, index_thresholds
+
+    values, thresholds = _values_f32(), index_thresholds()
+    rng = np.random.default_rng(0)
+    near = np.concatenate([thresholds, values, (values[1:] + values[:-1]) / 2]).astype(np.float32)
+    steps = np.array([-np.inf, np.inf], np.float32)
+    for _ in range(3):
+        near = np.concatenate([near, np.nextafter(near, steps[0]), np.nextafter(near, steps[1])])
+    bits = rng.integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    xs = np.concatenate([near, rng.uniform(-140, 130, 4000).astype(np.float32), bits,
+                         np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45], np.float32)])
+    for x in xs:
+        assert _index(thresholds, x) == _best_index(values, x), x
+
+
 def test_single_block_rows_match_llamacpp():
     rng = np.random.default_rng(9)
     check(rng.standard_normal((1, 32)).astype(np.float32), "IQ4_NL")

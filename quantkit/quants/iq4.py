@@ -18,6 +18,8 @@ re-assigned with the quantized scale. All arithmetic is float32 in the C order o
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -58,8 +60,51 @@ def _best_index(values, x):
     return mu
 
 
+def _float_from_key(key: int) -> np.float32:
+    bits = key if key >= 0 else (-key) | 0x80000000
+    return np.array([bits], dtype=np.uint32).view(np.float32)[0]
+
+
+def _key_from_float(value) -> int:
+    bits = int(np.array([value], dtype=np.float32).view(np.uint32)[0])
+    return bits if bits < 0x80000000 else -(bits & 0x7FFFFFFF)
+
+
+@functools.cache
+def index_thresholds() -> np.ndarray:
+    """T[k-1] = the smallest float32 x with best_index_int8(x) >= k, for k = 1..15.
+
+    best_index_int8 is monotone in x (its final ``x - a < b - x`` test is monotone too, float
+    rounding included), so for any non-NaN float32 x it equals ``sum(x >= T)``: 15 comparisons
+    without branches, which vectorize, instead of a data-dependent binary search. Found by
+    bisection over the float32 values between two levels, with the binary search itself.
+    """
+    values = _values_f32()
+    thresholds = np.empty(15, dtype=np.float32)
+    for k in range(1, 16):
+        lo, hi = _key_from_float(values[k - 1]), _key_from_float(values[k])  # index k-1 at lo, k at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _best_index(values, _float_from_key(mid)) >= k:
+                hi = mid
+            else:
+                lo = mid
+        thresholds[k - 1] = _float_from_key(hi)
+    thresholds.setflags(write=False)
+    return thresholds
+
+
+@numba.njit(inline="always", cache=True)
+def _index(thresholds, x):
+    """best_index_int8(16, kvalues_iq4nl, x) without branches (NaN: 15, as the binary search gives)."""
+    l = np.int64(x != x) * 15
+    for k in range(15):
+        l += np.int64(x >= thresholds[k])
+    return l
+
+
 @numba.njit(cache=True)
-def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
+def _quantize_superblock(x, qw, use_w, values, thresholds, out, L, scales, weight, idx):
     """quantize_row_iq4_nl_impl(len(x), 32, ...) with ntry = 7, writing one block into ``out``.
 
     ``x``: the super-block's float32 values (32 for IQ4_NL, 256 for IQ4_XS); ``qw``: its imatrix
@@ -97,11 +142,13 @@ def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
             continue
         d = -vmax / values[0]
         inv = np.float32(1.0) / d
+        for j in range(32):
+            idx[j] = _index(thresholds, inv * x[o + j])
         sumqx = zero
         sumq2 = zero
         for j in range(32):
             xj = x[o + j]
-            l = _best_index(values, inv * xj)
+            l = idx[j]
             L[o + j] = l
             q = values[l]
             w = weight[j]
@@ -111,11 +158,13 @@ def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
         best = d * sumqx
         for itry in range(-_NTRY, _NTRY + 1):
             inv = np.float32(itry - 127) / vmax  # (itry + values[0]) / max
+            for j in range(32):
+                idx[j] = _index(thresholds, inv * x[o + j])
             sumqx = zero
             sumq2 = zero
             for j in range(32):
                 xj = x[o + j]
-                q = values[_best_index(values, inv * xj)]
+                q = values[idx[j]]
                 w = weight[j]
                 sumqx += w * q * xj
                 sumq2 += w * q * q
@@ -142,7 +191,7 @@ def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
             idl = np.float32(1.0) / dl if dl != zero else zero
             o = ib * 32
             for j in range(32):
-                L[o + j] = _best_index(values, idl * x[o + j])
+                L[o + j] = _index(thresholds, idl * x[o + j])
             l += 32
             l_l = l & 0xF
             l_h = l >> 4
@@ -161,7 +210,7 @@ def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
         out[1] = np.uint8(bits >> np.uint16(8))
         inv = np.float32(1.0) / s if s != zero else zero
         for j in range(sb):
-            L[j] = _best_index(values, inv * x[j])
+            L[j] = _index(thresholds, inv * x[j])
         qoff = 2
 
     for i in range(sb // 32):
@@ -170,7 +219,7 @@ def _quantize_superblock(x, qw, use_w, values, out, L, scales, weight):
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_rows(rows, imatrix, use_w, values, sb, block_bytes):
+def _quantize_rows(rows, imatrix, use_w, values, thresholds, sb, block_bytes):
     nrows, n = rows.shape
     nblocks = n // sb
     out = np.zeros((nrows, nblocks * block_bytes), dtype=np.uint8)
@@ -178,11 +227,12 @@ def _quantize_rows(rows, imatrix, use_w, values, sb, block_bytes):
         L = np.zeros(sb, dtype=np.uint8)
         scales = np.zeros(sb // 32, dtype=np.float32)
         weight = np.zeros(32, dtype=np.float32)
+        idx = np.zeros(32, dtype=np.int64)
         for ibl in range(nblocks):
             x = rows[r, ibl * sb:(ibl + 1) * sb]
             qw = imatrix[ibl * sb:(ibl + 1) * sb] if use_w else imatrix[0:0]
-            _quantize_superblock(x, qw, use_w, values, out[r, ibl * block_bytes:(ibl + 1) * block_bytes],
-                                 L, scales, weight)
+            _quantize_superblock(x, qw, use_w, values, thresholds,
+                                 out[r, ibl * block_bytes:(ibl + 1) * block_bytes], L, scales, weight, idx)
     return out
 
 
@@ -243,7 +293,8 @@ def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
     weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1) if use_w else np.zeros(0, np.float32)
     if use_w and weights.size != rows.shape[1]:
         raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
-    return _quantize_rows(rows, weights, use_w, _values_f32(), BLOCK_SIZE[qt.name], BLOCK_BYTES[qt.name])
+    return _quantize_rows(rows, weights, use_w, _values_f32(), index_thresholds(), BLOCK_SIZE[qt.name],
+                          BLOCK_BYTES[qt.name])
 
 
 def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
