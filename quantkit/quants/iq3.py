@@ -85,24 +85,40 @@ def neighbour_tables(type_name: str):
     return levels, kmap, neighbours
 
 
-@numba.njit(cache=True)
-def _best_neighbour(neighbours, start, gridf, levels, xval, waux, o, scale, L):
+@functools.cache
+def _candidate_values(type_name: str) -> np.ndarray:
+    """float32 (4, len(neighbours)): the grid values (2*level + 1) of the entry listed at each
+    position of ``neighbours`` (garbage at the count positions), so the search reads them
+    contiguously instead of through the index."""
+    levels, _, neighbours = neighbour_tables(type_name)
+    values = np.ascontiguousarray((2 * levels[neighbours.astype(np.int64) % levels.shape[0]] + 1).T, dtype=np.float32)
+    values.setflags(write=False)
+    return values
+
+
+@numba.njit(inline="always", cache=True)
+def _best_neighbour(neighbours, cand, start, levels, xval, waux, o, scale, L):
     """iq3_find_best_neighbour: the listed entry nearest to xval[o:o+4] (weights waux), into L.
 
     Returns -1 (L untouched) where every squared distance is inf or NaN: llama.cpp aborts there.
     """
     count = np.int64(neighbours[start])
+    x0, x1, x2, x3 = xval[o], xval[o + 1], xval[o + 2], xval[o + 3]
+    w0, w1, w2, w3 = waux[o], waux[o + 1], waux[o + 2], waux[o + 3]
     best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
     grid_index = -1
-    for j in range(1, count + 1):
-        g = np.int64(neighbours[start + j])
-        d2 = np.float32(0.0)
-        for i in range(4):
-            diff = scale * gridf[g, i] - xval[o + i]
-            d2 += waux[o + i] * diff * diff
+    for p in range(start + 1, start + 1 + count):
+        diff = scale * cand[0, p] - x0
+        d2 = np.float32(0.0) + w0 * diff * diff
+        diff = scale * cand[1, p] - x1
+        d2 += w1 * diff * diff
+        diff = scale * cand[2, p] - x2
+        d2 += w2 * diff * diff
+        diff = scale * cand[3, p] - x3
+        d2 += w3 * diff * diff
         if d2 < best_d2:
             best_d2 = d2
-            grid_index = g
+            grid_index = np.int64(neighbours[p])
     if grid_index < 0:
         return -1
     for i in range(4):
@@ -111,7 +127,7 @@ def _best_neighbour(neighbours, start, gridf, levels, xval, waux, o, scale, L):
 
 
 @numba.njit(cache=True)
-def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap, neighbours,
+def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap, neighbours,
               vmax, nsteps, second_pass_all, start_on_grid, failed):
     """The trial-scale search of one sub-block of 32 (shared by IQ3_XXS and IQ3_S); returns scale.
 
@@ -124,30 +140,39 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, 
     scale = vmax / np.float32(15.0)  # max/(2*kMaxQ-1)
     for k in range(8):
         on_grid[k] = start_on_grid
+    wx = np.empty(32, dtype=np.float32)  # w*xval, the first product of C's w*xval*q
+    for i in range(32):
+        wx[i] = weight[i] * xval[i]
+    prev = np.full(8, -1, dtype=np.int64)  # the previous trial's grid indices
+    sumqx = zero
+    sumq2 = zero
     for step in range(-nsteps, nsteps + 1):
         inv = (np.float32(15.0) + np.float32(step) * np.float32(0.2)) / vmax
         this_scale = np.float32(1.0) / inv
+        for i in range(32):  # no branches: vectorizes
+            l = nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))
+            Laux[i] = max(0, min(7, l))
+        same = True
         for k in range(8):
-            u = 0
-            for i in range(4):
-                l = nearest_int(np.float32(0.5) * (inv * xval[4 * k + i] - np.float32(1.0)))
-                l = max(0, min(7, l))
-                Laux[4 * k + i] = l
-                u |= l << (3 * i)
-            gi = kmap[u]
-            on_grid_aux[k] = True
+            u = Laux[4 * k] | (Laux[4 * k + 1] << 3) | (Laux[4 * k + 2] << 6) | (Laux[4 * k + 3] << 9)
+            gi = np.int64(kmap[u])
+            on_grid_aux[k] = gi >= 0
             if gi < 0:
-                on_grid_aux[k] = False
-                if _best_neighbour(neighbours, -gi - 1, gridf, levels, xval, waux, 4 * k, this_scale, Laux) < 0:
+                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, this_scale, Laux)
+                if gi < 0:
                     failed[0] = True
                     return scale
-        sumqx = zero
-        sumq2 = zero
-        for i in range(32):
-            w = weight[i]
-            q = np.float32(2 * Laux[i] + 1)
-            sumqx += w * xval[i] * q
-            sumq2 += w * q * q
+            if gi != prev[k]:
+                same = False
+                prev[k] = gi
+        if not same:  # the same levels as the previous trial give the same sums
+            sumqx = zero
+            sumq2 = zero
+            for i in range(32):
+                w = weight[i]
+                q = np.float32(2 * Laux[i] + 1)
+                sumqx += wx[i] * q
+                sumq2 += w * q * q
         if sumq2 > zero and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
@@ -171,7 +196,7 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, 
                 u |= l << (3 * i)
             gi = kmap[u]
             if gi < 0:
-                gi = _best_neighbour(neighbours, -gi - 1, gridf, levels, xval, waux, 4 * k, scale, L)
+                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, scale, L)
                 if gi < 0:
                     failed[0] = True
                     return scale
@@ -216,7 +241,7 @@ def _put_fp16(out, pos, value):
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_iq3_xxs(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
+def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
     nrows, n = rows.shape
     nbl = n // QK_K
     out = np.zeros((nrows, nbl * 98), dtype=np.uint8)
@@ -274,7 +299,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
                 if vmax < _GROUP_MAX_EPS_IQ3_XXS:
                     scales[ib] = np.float32(0.0)
                     continue
-                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap,
+                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
                                   neighbours, vmax, 15, False, True, failed)
                 if failed[0]:
                     break
@@ -313,7 +338,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_iq3_s(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
+def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
     nrows, n = rows.shape
     nbl = n // QK_K
     out = np.zeros((nrows, nbl * 110), dtype=np.uint8)
@@ -357,7 +382,7 @@ def _quantize_iq3_s(rows, imatrix, use_w, gridf, levels, kmap, neighbours):
                 if vmax == np.float32(0.0):
                     scales[ib] = np.float32(0.0)
                     continue  # llama.cpp does not advance qs/signs here
-                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, gridf, levels, kmap,
+                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
                                   neighbours, vmax, 9, True, False, failed)
                 if failed[0]:
                     break
@@ -464,9 +489,8 @@ def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
     if use_w and weights.size != rows.shape[1]:
         raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
     levels, kmap, neighbours = neighbour_tables(qt.name)
-    gridf = (2 * levels + 1).astype(np.float32)
     kernel = _quantize_iq3_xxs if qt.name == "IQ3_XXS" else _quantize_iq3_s
-    out, bad = kernel(rows, weights, use_w, gridf, levels, kmap, neighbours)
+    out, bad = kernel(rows, weights, use_w, _candidate_values(qt.name), levels, kmap, neighbours)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(
