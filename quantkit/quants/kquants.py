@@ -31,6 +31,7 @@ _KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
 _BLOCK_BYTES = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210}
 
 _F0 = np.float32(0.0)
+_I0 = np.int32(0)
 _F1 = np.float32(1.0)
 
 
@@ -39,8 +40,9 @@ _F1 = np.float32(1.0)
 # by side: X[i*G + g] is value i of group g, and every loop over the groups is innermost, so LLVM
 # vectorizes across groups while each group's sums still accumulate in C's order (lane g does
 # exactly the float32 operations C does for group g; decisions become per-lane selects).
-# State rows of ``st`` (a (16, G) float32 scratch):
-_MN, _MX, _SW, _SX, _IS, _SC, _BEST, _SL, _SL2, _SXL, _TS, _TM, _ERR, _FLAT, _ACC = range(15)
+# State rows of ``st`` (a (_NST, G) float32 scratch):
+_MN, _MX, _SW, _SX, _IS, _SC, _BEST, _SL, _SL2, _SXL, _TS, _TM, _ERR, _FLAT, _ACC, _BIS, _BMN = range(17)
+_NST = 17
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -69,7 +71,10 @@ def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
     err = st[_ERR]
     flat = st[_FLAT]
     acc = st[_ACC]
+    best_is = st[_BIS]
+    best_mn = st[_BMN]
     fnmax = np.float32(nmax)
+    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
     for g in range(G):
         mn[g] = X[g]
         mx[g] = X[g]
@@ -90,10 +95,12 @@ def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
         iscale[g] = fnmax / (mx[g] - m)
         scale[g] = _F1 / iscale[g]
         best[g] = _F0
+    for g in range(G):
+        best_is[g] = iscale[g]
+        best_mn[g] = mn[g]
     for i in range(n):
         for g in range(G):
-            l = max(0, min(nmax, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
-            L[i * G + g] = l
+            l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
             diff = scale[g] * np.float32(l) + mn[g] - X[i * G + g]
             diff = np.abs(diff) if use_mad else diff * diff
             best[g] += W[i * G + g] * diff
@@ -105,7 +112,7 @@ def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
             sxl[g] = _F0
         for i in range(n):
             for g in range(G):
-                l = max(0, min(nmax, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
+                l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
                 Laux[i * G + g] = l
                 fl = np.float32(l)
                 wl = W[i * G + g] * fl
@@ -127,17 +134,17 @@ def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
                 diff = np.abs(diff) if use_mad else diff * diff
                 err[g] += W[i * G + g] * diff
         for g in range(G):
-            ok = acc[g] != _F0 and err[g] < best[g]
-            acc[g] = _F1 if ok else _F0
+            ok = (acc[g] != _F0) & (err[g] < best[g])
             best[g] = err[g] if ok else best[g]
             scale[g] = ts[g] if ok else scale[g]
+            best_is[g] = iscale[g] if ok else best_is[g]
+            best_mn[g] = mn[g] if ok else best_mn[g]  # the min this trial's levels were rounded with
             mn[g] = tm[g] if ok else mn[g]
-        for i in range(n):
-            for g in range(G):
-                L[i * G + g] = Laux[i * G + g] if acc[g] != _F0 else L[i * G + g]
+    # the kept levels, rounded once more the way the winning trial rounded them
     for i in range(n):
         for g in range(G):
-            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g]
+            l = max(_I0, min(nmax32, nearest_int(best_is[g] * (X[i * G + g] - best_mn[g]))))
+            L[i * G + g] = _I0 if flat[g] != _F0 else l
     for g in range(G):
         scale[g] = _F0 if flat[g] != _F0 else scale[g]
 
@@ -160,12 +167,13 @@ def _absmax_lanes(G, n, X, st):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _qx_lanes(G, n, nmax, X, W, L, Laux, st):
+def _qx_lanes(G, n, nmax, X, W, L, st):
     """make_qx_quants with rmse_type 1 and weights W (x*x when llama.cpp passes no weights).
 
     Symmetric levels in [0, 2*nmax): starts from the scale -max/nmax (max = the value of largest
     magnitude), then tries the 18 inverse scales -(nmax + 0.1*k)/max, k = -9..9, keeping the one
-    whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[_SC].
+    whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[_SC];
+    L is rounded once, at the end, with the winning inverse scale (the levels C keeps).
     """
     _absmax_lanes(G, n, X, st)
     mx = st[_MX]
@@ -176,53 +184,46 @@ def _qx_lanes(G, n, nmax, X, W, L, Laux, st):
     sumlx = st[_SL]
     suml2 = st[_SL2]
     iscale = st[_TS]
-    acc = st[_ACC]
+    best_is = st[_TM]
     fnmax = np.float32(nmax)
+    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
+    lo32 = np.int32(-nmax)
+    hi32 = np.int32(nmax - 1)
     for g in range(G):
         flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
-        iscale[g] = -fnmax / mx[g]
-        sumlx[g] = _F0
-        suml2[g] = _F0
-    for i in range(n):
-        for g in range(G):
-            x = X[i * G + g]
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
-            L[i * G + g] = l + nmax
-            w = W[i * G + g]
-            fl = np.float32(l)
-            sumlx[g] += w * x * fl
-            suml2[g] += w * fl * fl
-    for g in range(G):
-        scale[g] = sumlx[g] / suml2[g] if suml2[g] != _F0 else _F0
-        best[g] = scale[g] * sumlx[g]
-    for k in range(-9, 10):
+    for k in range(-10, 10):  # -10: the starting scale; then k = -9..9 without 0, as in C
         if k == 0:
             continue
         for g in range(G):
-            iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
+            if k == -10:
+                iscale[g] = -fnmax / mx[g]
+            else:
+                iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
             sumlx[g] = _F0
             suml2[g] = _F0
         for i in range(n):
             for g in range(G):
                 x = X[i * G + g]
-                l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
-                Laux[i * G + g] = l + nmax
+                fl = np.float32(max(lo32, min(hi32, nearest_int(iscale[g] * x))))
                 w = W[i * G + g]
-                fl = np.float32(l)
                 sumlx[g] += w * x * fl
                 suml2[g] += w * fl * fl
-        for g in range(G):
-            ok = flat[g] == _F0 and suml2[g] > _F0 and sumlx[g] * sumlx[g] > best[g] * suml2[g]
-            acc[g] = _F1 if ok else _F0
-            s = sumlx[g] / suml2[g]
-            scale[g] = s if ok else scale[g]
-            best[g] = s * sumlx[g] if ok else best[g]
-        for i in range(n):
+        if k == -10:
             for g in range(G):
-                L[i * G + g] = Laux[i * G + g] if acc[g] != _F0 else L[i * G + g]
+                scale[g] = sumlx[g] / suml2[g] if suml2[g] != _F0 else _F0
+                best[g] = scale[g] * sumlx[g]
+                best_is[g] = iscale[g]
+        else:
+            for g in range(G):
+                ok = (suml2[g] > _F0) & (sumlx[g] * sumlx[g] > best[g] * suml2[g])
+                s = sumlx[g] / suml2[g]
+                scale[g] = s if ok else scale[g]
+                best[g] = s * sumlx[g] if ok else best[g]
+                best_is[g] = iscale[g] if ok else best_is[g]
     for i in range(n):
         for g in range(G):
-            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g]
+            l = max(lo32, min(hi32, nearest_int(best_is[g] * X[i * G + g]))) + nmax32
+            L[i * G + g] = _I0 if flat[g] != _F0 else l
     for g in range(G):
         scale[g] = _F0 if flat[g] != _F0 else scale[g]
 
@@ -245,6 +246,9 @@ def _q3_lanes(G, n, nmax, X, L, st):
     suml2 = st[_SL2]
     iscale = st[_TS]
     fnmax = np.float32(nmax)
+    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
+    lo32 = np.int32(-nmax)
+    hi32 = np.int32(nmax - 1)
     for g in range(G):
         flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
         iscale[g] = -fnmax / mx[g]
@@ -253,7 +257,7 @@ def _q3_lanes(G, n, nmax, X, L, st):
     for i in range(n):
         for g in range(G):
             x = X[i * G + g]
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale[g] * x)))
+            l = max(lo32, min(hi32, nearest_int(iscale[g] * x)))
             L[i * G + g] = l
             w = x * x
             fl = np.float32(l)
@@ -275,7 +279,7 @@ def _q3_lanes(G, n, nmax, X, L, st):
                 slx = sx - w * x * fli
                 if slx > _F0:
                     sl2 = s2 - w * fli * fli
-                    new_l = max(-nmax, min(nmax - 1, nearest_int(x * sl2 / slx)))
+                    new_l = max(lo32, min(hi32, nearest_int(x * sl2 / slx)))
                     if new_l != li:
                         fnl = np.float32(new_l)
                         slx += w * x * fnl
@@ -291,7 +295,7 @@ def _q3_lanes(G, n, nmax, X, L, st):
         suml2[g] = s2
     for i in range(n):
         for g in range(G):
-            L[i * G + g] = 0 if flat[g] != _F0 else L[i * G + g] + nmax
+            L[i * G + g] = _I0 if flat[g] != _F0 else L[i * G + g] + nmax32
     for g in range(G):
         scale[g] = sumlx[g] / suml2[g] if (flat[g] == _F0 and suml2[g] > _F0) else _F0
 
@@ -540,7 +544,7 @@ def _q45_row(x, qw, out, five):
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((16, 8 * _CHUNK), dtype=np.float32)
+    st = np.empty((_NST, 8 * _CHUNK), dtype=np.float32)
     sw = np.empty(8 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     scales = np.empty(8, dtype=np.float32)
@@ -629,8 +633,7 @@ def _q6_row(x, qw, out):
     X = np.empty(QK_K * _CHUNK, dtype=np.float32)
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     for c0 in range(0, nb, _CHUNK):
         nbc = min(_CHUNK, nb - c0)
@@ -642,7 +645,7 @@ def _q6_row(x, qw, out):
         else:
             for k in range(QK_K * nbc):
                 W[k] = X[k] * X[k]
-        _qx_lanes(G, 16, 32, X, W, L, Laux, st)
+        _qx_lanes(G, 16, 32, X, W, L, st)
         for b in range(nbc):
             xb = base + b * QK_K
             ob = (c0 + b) * 210
@@ -727,8 +730,7 @@ def _q3_row(x, qw, out):
     X = np.empty(QK_K * _CHUNK, dtype=np.float32)
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     scales = np.empty(16, dtype=np.float32)
@@ -742,7 +744,7 @@ def _q3_row(x, qw, out):
         if has_w:
             _imatrix_weights(x, qw, base, G, 16, X, W, np.float32(2.0))
             _lane_sums(G, 16, W, sw)
-            _qx_lanes(G, 16, 4, X, W, L, Laux, st)
+            _qx_lanes(G, 16, 4, X, W, L, st)
         else:
             _q3_lanes(G, 16, 4, X, L, st)
         for b in range(nbc):
@@ -816,7 +818,7 @@ def _q2_row(x, qw, out):
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((16, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     scales = np.empty(16, dtype=np.float32)
