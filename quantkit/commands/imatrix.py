@@ -1,0 +1,37 @@
+"""``quantkit imatrix MODEL_DIR -o imatrix.gguf``: an importance matrix from calibration text."""
+
+from pathlib import Path
+
+import click
+
+# The calibration text shipped with quantkit (sources and licences: CALIBRATION-SOURCES.md beside it).
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" / "calibration.txt"
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("-f", "--file", "text_file", type=click.Path(dir_okay=False), default=None,
+              help="Calibration text (UTF-8); default: quantkit's own calibration.txt.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The imatrix GGUF to write.")
+@click.option("--ctx", type=int, default=512, show_default=True, help="Tokens per chunk.")
+@click.option("--chunks", type=int, default=None, help="Chunks to process (default: all full chunks of the text).")
+@click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
+@click.option("--process-output", is_flag=True, help="Record output.weight too, as llama-imatrix --process-output.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force):
+    """Compute MODEL_DIR's importance matrix over a text, in llama.cpp's imatrix GGUF format."""
+    from ..errors import OutputError, QuantkitError
+    from ..imatrix import collect_imatrix, write_imatrix
+
+    if Path(output).exists() and not force:
+        raise OutputError(f"{output}: exists (use --force to overwrite)")
+    source = Path(text_file) if text_file else DEFAULT_CALIBRATION
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise QuantkitError(f"{source}: not UTF-8 text (byte {e.start})") from None
+    dataset = str(text_file) if text_file else "quantkit/eval/data/calibration.txt"
+    im = collect_imatrix(model_dir, text, ctx=ctx, chunks=chunks, device=device, dataset=dataset,
+                         process_output=process_output)
+    write_imatrix(output, im, overwrite=force)
+    click.echo(f"{output}: {len(im)} tensors, {im.chunk_count} chunks of {ctx} tokens from {dataset}")
