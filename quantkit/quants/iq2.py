@@ -49,6 +49,9 @@ class GridTables(NamedTuple):
     ``nbr`` (count 0 for on-grid points and points with a level-3 element, which never occur).
     nbr: int32 codebook entries, each list ordered by (distance, entry), holding every entry whose
     squared distance is among the point's ``nwant`` smallest distinct distances.
+    nbr_code: int32 per listed entry, its 8 levels packed for the kernels: bits 0-6 the first four
+    levels as one base-3 number (an index into a point's 81 running sums of its first four distance
+    terms), then 2 bits for each of levels 4..7, then 2 bits for each of levels 0..3.
     """
 
     levels: np.ndarray
@@ -56,6 +59,11 @@ class GridTables(NamedTuple):
     nbr_start: np.ndarray
     nbr_count: np.ndarray
     nbr: np.ndarray
+    nbr_code: np.ndarray
+
+    def kernel_args(self):
+        """The arrays the Numba kernels take, in their order."""
+        return self.kmap, self.nbr_start, self.nbr_count, self.nbr, self.nbr_code, self.levels
 
 
 def _codebook_levels(grid_size: int) -> np.ndarray:
@@ -111,9 +119,16 @@ def grid_tables(grid_size: int) -> GridTables:
         total += int(n.sum())
         lists.append((keys % grid_size)[keep].astype(np.int32))  # row-major: lists in point order
     nbr = np.concatenate(lists)
-    for a in (levels, kmap, starts, counts, nbr):
+    lv = levels[nbr].astype(np.int32)
+    code = lv[:, 0] * 27 + lv[:, 1] * 9 + lv[:, 2] * 3 + lv[:, 3]
+    for i in range(4, 8):
+        code |= lv[:, i] << (7 + 2 * (i - 4))
+    for i in range(4):
+        code |= lv[:, i] << (16 + 2 * i)
+    tables = GridTables(levels, kmap, starts, counts, nbr, code.astype(np.int32))
+    for a in tables:
         a.setflags(write=False)
-    return GridTables(levels, kmap, starts, counts, nbr)
+    return tables
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,24 +146,73 @@ def nearest_int(value):
     return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
 
 
-@njit(cache=True)
-def _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, w, off, scale, L):
-    """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale."""
+@njit(inline="always", cache=True)
+def nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4):
+    """The entry of off-grid point u's neighbour list with the smallest distance, first on ties.
+
+    ``t[3*i + l]`` is the distance term of element i at level l; a candidate's distance is the
+    float32 sum of its 8 terms in element order, as llama.cpp accumulates it, and the first strict
+    minimum wins, as in llama.cpp's scan. For long lists the running sums of the first four terms
+    are tabulated first (``t4``, 81 floats: the same additions in the same order, shared by the
+    candidates), so that a candidate costs 5 loads instead of 8.
+    """
     s = nbr_start[u]
+    n = nbr_count[u]
     best_d2 = FLT_MAX
-    gi = -1
-    for j in range(nbr_count[u]):
-        g = nbr[s + j]
-        d2 = F0
-        for i in range(8):
-            q = np.float32(2 * levels[g, i] + 1)
-            diff = scale * q - xval[off + i]
-            d2 += w[off + i] * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = g
-    if gi < 0:  # only with NaN distances (llama.cpp aborts there)
-        gi = nbr[s]
+    jbest = s  # kept only if every distance is NaN (llama.cpp aborts there)
+    if n >= 16:
+        for a in range(3):
+            ta = t[a]
+            for b in range(3):
+                tab = ta + t[3 + b]
+                for c in range(3):
+                    tabc = tab + t[6 + c]
+                    o = 27 * a + 9 * b + 3 * c
+                    t4[o] = tabc + t[9]
+                    t4[o + 1] = tabc + t[10]
+                    t4[o + 2] = tabc + t[11]
+        for j in range(s, s + n):
+            c = nbr_code[j]
+            d2 = t4[c & 127]
+            d2 += t[12 + ((c >> 7) & 3)]
+            d2 += t[15 + ((c >> 9) & 3)]
+            d2 += t[18 + ((c >> 11) & 3)]
+            d2 += t[21 + ((c >> 13) & 3)]
+            if d2 < best_d2:
+                best_d2 = d2
+                jbest = j
+    else:
+        for j in range(s, s + n):
+            c = nbr_code[j]
+            d2 = t[(c >> 16) & 3]
+            d2 += t[3 + ((c >> 18) & 3)]
+            d2 += t[6 + ((c >> 20) & 3)]
+            d2 += t[9 + ((c >> 22) & 3)]
+            d2 += t[12 + ((c >> 7) & 3)]
+            d2 += t[15 + ((c >> 9) & 3)]
+            d2 += t[18 + ((c >> 11) & 3)]
+            d2 += t[21 + ((c >> 13) & 3)]
+            if d2 < best_d2:
+                best_d2 = d2
+                jbest = j
+    return nbr[jbest]
+
+
+@njit(inline="always", cache=True)
+def _best_neighbour(u, tabs, xval, w, off, scale, L, t, t4):
+    """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale.
+
+    Each element's term w*(scale*q - x)^2 takes one of 3 values (q = 1, 3, 5): computed once into
+    ``t`` with C's float32 operations, then :func:`nn_search` scans the candidates.
+    """
+    kmap, nbr_start, nbr_count, nbr, nbr_code, levels = tabs
+    for i in range(8):
+        wi = w[off + i]
+        xi = xval[off + i]
+        for l in range(3):
+            diff = scale * np.float32(2 * l + 1) - xi
+            t[3 * i + l] = wi * diff * diff
+    gi = nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4)
     for i in range(8):
         L[off + i] = levels[gi, i]
     return gi
@@ -190,8 +254,9 @@ def _sums(weight, xval, L, n):
 
 
 @njit(cache=True)
-def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels):
+def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs):
     """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills L, returns the scale."""
+    kmap = tabs[0]
     vmax = xval[0]
     for i in range(1, 16):
         vmax = vmax if vmax > xval[i] else xval[i]
@@ -209,7 +274,7 @@ def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr
             aux_on[k] = True
             if kmap[u] < 0:
                 aux_on[k] = False
-                _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, this_scale, Laux)
+                _best_neighbour(u, tabs, xval, waux, 8 * k, this_scale, Laux, t, t4)
         sumqx, sumq2 = _sums(weight, xval, Laux, 16)
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
@@ -225,7 +290,7 @@ def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr
                 continue
             u = _levels_at(id_, xval, 8 * k, L)
             if kmap[u] < 0:
-                _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, scale, L)
+                _best_neighbour(u, tabs, xval, waux, 8 * k, scale, L, t, t4)
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -273,7 +338,7 @@ def _sigma2(xbl, factor):
 
 
 @njit(cache=True)
-def _quantize_row_iq2_xs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_row_iq2_xs(x, qw, out, tabs):
     nbl = x.shape[0] // QK_K
     scales = np.zeros(QK_K // 16, dtype=np.float32)
     weight = np.zeros(16, dtype=np.float32)
@@ -283,6 +348,9 @@ def _quantize_row_iq2_xs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
     Laux = np.zeros(16, dtype=np.int32)
     on_grid = np.zeros(2, dtype=np.bool_)
     aux_on = np.zeros(2, dtype=np.bool_)
+    t = np.zeros(24, dtype=np.float32)
+    t4 = np.zeros(81, dtype=np.float32)
+    kmap = tabs[0]
     signs = np.zeros(2, dtype=np.int32)
     q2 = np.zeros(QK_K // 8, dtype=np.int32)
     for ibl in range(nbl):
@@ -307,7 +375,7 @@ def _quantize_row_iq2_xs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
             if vmax < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels)
+            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -330,7 +398,7 @@ def _quantize_row_iq2_xs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
 
 
 @njit(cache=True)
-def _quantize_row_iq2_s(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
     nbl = x.shape[0] // QK_K
     scales = np.zeros(QK_K // 16, dtype=np.float32)
     weight = np.zeros(16, dtype=np.float32)
@@ -340,6 +408,9 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
     Laux = np.zeros(16, dtype=np.int32)
     on_grid = np.zeros(2, dtype=np.bool_)
     aux_on = np.zeros(2, dtype=np.bool_)
+    t = np.zeros(24, dtype=np.float32)
+    t4 = np.zeros(81, dtype=np.float32)
+    kmap = tabs[0]
     signs = np.zeros(2, dtype=np.int32)
     for ibl in range(nbl):
         o = ibl * 82
@@ -374,7 +445,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
             if vmax < GROUP_MAX_EPS_IQ2_S:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, kmap, nbr_start, nbr_count, nbr, levels)
+            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -466,7 +537,7 @@ def _make_qp_quants(n, nmax, x, L, w):
 
 
 @njit(cache=True)
-def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_row_iq2_xxs(x, qw, out, tabs):
     nbl = x.shape[0] // QK_K
     scales = np.zeros(QK_K // 32, dtype=np.float32)
     weight = np.zeros(32, dtype=np.float32)
@@ -474,6 +545,9 @@ def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
     xval = np.zeros(32, dtype=np.float32)
     L = np.zeros(32, dtype=np.int32)
     Laux = np.zeros(32, dtype=np.int32)
+    t = np.zeros(24, dtype=np.float32)
+    t4 = np.zeros(81, dtype=np.float32)
+    kmap = tabs[0]
     signs = np.zeros(4, dtype=np.int32)
     q2 = np.zeros(QK_K // 16, dtype=np.uint32)
     for ibl in range(nbl):
@@ -510,7 +584,7 @@ def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
                 for k in range(4):
                     u = _levels_at(id_, xval, 8 * k, Laux)
                     if kmap[u] < 0:
-                        _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, this_scale, Laux)
+                        _best_neighbour(u, tabs, xval, waux, 8 * k, this_scale, Laux, t, t4)
                 sumqx, sumq2 = _sums(weight, xval, Laux, 32)
                 if sumq2 > F0 and sumqx * sumqx > best * sumq2:
                     scale = sumqx / sumq2
@@ -522,7 +596,7 @@ def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
                 for k in range(4):
                     u = _levels_at(id_, xval, 8 * k, L)
                     if kmap[u] < 0:
-                        _best_neighbour(u, nbr_start, nbr_count, nbr, levels, xval, waux, 8 * k, scale, L)
+                        _best_neighbour(u, tabs, xval, waux, 8 * k, scale, L, t, t4)
                 sumqx, sumq2 = _sums(weight, xval, L, 32)
                 if sumq2 > F0:
                     scale = sumqx / sumq2
@@ -552,21 +626,21 @@ def _quantize_row_iq2_xxs(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
 
 
 @njit(parallel=True, cache=True)
-def _quantize_iq2_xs_rows(rows, imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_iq2_xs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xs(rows[r], imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+        _quantize_row_iq2_xs(rows[r], imatrix, out[r], tabs)
 
 
 @njit(parallel=True, cache=True)
-def _quantize_iq2_xxs_rows(rows, imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_iq2_xxs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], tabs)
 
 
 @njit(parallel=True, cache=True)
-def _quantize_iq2_s_rows(rows, imatrix, has_imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_iq2_s_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], tabs)
 
 
 @njit(parallel=True, cache=True)
@@ -643,9 +717,6 @@ def _dequantize_iq2_s_rows(data, out, grid, fp16):
 # Python entry points (the family-module contract)
 
 
-def _tables_args(grid_size: int):
-    t = grid_tables(grid_size)
-    return t.kmap, t.nbr_start, t.nbr_count, t.nbr, t.levels
 
 
 def _sign_table() -> np.ndarray:
@@ -663,11 +734,11 @@ def quantize_rows(qt, rows: np.ndarray, imatrix) -> np.ndarray:
         raise ImatrixError(f"{name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
     qw = np.zeros(1, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
     if name == "IQ2_XS":
-        _quantize_iq2_xs_rows(rows, qw, out, *_tables_args(512))
+        _quantize_iq2_xs_rows(rows, qw, out, grid_tables(512).kernel_args())
     elif name == "IQ2_XXS":
-        _quantize_iq2_xxs_rows(rows, qw, out, *_tables_args(256))
+        _quantize_iq2_xxs_rows(rows, qw, out, grid_tables(256).kernel_args())
     elif name == "IQ2_S":
-        _quantize_iq2_s_rows(rows, qw, imatrix is not None, out, *_tables_args(1024))
+        _quantize_iq2_s_rows(rows, qw, imatrix is not None, out, grid_tables(1024).kernel_args())
     else:
         raise ValueError(f"iq2 does not implement {name}")
     return out
