@@ -1,0 +1,337 @@
+"""Importance matrices: collection (SmolLM2, tiny dense and MoE models), llama.cpp's GGUF and legacy
+files, their effect on quantized bytes (equal to llama.cpp's quantizer) and on reconstruction error."""
+
+import shutil
+import struct
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import llamacpp_ref as ref
+from quantkit import quantize
+from quantkit.cli import main
+from quantkit.commands.imatrix import DEFAULT_CALIBRATION
+from quantkit.errors import GGUFFormatError, ImatrixError, QuantkitError
+from quantkit.imatrix import Imatrix, ImatrixEntry, check_coverage, collect_imatrix, read_imatrix, write_imatrix
+
+CALIBRATION = DEFAULT_CALIBRATION.read_text(encoding="utf-8")
+CTX = 128
+CHUNKS = 4
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_imatrix(smollm2_hf_dir) -> Imatrix:
+    """SmolLM2's imatrix over the first 4 chunks of 128 tokens of the default calibration text."""
+    return collect_imatrix(smollm2_hf_dir, CALIBRATION, ctx=CTX, chunks=CHUNKS, progress=False, dataset="calibration.txt")
+
+
+@pytest.fixture(scope="session")
+def smollm2_heldout_imatrix(smollm2_hf_dir) -> Imatrix:
+    """SmolLM2's imatrix over 4 chunks of 128 tokens from the second half of the text (none in common)."""
+    return collect_imatrix(smollm2_hf_dir, CALIBRATION[len(CALIBRATION) // 2 :], ctx=CTX, chunks=CHUNKS, progress=False)
+
+
+def _tiny_model(folder, smollm2_hf_dir, config):
+    """Save a randomly initialised model of ``config`` with SmolLM2's tokenizer into ``folder``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(smollm2_hf_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_hf_dir):
+    """A 2-layer random Llama (hidden 64, untied lm_head) with SmolLM2's tokenizer."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return _tiny_model(tmp_path_factory.mktemp("tiny-llama"), smollm2_hf_dir, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory, smollm2_hf_dir):
+    """A 2-layer random Qwen2-MoE (4 experts, 2 per token, a shared expert) with SmolLM2's tokenizer."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, moe_intermediate_size=48,
+                            shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return _tiny_model(tmp_path_factory.mktemp("tiny-moe"), smollm2_hf_dir, config)
+
+
+def _token_chunks(model_dir, ctx, chunks):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(CALIBRATION, verbose=False)["input_ids"]
+    return [ids[i * ctx : (i + 1) * ctx] for i in range(chunks)]
+
+
+# --- collection -------------------------------------------------------------------------------
+
+
+def test_smollm2_entries_names_and_counts(smollm2_imatrix):
+    """Every decoder matrix of SmolLM2's 30 blocks, by its GGUF name, with 4 x 128 tokens each; no output."""
+    kinds = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+    assert sorted(smollm2_imatrix) == sorted(f"blk.{b}.{k}.weight" for b in range(30) for k in kinds)
+    assert smollm2_imatrix["blk.0.attn_q.weight"].shape == (576,)
+    assert smollm2_imatrix["blk.29.ffn_down.weight"].shape == (1536,)
+    assert {smollm2_imatrix.token_count(n) for n in smollm2_imatrix} == {CHUNKS * CTX}
+    assert (smollm2_imatrix.datasets, smollm2_imatrix.chunk_count, smollm2_imatrix.chunk_size) == (
+        ["calibration.txt"], CHUNKS, CTX)
+    # q, k and v read the same normed input; gate and up too
+    np.testing.assert_array_equal(smollm2_imatrix["blk.7.attn_q.weight"], smollm2_imatrix["blk.7.attn_v.weight"])
+    np.testing.assert_array_equal(smollm2_imatrix["blk.7.ffn_gate.weight"], smollm2_imatrix["blk.7.ffn_up.weight"])
+    assert not np.array_equal(smollm2_imatrix["blk.7.attn_q.weight"], smollm2_imatrix["blk.7.ffn_up.weight"])
+
+
+def test_sums_equal_the_inputs_of_each_linear(tiny_llama_dir):
+    """Sums of x^2 per column equal those of the inputs a forward pre-hook sees, for every Linear."""
+    from transformers import AutoModelForCausalLM
+
+    im = collect_imatrix(tiny_llama_dir, CALIBRATION, ctx=64, chunks=3, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    seen = {}
+    layer = model.model.layers[1]
+    modules = {"blk.1.attn_q.weight": layer.self_attn.q_proj, "blk.1.attn_output.weight": layer.self_attn.o_proj,
+               "blk.1.ffn_up.weight": layer.mlp.up_proj, "blk.1.ffn_down.weight": layer.mlp.down_proj}
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            seen[name] = seen.get(name, 0) + (x * x).sum(0)
+        return record
+
+    for name, module in modules.items():
+        module.register_forward_pre_hook(hook(name))
+    with torch.no_grad():
+        for chunk in _token_chunks(tiny_llama_dir, 64, 3):
+            model(input_ids=torch.tensor([chunk]))
+    for name in modules:
+        np.testing.assert_allclose(im.entries[name].sums[0], seen[name].numpy(), rtol=1e-5)
+        assert im.token_count(name) == 3 * 64
+    assert "output.weight" not in im
+    with_output = collect_imatrix(tiny_llama_dir, CALIBRATION, ctx=64, chunks=1, progress=False, process_output=True)
+    assert with_output["output.weight"].shape == (64,) and with_output.token_count("output.weight") == 64
+
+
+def test_moe_experts_get_their_own_rows(tiny_moe_dir):
+    """Expert stacks: (n_expert, n_cols) sums, per-expert token counts adding up to tokens x top-k."""
+    from transformers import AutoModelForCausalLM
+
+    im = collect_imatrix(tiny_moe_dir, CALIBRATION, ctx=64, chunks=2, progress=False)
+    tokens = 2 * 64
+    for b in range(2):
+        gate, up, down = (im.entries[f"blk.{b}.ffn_{k}_exps.weight"] for k in ("gate", "up", "down"))
+        assert gate.sums.shape == (4, 32) and down.sums.shape == (4, 48)
+        assert gate.counts.sum() == tokens * 2 and np.array_equal(gate.counts, down.counts)
+        np.testing.assert_array_equal(gate.sums, up.sums)
+        assert im[f"blk.{b}.ffn_down_exps.weight"].shape == (4, 48)
+        for k in ("ffn_gate_inp", "ffn_gate_shexp", "ffn_down_shexp", "attn_q"):
+            assert im.token_count(f"blk.{b}.{k}.weight") == tokens
+
+    # the experts' input is the routed hidden states: recompute gate sums from the router's choice
+    model = AutoModelForCausalLM.from_pretrained(tiny_moe_dir, dtype=torch.float32).eval()
+    experts = model.model.layers[0].mlp.experts
+    expected = torch.zeros(4, 32, dtype=torch.float64)
+
+    def record(module, args, kwargs):
+        hidden, top_k_index = args[0], args[1]
+        for e in range(4):
+            x = hidden[(top_k_index == e).any(dim=-1)].double()
+            expected[e] += (x * x).sum(0)
+
+    experts.register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        for chunk in _token_chunks(tiny_moe_dir, 64, 2):
+            model(input_ids=torch.tensor([chunk]))
+    np.testing.assert_allclose(im.entries["blk.0.ffn_gate_exps.weight"].sums, expected.numpy(), rtol=1e-5)
+
+
+def test_text_shorter_than_one_chunk(tiny_llama_dir):
+    with pytest.raises(ImatrixError, match=r"the calibration text has 8 tokens, fewer than one chunk of 64"):
+        collect_imatrix(tiny_llama_dir, "A short sentence of eight tokens here.", ctx=64, progress=False)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_gguf_round_trip(tmp_path, smollm2_imatrix):
+    path = write_imatrix(tmp_path / "imatrix.gguf", smollm2_imatrix)
+    back = read_imatrix(path)
+    assert list(back) == sorted(smollm2_imatrix)
+    for name, entry in smollm2_imatrix.entries.items():
+        np.testing.assert_array_equal(back.entries[name].sums, entry.sums)
+        np.testing.assert_array_equal(back.entries[name].counts, entry.counts)
+        np.testing.assert_array_equal(back[name], smollm2_imatrix[name])
+    assert (back.datasets, back.chunk_count, back.chunk_size) == (["calibration.txt"], CHUNKS, CTX)
+    with pytest.raises(QuantkitError, match="exists"):
+        write_imatrix(path, smollm2_imatrix)
+
+
+def test_gguf_layout_as_llamacpp_reads_it(tmp_path, smollm2_imatrix):
+    """gguf-py sees what common_imatrix_load needs: the keys and, per matrix, F32 in_sum2 and counts."""
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+
+    reader = GGUFReader(str(write_imatrix(tmp_path / "imatrix.gguf", smollm2_imatrix)))
+    fields = reader.fields
+    assert fields["general.type"].contents() == "imatrix"
+    assert fields["imatrix.datasets"].contents() == ["calibration.txt"]
+    assert fields["imatrix.chunk_count"].types == [GGUFValueType.UINT32]
+    assert (fields["imatrix.chunk_count"].contents(), fields["imatrix.chunk_size"].contents()) == (CHUNKS, CTX)
+    names = [t.name for t in reader.tensors]
+    assert names == [f"{n}{s}" for n in sorted(smollm2_imatrix) for s in (".in_sum2", ".counts")]
+    tensors = {t.name: t for t in reader.tensors}
+    sums, counts = tensors["blk.3.ffn_down.weight.in_sum2"], tensors["blk.3.ffn_down.weight.counts"]
+    assert sums.tensor_type == counts.tensor_type == GGMLQuantizationType.F32
+    assert sums.shape.tolist() == [1536, 1] and counts.shape.tolist() == [1, 1]
+    assert counts.data.reshape(-1).tolist() == [CHUNKS * CTX]
+    np.testing.assert_array_equal(sums.data.reshape(-1), smollm2_imatrix.entries["blk.3.ffn_down.weight"].sums[0])
+
+
+def write_legacy_dat(path, imatrix: Imatrix, chunk_size: int, n_experts=None):
+    """llama-imatrix --output-format dat (save_imatrix_legacy): values (sum / count) * ncall with
+    ncall = ceil(count / chunk_size), then the chunk count and the dataset name."""
+    n_experts = n_experts or {}
+    out = [struct.pack("<i", len(imatrix))]
+    for name in sorted(imatrix):
+        entry = imatrix.entries[name]
+        ncall = -(-int(entry.counts.max()) // chunk_size)
+        values = (entry.sums / entry.counts.astype(np.float32)[:, None]) * np.float32(ncall)
+        out.append(struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", ncall, values.size))
+        out.append(values.astype("<f4").tobytes())
+    dataset = imatrix.datasets[-1].encode()
+    out.append(struct.pack("<ii", imatrix.chunk_count, len(dataset)) + dataset)
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def test_legacy_dat_gives_the_same_means(tmp_path, smollm2_imatrix):
+    legacy = read_imatrix(write_legacy_dat(tmp_path / "imatrix.dat", smollm2_imatrix, CTX))
+    assert sorted(legacy) == sorted(smollm2_imatrix)
+    assert (legacy.datasets, legacy.chunk_count) == (["calibration.txt"], CHUNKS)
+    for name in smollm2_imatrix:
+        assert legacy.entries[name].counts.tolist() == [CHUNKS]
+        np.testing.assert_allclose(legacy[name], smollm2_imatrix[name], rtol=2e-7)
+
+
+def test_legacy_moe_entry_takes_the_tensor_shape(tmp_path):
+    sums = np.arange(1, 13, dtype=np.float32).reshape(3, 4)
+    im = Imatrix({"blk.0.ffn_up_exps.weight": ImatrixEntry(sums, np.array([2, 4, 8]))}, ["d.txt"], 1, 8)
+    legacy = read_imatrix(write_legacy_dat(tmp_path / "moe.dat", im, 8))
+    assert legacy["blk.0.ffn_up_exps.weight"].shape == (12,)
+    weights = legacy.weights_for("blk.0.ffn_up_exps.weight", (3, 5, 4))
+    np.testing.assert_allclose(weights, sums / np.array([[2], [4], [8]], dtype=np.float32), rtol=1e-6)
+
+
+def test_unreached_expert_weighs_one(tmp_path):
+    entry = ImatrixEntry(np.array([[4, 8], [0, 0]], dtype=np.float32), np.array([2, 0]))
+    im = read_imatrix(write_imatrix(tmp_path / "i.gguf", Imatrix({"blk.0.ffn_up_exps.weight": entry}, [], 1, 2)))
+    np.testing.assert_array_equal(im["blk.0.ffn_up_exps.weight"], [[2, 4], [1, 1]])
+
+
+def test_bad_files(tmp_path, smollm2_imatrix, smollm2_path):
+    good = write_imatrix(tmp_path / "good.gguf", smollm2_imatrix).read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(good[: len(good) // 2])
+    with pytest.raises(GGUFFormatError, match=r"cut\.gguf"):
+        read_imatrix(tmp_path / "cut.gguf")
+    legacy = write_legacy_dat(tmp_path / "l.dat", smollm2_imatrix, CTX).read_bytes()
+    (tmp_path / "cut.dat").write_bytes(legacy[:5000])
+    with pytest.raises(ImatrixError, match=r"cut\.dat: truncated or not an imatrix: .* needs \d+ bytes at offset \d+, the file has 5000"):
+        read_imatrix(tmp_path / "cut.dat")
+    (tmp_path / "text.dat").write_bytes(b"\x00\x00\x00\x00hello")
+    with pytest.raises(ImatrixError, match=r"text\.dat: not an imatrix"):
+        read_imatrix(tmp_path / "text.dat")
+    with pytest.raises(ImatrixError, match=r"not an imatrix: no \.in_sum2/\.counts tensors \(general\.type is 'model'\)"):
+        read_imatrix(smollm2_path)
+    with pytest.raises(QuantkitError, match="no such file"):
+        read_imatrix(tmp_path / "missing.gguf")
+
+
+# --- use by the quantizers --------------------------------------------------------------------
+
+
+def test_coverage_and_shape_checks(smollm2_imatrix):
+    names = ["blk.0.attn_q.weight", "token_embd.weight", "output.weight"]
+    with pytest.warns(UserWarning, match=r"no entry for 2 tensor\(s\).*: token_embd\.weight, output\.weight"):
+        assert check_coverage(smollm2_imatrix, names, set()) == ["token_embd.weight", "output.weight"]
+    with pytest.raises(ImatrixError, match=r"no entry for 1 tensor\(s\) whose type needs an importance matrix: output\.weight"):
+        check_coverage(smollm2_imatrix, names, {"output.weight", "blk.0.attn_q.weight"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_coverage(smollm2_imatrix, ["blk.0.attn_q.weight"], {"blk.0.attn_q.weight"}) == []
+    assert smollm2_imatrix.weights_for("blk.2.ffn_down.weight", (576, 1536)).shape == (1536,)
+    with pytest.raises(ImatrixError, match=r"blk\.2\.ffn_down\.weight: the model's tensor has 2048 columns, the imatrix 1536 \(an imatrix made for another model\?\)"):
+        smollm2_imatrix.weights_for("blk.2.ffn_down.weight", (576, 2048))
+
+
+QUANT_CASES = [  # tensor, type, rows used
+    ("blk.0.attn_q.weight", "Q4_0", 96),
+    ("blk.4.ffn_down.weight", "Q4_K", 64),
+    ("blk.9.ffn_up.weight", "IQ3_XXS", 64),
+    ("blk.12.attn_output.weight", "IQ2_XS", 32),
+]
+
+
+@pytest.mark.parametrize("name,qtype,rows", QUANT_CASES)
+def test_imatrix_bytes_equal_llamacpp(smollm2_imatrix, smollm2_weights, name, qtype, rows):
+    w = np.ascontiguousarray(smollm2_weights[name][:rows])
+    weights = smollm2_imatrix.weights_for(name, smollm2_weights[name].shape)
+    got = quantize(w, qtype, imatrix=weights).data
+    np.testing.assert_array_equal(got, ref.quantize(w, qtype, weights))
+    plain = ref.quantize(w, qtype, np.ones_like(weights) if ref.requires_imatrix(qtype) else None)
+    assert not np.array_equal(got, plain)
+
+
+def weighted_error(w, qtype, imatrix, heldout):
+    """Sum over rows and columns of heldout[col] * (w - dequantize(quantize(w)))^2."""
+    from quantkit import dequantize
+
+    q = dequantize(quantize(w, qtype, imatrix=imatrix)).reshape(w.shape)
+    return float((heldout[None, :].astype(np.float64) * (w.astype(np.float64) - q) ** 2).sum())
+
+
+@pytest.mark.parametrize("qtype", ["Q2_K", "IQ3_XXS", "IQ2_XS"])
+def test_imatrix_lowers_heldout_weighted_error(smollm2_imatrix, smollm2_heldout_imatrix, smollm2_weights, qtype):
+    """On activations of other text, the imatrix-weighted quantization is closer (IQ2_XS: than all-ones)."""
+    for name in ("blk.3.attn_v.weight", "blk.10.ffn_down.weight", "blk.20.ffn_gate.weight"):
+        w = np.ascontiguousarray(smollm2_weights[name][:64])
+        heldout = smollm2_heldout_imatrix[name]
+        imatrix = smollm2_imatrix[name]
+        baseline = np.ones_like(imatrix) if qtype == "IQ2_XS" else None
+        assert weighted_error(w, qtype, imatrix, heldout) < weighted_error(w, qtype, baseline, heldout), name
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_cli(tmp_path, tiny_llama_dir):
+    out = tmp_path / "im.gguf"
+    text = tmp_path / "text.txt"
+    text.write_text(CALIBRATION[:20000], encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(main, ["imatrix", str(tiny_llama_dir), "-f", str(text), "-o", str(out), "--ctx", "64", "--chunks", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"{out}: 14 tensors, 2 chunks of 64 tokens from {text}" in result.output
+    im = read_imatrix(out)
+    assert (im.datasets, im.chunk_count, im.chunk_size, im.token_count("blk.1.ffn_down.weight")) == ([str(text)], 2, 64, 128)
+
+    again = runner.invoke(main, ["imatrix", str(tiny_llama_dir), "-f", str(text), "-o", str(out)])
+    assert again.exit_code == 2 and again.output.strip() == f"quantkit: error: {out}: exists (use --force to overwrite)"
+    text.write_text("Too short.", encoding="utf-8")
+    short = runner.invoke(main, ["imatrix", str(tiny_llama_dir), "-f", str(text), "-o", str(out), "--force"])
+    assert short.exit_code == 2
+    assert short.output.strip() == ("quantkit: error: the calibration text has 3 tokens, fewer than one chunk of 512 "
+                                    "(use a longer text or a smaller --ctx)")
