@@ -1,11 +1,12 @@
-"""Requantize a GGUF file to another type, streaming one row chunk at a time.
+"""Requantize a GGUF file with one of llama-quantize's presets, streaming one row chunk at a time.
 
-Every weight matrix (2-D or more, name ending in ``.weight``) whose row length fits the target
-type is dequantized from its source type and quantized to the target; other tensors (norms,
-biases, rows the type cannot take) are copied as they are. Peak memory is one chunk of about
-``CHUNK_BYTES`` of float32, whatever the model size. The output is written atomically.
-(The per-tensor rules of llama-quantize's presets - Q4_K_M and friends - belong to the plan of
-``quantkit convert``; this is the uniform case.)
+The preset's rules (quantkit.converter.presets.plan_types, llama.cpp's llama-quant.cpp) give each
+tensor its type; tensors whose type does not change (norms, biases, ...) are copied byte for byte,
+the others are dequantized from their source type and quantized to the target, with the importance
+matrix row of their expert when one is given. Like llama-quantize, the output lists the tensors in
+llama.cpp's order (layer, then name) and ends its metadata with general.quantization_version and
+general.file_type. Peak memory is one chunk of about ``CHUNK_BYTES`` of float32, whatever the model
+size. The output is written atomically.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from .errors import ImatrixError, QuantkitError
+from .converter.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
+from .errors import QuantkitError
 from .ggufio import GGUFStreamWriter, TensorInfo, read_gguf, typed
-from .types import QuantType, quant_type
+from .types import quant_type
 
 CHUNK_BYTES = 64 << 20  # float32 bytes dequantized and quantized at a time
+QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
 
 @dataclass(frozen=True)
@@ -32,78 +35,73 @@ class TensorPlan:
     target: GGMLQuantizationType
 
 
-def file_type(qt: QuantType) -> LlamaFileType:
-    """general.file_type for a file whose weights are mostly ``qt`` (the _M preset for k-quants)."""
-    if qt.name == "F32":
-        return LlamaFileType.ALL_F32
-    members = LlamaFileType.__members__
-    return members.get(f"MOSTLY_{qt.name}") or members[f"MOSTLY_{qt.name}_M"]
-
-
-def plan(tensors, target: QuantType) -> list[TensorPlan]:
-    """Which type each tensor gets: the target for weight matrices whose rows fit it, else its own."""
-    plans = []
-    for t in tensors:
-        fits = len(t.shape) >= 2 and t.name.endswith(".weight") and t.shape[-1] % target.block_size == 0
-        plans.append(TensorPlan(t.name, tuple(t.shape), t.qtype, target.ggml if fits else t.qtype))
-    return plans
-
-
 def _row_chunks(tensor, rows_per_chunk: int):
-    """(first row, QuantizedTensor-like view of the rows) over a tensor's data, without copying."""
+    """(expert index, QuantizedTensor-like view of rows) over a tensor's data, without copying.
+
+    Rows are those of the last axis; a chunk never crosses from one expert (index of axis -3) to the next.
+    """
     from .quants import QuantizedTensor
 
     n_per_row = tensor.shape[-1]
     nrows = tensor.nbytes // quant_type(tensor.qtype).row_bytes(n_per_row)
+    rows_per_expert = tensor.shape[-2] if len(tensor.shape) >= 2 else 1
     row_bytes = tensor.nbytes // nrows
     data = tensor.data
-    for first in range(0, nrows, rows_per_chunk):
-        count = min(rows_per_chunk, nrows - first)
-        yield QuantizedTensor(tensor.qtype, (count, n_per_row), data[first * row_bytes:(first + count) * row_bytes])
+    for expert_first in range(0, nrows, rows_per_expert):
+        expert_end = min(expert_first + rows_per_expert, nrows)
+        for first in range(expert_first, expert_end, rows_per_chunk):
+            count = min(rows_per_chunk, expert_end - first)
+            view = QuantizedTensor(tensor.qtype, (count, n_per_row), data[first * row_bytes:(first + count) * row_bytes])
+            yield expert_first // rows_per_expert, view
 
 
-def requantize(src, dst, qtype, imatrix: dict | None = None, threads: int | None = None,
-               overwrite: bool = False, progress: bool = True) -> list[TensorPlan]:
-    """Write ``dst``: the GGUF ``src`` with its weight matrices quantized to ``qtype``.
+def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
+               progress: bool = True, overrides=(), pure: bool = False) -> list[TensorPlan]:
+    """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
-    ``imatrix``: optional mapping tensor name -> importance weights (one per column).
-    Returns the per-tensor plan that was carried out.
+    ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
+    ``overrides``: (pattern, type name) pairs like llama-quantize's --tensor-type; ``pure``: --pure.
+    Returns the per-tensor plan that was carried out, in output order.
     """
     from tqdm import tqdm
 
     from .quants import dequantize, quantize
 
-    target = quant_type(qtype)
+    name = resolve_preset(preset)
     source = read_gguf(src)
-    plans = plan(source.tensors, target)
-    for p in plans:
-        if p.source != p.target:
-            quant_type(p.source)  # can we read it? (raises UnsupportedTypeError naming the type)
-    if target.requires_imatrix and not imatrix:
-        raise ImatrixError(f"{target.name} needs an importance matrix (--imatrix)")
-    metadata = source.metadata.copy()
-    metadata["general.file_type"] = typed(int(file_type(target)), GGUFValueType.UINT32)
-    metadata["general.quantization_version"] = typed(2, GGUFValueType.UINT32)
-    infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
-    total = sum(t.nbytes for t in source.tensors)
-    start = time.perf_counter()
-    with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src]) as writer, tqdm(
-        total=total, unit="B", unit_scale=True, desc=f"-> {target.name}", disable=not progress
-    ) as bar:
-        for tensor, p in zip(source.tensors, plans):
-            if p.source == p.target:
-                writer.write(p.name, tensor.data)
-                bar.update(tensor.nbytes)
-                continue
-            weights = None if imatrix is None else imatrix.get(p.name)
-            if target.requires_imatrix and weights is None:
-                raise ImatrixError(f"{p.name}: no importance matrix entry, and {target.name} needs one")
-            rows_per_chunk = max(1, CHUNK_BYTES // (4 * p.shape[-1]))
-            for chunk in _row_chunks(tensor, rows_per_chunk):
-                values = dequantize(chunk, threads=threads)
-                writer.write(p.name, quantize(values, target.ggml, imatrix=weights, threads=threads, name=p.name).data)
-                bar.update(chunk.data.nbytes)
-    source.close()
+    try:
+        tensors = sorted(source.tensors, key=lambda t: tensor_sort_key(t.name))
+        targets = plan_types(name, source.metadata, [(t.name, t.shape, t.qtype) for t in tensors],
+                             overrides=overrides, imatrix=imatrix, pure=pure)
+        plans = [TensorPlan(t.name, tuple(t.shape), t.qtype, targets[t.name]) for t in tensors]
+        for p in plans:
+            if p.source != p.target:
+                quant_type(p.source)  # can we read it? (raises UnsupportedTypeError naming the type)
+                quant_type(p.target)
+        metadata = source.metadata.copy()
+        for key in ("general.quantization_version", "general.file_type"):  # llama.cpp moves them to the end
+            metadata.pop(key, None)
+        metadata["general.quantization_version"] = typed(QUANTIZATION_VERSION, GGUFValueType.UINT32)
+        metadata["general.file_type"] = typed(int(PRESETS[name][0]), GGUFValueType.UINT32)
+        infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
+        start = time.perf_counter()
+        with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src]) as writer, tqdm(
+            total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc=f"-> {name}", disable=not progress
+        ) as bar:
+            for tensor, p in zip(tensors, plans):
+                if p.source == p.target:
+                    writer.write(p.name, tensor.data)
+                    bar.update(tensor.nbytes)
+                    continue
+                weights = tensor_imatrix(imatrix, p.name, p.shape)
+                rows_per_chunk = max(1, CHUNK_BYTES // (4 * p.shape[-1]))
+                for expert, chunk in _row_chunks(tensor, rows_per_chunk):
+                    row_weights = weights[expert] if weights is not None and weights.ndim == 2 else weights
+                    values = dequantize(chunk, threads=threads)
+                    writer.write(p.name, quantize(values, p.target, imatrix=row_weights, threads=threads, name=p.name).data)
+                    bar.update(chunk.data.nbytes)
+    finally:
+        source.close()
     if progress:
         size = Path(dst).stat().st_size
         print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")

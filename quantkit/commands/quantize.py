@@ -1,4 +1,4 @@
-"""``quantkit quantize SOURCE OUTPUT QTYPE``: requantize a GGUF file."""
+"""``quantkit quantize SOURCE OUTPUT PRESET``: requantize a GGUF file with a llama-quantize preset."""
 
 import click
 
@@ -6,11 +6,30 @@ import click
 @click.command()
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.argument("qtype")
+@click.argument("preset")
+@click.option("--imatrix", "imatrix_path", type=click.Path(dir_okay=False), default=None,
+              help="Importance matrix file (llama.cpp's imatrix GGUF or legacy .dat).")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
+              help="Type for tensors whose name matches the regex PATTERN (repeatable; first match wins).")
+@click.option("--pure", is_flag=True, help="Give every quantizable tensor the preset's default type.")
 @click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def quantize(source, output, qtype, threads, force):
-    """Requantize SOURCE.gguf's weight matrices to QTYPE (e.g. Q8_0) into OUTPUT.gguf."""
+def quantize(source, output, preset, imatrix_path, tensor_types, pure, threads, force):
+    """Quantize SOURCE.gguf into OUTPUT.gguf with PRESET, choosing each tensor's type as llama-quantize does.
+
+    PRESET: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
+    Q5_K_M Q6_K IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ3_XXS IQ3_XS IQ3_S IQ3_M IQ4_NL IQ4_XS TQ1_0 TQ2_0
+    (any case; Q3_K, Q4_K, Q5_K mean their _M presets).
+    """
+    from ..converter.presets import parse_override, resolve_preset
     from ..requantize import requantize
 
-    requantize(source, output, qtype, threads=threads, overwrite=force)
+    resolve_preset(preset)  # an unknown preset fails before the imatrix is read
+    overrides = [parse_override(text) for text in tensor_types]
+    imatrix = None
+    if imatrix_path is not None:
+        from ..imatrix import read_imatrix
+
+        imatrix = read_imatrix(imatrix_path)
+    requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,
+               pure=pure)
