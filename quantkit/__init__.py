@@ -14,6 +14,7 @@ _EXPORTS = {
     "write_gguf": "quantkit.ggufio",
     "GGUFStreamWriter": "quantkit.ggufio",
     "QuantkitError": "quantkit.errors",
+    "convert": "quantkit.converter",
 }
 
 __all__ = sorted(_EXPORTS)

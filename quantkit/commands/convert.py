@@ -1,0 +1,25 @@
+"""``quantkit convert MODEL_DIR -o OUT.gguf --type PRESET``: a Hugging Face folder to GGUF in one pass."""
+
+import click
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="The GGUF file to write.")
+@click.option("-t", "--type", "preset", default="F16", show_default=True,
+              help="F32, F16, BF16, Q8_0 (as llama.cpp's converter) or a llama-quantize preset (Q4_K_M, ...).")
+@click.option("--imatrix", type=click.Path(dir_okay=False), help="Importance matrix (GGUF or legacy .dat).")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
+              help="Give tensors whose name matches REGEX the type TYPE (repeatable; first match wins).")
+@click.option("--dry-run", is_flag=True, help="Print the per-tensor plan and the expected size; write nothing.")
+@click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force):
+    """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
+    from ..converter import convert as run_convert
+    from ..errors import QuantkitError
+
+    if output is None and not dry_run:
+        raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
+    run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
+                threads=threads, overwrite=force)

@@ -1,0 +1,202 @@
+"""Tokenizers -> GGUF ``tokenizer.*`` keys, as llama.cpp's convert_hf_to_gguf.py writes them.
+
+Three kinds, each written through a ``gguf.GGUFWriter`` used as key collector:
+
+- BPE (``tokenizer.ggml.model = "gpt2"``) from ``tokenizer.json``: tokens in id order, token types
+  (CONTROL for special added tokens, USER_DEFINED for other added ones, NORMAL, UNUSED for holes),
+  merges, and ``tokenizer.ggml.pre``: the name of llama.cpp's pre-tokenizer, found by the sha256 of
+  the ids the Hugging Face tokenizer gives for a check text (see :mod:`.pretokenizers`);
+- SentencePiece (``"llama"``) from ``tokenizer.model``: pieces, scores and types;
+- WordPiece (``"bert"``) for BERT: tokens in llama.cpp's phantom-space form (``##x`` -> ``x``,
+  ``x`` -> ``\u2581x``).
+
+Special token ids, ``add_bos``/``add_eos`` and the chat template come from ``gguf.SpecialVocab``.
+"""
+
+from __future__ import annotations
+
+import json
+from hashlib import sha256
+from pathlib import Path
+
+import gguf
+
+from ..source import SourceError
+
+# added tokens llama.cpp treats as control tokens even when not marked special
+_LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+
+
+def looks_special(text: str) -> bool:
+    return (
+        text in _LOOKS_SPECIAL
+        or (text.startswith("<|") and text.endswith("|>"))
+        or (text.startswith("<\uff5c") and text.endswith("\uff5c>"))
+        or (text.startswith("<unused") and text.endswith(">"))
+    )
+
+
+def _load_tokenizer(folder: Path):
+    """The folder's fast tokenizer (``tokenizers.Tokenizer``): tokenizer.json, else transformers' conversion."""
+    from tokenizers import Tokenizer
+
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(folder / "tokenizer.json"))
+        if not (folder / "vocab.txt").is_file():
+            raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
+    except SourceError:
+        raise
+    except Exception as e:  # tokenizers and transformers raise many kinds for a broken tokenizer
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SourceError(f"{folder}: cannot load the tokenizer: {message}") from None
+
+
+def pre_tokenizer_name(tokenizer, folder: Path) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenization (``tokenizer.ggml.pre``)."""
+    from .pretokenizers import CHECK_TEXT, PRE_TOKENIZERS
+
+    digest = sha256(str(tokenizer.encode(CHECK_TEXT).ids).encode()).hexdigest()
+    name = PRE_TOKENIZERS.get(digest)
+    if name is None:
+        raise SourceError(
+            f"{folder}: BPE pre-tokenizer not recognised (check-text hash {digest[:16]}...); "
+            "llama.cpp would tokenize differently from Hugging Face"
+        )
+    return name
+
+
+def base_vocab(folder: Path, vocab_size: int | None) -> tuple[list[str], list[int], str]:
+    """(tokens, token types, pre-tokenizer name) of a BPE or WordPiece tokenizer, ``vocab_size`` long."""
+    tokenizer = _load_tokenizer(folder)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    size = vocab_size or len(vocab)
+    if max(vocab.values()) >= size:
+        raise SourceError(f"{folder}: tokenizer has id {max(vocab.values())}, config.json vocab_size is {size}")
+    by_id = {i: text for text, i in vocab.items()}
+    added = tokenizer.get_added_tokens_decoder()  # id -> AddedToken (special, normalized)
+    tokens, types = [], []
+    for i in range(size):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        if i in added:
+            if not added[i].normalized:  # llama.cpp expects added tokens pre-normalized
+                text = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
+            if added[i].special or looks_special(text):
+                types.append(gguf.TokenType.CONTROL)
+            else:
+                text = text.replace("\u2581", " ")
+                types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+        tokens.append(text)
+    return tokens, types, pre_tokenizer_name(tokenizer, folder)
+
+
+def set_bpe_vocab(w, folder: Path, config: dict) -> None:
+    tokens, types, pre = base_vocab(folder, config.get("vocab_size"))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    gguf.SpecialVocab(folder, load_merges=True).add_to_gguf(w, quiet=True)
+
+
+def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
+    """SentencePiece pieces, scores and types from tokenizer.model, with added tokens on top."""
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(folder / "tokenizer.model"))
+    size = config.get("vocab_size") or sp.vocab_size()
+    tokens = [f"[PAD{i}]".encode() for i in range(size)]
+    scores = [-10000.0] * size
+    types = [gguf.TokenType.UNUSED] * size
+    for i in range(min(sp.vocab_size(), size)):
+        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        scores[i] = sp.GetScore(i)
+        if sp.IsUnknown(i):
+            types[i] = gguf.TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            types[i] = gguf.TokenType.CONTROL
+        elif sp.IsUnused(i):
+            types[i] = gguf.TokenType.UNUSED
+        elif sp.IsByte(i):
+            types[i] = gguf.TokenType.BYTE
+        else:
+            types[i] = gguf.TokenType.NORMAL
+    added_file = folder / "added_tokens.json"
+    if added_file.is_file():
+        for text, i in json.loads(added_file.read_text(encoding="utf-8")).items():
+            if i < size:
+                tokens[i], scores[i], types[i] = text.encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        decoders = json.loads(config_file.read_text(encoding="utf-8")).get("added_tokens_decoder", {})
+        for key, entry in decoders.items():
+            i, text = int(key), entry["content"]
+            if i >= size:
+                continue
+            if entry.get("special") or looks_special(text):
+                types[i] = gguf.TokenType.CONTROL
+            else:
+                text = text.replace("\u2581", " ")
+                types[i] = gguf.TokenType.USER_DEFINED
+            tokens[i], scores[i] = text.encode("utf-8"), -1000.0
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+
+
+def set_llama_vocab(w, folder: Path, config: dict) -> None:
+    """Llama-family order: tokenizer.model (SentencePiece), else a byte-fallback tokenizer.json
+    (gguf.LlamaHfVocab), else BPE; plus ``add_space_prefix`` from tokenizer_config.json."""
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        prefix = json.loads(config_file.read_text(encoding="utf-8")).get("add_prefix_space")
+        if prefix is not None:
+            w.add_add_space_prefix(prefix)
+    if (folder / "tokenizer.model").is_file():
+        return set_sentencepiece_vocab(w, folder, config)
+    if not (folder / "tokenizer.json").is_file():
+        raise SourceError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model)")
+    try:
+        hf_vocab = gguf.LlamaHfVocab(folder)
+    except (FileNotFoundError, TypeError):
+        return set_bpe_vocab(w, folder, config)
+    tokens, scores, types = zip(*hf_vocab.all_tokens())
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(list(tokens))
+    w.add_token_scores(list(scores))
+    w.add_token_types(list(types))
+    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+
+
+def set_wordpiece_vocab(w, folder: Path, config: dict) -> None:
+    """BERT's WordPiece in llama.cpp's phantom-space form, with ``token_type_count``."""
+    tokens, types, pre = base_vocab(folder, config.get("vocab_size"))
+    w.add_token_type_count(config.get("type_vocab_size", 1))
+
+    def phantom(text: str, kind: int) -> str:
+        if kind == gguf.TokenType.CONTROL:
+            return text
+        return text[2:] if text.startswith("##") else "\u2581" + text
+
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([phantom(t, k) for t, k in zip(tokens, types)])
+    w.add_token_types(types)
+    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)

@@ -1,0 +1,169 @@
+"""A Hugging Face model folder, read lazily: config, safetensors weights (single or sharded), tokenizer.
+
+``HFSource(folder)`` reads ``config.json`` and the safetensors headers only. Tensor data is read on
+demand, whole or as a range of rows (``read(name, start, stop)``), as float32 numpy arrays. Each read
+opens the shard with safetensors' ``safe_open`` and closes it again, so the mmap of a multi-GB shard
+never stays resident: memory is the rows asked for. Weights must be float32, float16 or bfloat16.
+
+Sharded checkpoints are ``model.safetensors.index.json`` (its ``weight_map``: tensor -> shard file)
+next to the shards; single ones are ``model.safetensors``. Pickle checkpoints
+(``pytorch_model.bin``) are refused: loading them runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QuantkitError, ShapeError
+
+SUPPORTED_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # safetensors dtype name -> bytes per element
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt")
+
+
+class SourceError(QuantkitError):
+    """A Hugging Face folder that is incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """Where a checkpoint tensor lives: its shard, safetensors dtype name and numpy shape."""
+
+    name: str
+    path: Path
+    dtype: str
+    shape: tuple
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * SUPPORTED_DTYPES[self.dtype]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(value, dict):
+        raise SourceError(f"{path}: expected a JSON object")
+    return value
+
+
+def _header(path: Path) -> dict:
+    """The safetensors header of ``path``: tensor name -> {"dtype", "shape", "data_offsets"}."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SourceError(f"{path}: truncated safetensors file (no header)")
+            (size,) = struct.unpack("<Q", head)
+            if size > 100 << 20:
+                raise SourceError(f"{path}: safetensors header of {size} bytes is not plausible")
+            raw = f.read(size)
+    except FileNotFoundError:
+        raise SourceError(f"{path}: shard listed in {INDEX_FILE} is missing") from None
+    if len(raw) < size:
+        raise SourceError(f"{path}: truncated safetensors header")
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SourceError(f"{path}: corrupt safetensors header") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+class HFSource:
+    """A Hugging Face folder: ``config`` (dict), ``tensors`` (name -> SourceTensor, file order)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SourceError(f"{self.folder}: not a folder (expected a Hugging Face model folder)")
+        config_path = self.folder / "config.json"
+        if not config_path.is_file():
+            raise SourceError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
+        self.config = _read_json(config_path)
+        self.tensors = self._index()
+
+    @property
+    def files(self) -> list[Path]:
+        """The weight files (shards) this model reads."""
+        return sorted({t.path for t in self.tensors.values()})
+
+    def _shards(self) -> tuple[list[Path], dict | None]:
+        index_path = self.folder / INDEX_FILE
+        if index_path.is_file():
+            weight_map = _read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise SourceError(f"{index_path}: no weight_map")
+            return sorted({self.folder / f for f in weight_map.values()}), weight_map
+        if (self.folder / SINGLE_FILE).is_file():
+            return [self.folder / SINGLE_FILE], None
+        loose = sorted(self.folder.glob("*.safetensors"))
+        if len(loose) == 1:
+            return loose, None
+        pickles = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(p.name for p in self.folder.glob("*.pt*"))
+        if pickles:
+            raise SourceError(
+                f"{self.folder}: only pickle checkpoints ({pickles[0]}); quantkit reads safetensors only "
+                "(loading pickles runs arbitrary code) - save the model with safe_serialization=True"
+            )
+        raise SourceError(f"{self.folder}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+    def _index(self) -> dict[str, SourceTensor]:
+        shards, weight_map = self._shards()
+        tensors: dict[str, SourceTensor] = {}
+        for path in shards:
+            header = _header(path)
+            for name, entry in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
+                dtype = entry["dtype"]
+                if dtype not in SUPPORTED_DTYPES:
+                    raise SourceError(
+                        f"{path.name}: tensor {name!r} has dtype {dtype}; quantkit converts F32, F16 and BF16 weights"
+                    )
+                shape = tuple(int(d) for d in entry["shape"])
+                start, stop = entry["data_offsets"]
+                if stop - start != int(np.prod(shape, dtype=np.int64)) * SUPPORTED_DTYPES[dtype]:
+                    raise SourceError(f"{path.name}: tensor {name!r}: data size does not match shape {shape} {dtype}")
+                if name in tensors:
+                    raise SourceError(f"{path.name}: tensor {name!r} is also in {tensors[name].path.name}")
+                tensors[name] = SourceTensor(name, path, dtype, shape)
+        if weight_map is not None:
+            missing = sorted(set(weight_map) - set(tensors))
+            if missing:
+                raise SourceError(
+                    f"{self.folder / weight_map[missing[0]]}: tensor {missing[0]!r} listed in {INDEX_FILE} is not there"
+                    + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
+                )
+        return tensors
+
+    def tensor(self, name: str) -> SourceTensor:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise SourceError(f"{self.folder}: tensor {name!r} is missing from the checkpoint") from None
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
+        import torch
+        from safetensors import safe_open
+
+        info = self.tensor(name)
+        rows = info.shape[0] if info.shape else 1
+        stop = rows if stop is None else stop
+        if not 0 <= start <= stop <= rows:
+            raise ShapeError(f"{info.path.name}: tensor {name!r}: rows {start}:{stop} out of range (it has {rows})")
+        with safe_open(str(info.path), framework="pt") as f:
+            part = f.get_slice(name)[start:stop] if info.shape else f.get_tensor(name)
+            return part.to(torch.float32).numpy()
+
+    def tokenizer_files(self) -> list[str]:
+        return [name for name in TOKENIZER_FILES if (self.folder / name).is_file()]

@@ -1,0 +1,159 @@
+"""Helpers shared by the convert tests (no tests here): the peer converter, GGUF comparison, llama.cpp.
+
+- ``peer_dir()``: llama.cpp's convert_hf_to_gguf.py with its gguf-py, from the llama-cpp-python
+  0.3.36 sdist (``pip download`` into quantkit's cache once, then only the converter is extracted).
+- ``peer_convert(model_dir, outtype)`` / ``quantkit_convert(model_dir, preset)``: output paths,
+  made once per session.
+- ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
+  (names, order, types, shapes, bytes), as readable lines.
+- ``LlamaServer``: a GGUF loaded by llama.cpp (xllamacpp) for greedy tokens, tokenization and
+  embeddings; its HTTP endpoint serves ``/tokenize`` and ``/completion`` (which returns token ids).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+PEER_SDIST = "llama-cpp-python==0.3.36"
+PEER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+_WORK = Path(tempfile.mkdtemp(prefix="quantkit-convert-tests-"))
+atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
+
+
+@functools.cache
+def peer_dir() -> Path:
+    """Folder holding llama.cpp's convert_hf_to_gguf.py, conversion/ and gguf-py/ (0.3.36)."""
+    from quantkit.models import cache_dir
+
+    target = cache_dir() / "peer" / "llama.cpp-0.3.36"
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    download = cache_dir() / "peer"
+    download.mkdir(parents=True, exist_ok=True)
+    sdists = sorted(download.glob("llama_cpp_python-0.3.36.tar.gz"))
+    if not sdists:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+             PEER_SDIST, "-d", str(download)],
+            check=True,
+        )
+        sdists = sorted(download.glob("llama_cpp_python-0.3.36.tar.gz"))
+    prefix = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+    partial = Path(tempfile.mkdtemp(dir=download))
+    with tarfile.open(sdists[0]) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(PEER_MEMBERS)]
+        for m in members:
+            m.name = m.name[len(prefix):]
+        tar.extractall(partial, members=members, filter="data")
+    os.replace(partial, target)
+    return target
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@functools.cache
+def peer_convert(model_dir: Path, outtype: str) -> Path:
+    """The peer's GGUF of ``model_dir`` with ``--outtype outtype`` (f16, q8_0, ...)."""
+    out = _WORK / f"peer-{Path(model_dir).name}-{outtype}.gguf"
+    root = peer_dir()
+    subprocess.run(
+        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype, "--outfile", str(out)],
+        check=True, capture_output=True, env={**_env(), "PYTHONPATH": str(root / "gguf-py")},
+    )
+    return out
+
+
+@functools.cache
+def quantkit_convert(model_dir: Path, preset: str) -> Path:
+    """quantkit's GGUF of ``model_dir`` with ``preset`` (through the public API)."""
+    import quantkit
+
+    out = _WORK / f"quantkit-{Path(model_dir).name}-{preset}.gguf"
+    quantkit.convert(model_dir, out, preset, progress=False)
+    return out
+
+
+def gguf_differences(a: Path, b: Path) -> list[str]:
+    """Every difference between two GGUF files' metadata and tensors (empty when equal)."""
+    from quantkit import read_gguf
+
+    diffs = []
+    with read_gguf(a) as fa, read_gguf(b) as fb:
+        for key in sorted(set(fa.metadata) | set(fb.metadata)):
+            if key not in fa.metadata or key not in fb.metadata:
+                diffs.append(f"key {key} only in {'b' if key in fb.metadata else 'a'}")
+                continue
+            ta, tb = fa.metadata.value_type(key), fb.metadata.value_type(key)
+            va, vb = fa.metadata[key], fb.metadata[key]
+            if ta != tb or va != vb:
+                diffs.append(f"key {key}: {ta} {str(va)[:80]!r} != {tb} {str(vb)[:80]!r}")
+        names_a, names_b = [t.name for t in fa.tensors], [t.name for t in fb.tensors]
+        if names_a != names_b:
+            diffs.append(f"tensor names/order differ: {sorted(set(names_a) ^ set(names_b))[:5]}")
+        for t in fa.tensors:
+            if t.name not in names_b:
+                continue
+            u = fb.tensor(t.name)
+            if (t.qtype, tuple(t.shape)) != (u.qtype, tuple(u.shape)):
+                diffs.append(f"{t.name}: {t.qtype.name} {t.shape} != {u.qtype.name} {u.shape}")
+            elif not np.array_equal(np.asarray(t.data), np.asarray(u.data)):
+                diffs.append(f"{t.name}: bytes differ")
+    return diffs
+
+
+class LlamaServer:
+    """A GGUF served by llama.cpp (xllamacpp) in this process; use as a context manager."""
+
+    def __init__(self, path: Path, *, embedding: bool = False, n_ctx: int = 512):
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = n_ctx
+        params.n_parallel = 1
+        if embedding:
+            params.embedding = True
+            params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        self.server = xllamacpp.Server(params)
+        self.url = self.server.listening_address.rstrip("/")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        del self.server
+
+    def _post(self, route: str, body: dict) -> dict:
+        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read())
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._post("/tokenize", {"content": text, "add_special": False})["tokens"]
+
+    def greedy(self, prompt: str, n: int) -> list[int]:
+        """Token ids of ``n`` greedy steps after ``prompt``."""
+        reply = self._post("/completion", {"prompt": prompt, "n_predict": n, "temperature": 0, "top_k": 1,
+                                           "return_tokens": True, "cache_prompt": False})
+        return reply["tokens"]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        reply = self.server.handle_embeddings({"input": texts})
+        return np.array([item["embedding"] for item in reply["data"]], dtype=np.float64)
