@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..errors import ImatrixError
 from .codebooks import grid as codebook
-from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, grid_tables, nearest_int
+from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, grid_tables, nearest_int, nn_search
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits
 
 IQ1S_DELTA = np.float32(0.125)
@@ -32,35 +32,36 @@ GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 
 @njit(cache=True)
 def _sort_index(xb, n, idx):
-    """idx = positions of xb[0:n] in ascending order, ties in index order (glibc's stable qsort)."""
+    """idx = positions of xb[0:n] in ascending order, ties in index order (glibc's stable qsort).
+
+    Each value's place is its rank: the number of smaller values plus the number of equal values
+    before it (branch-free comparisons, which Numba vectorizes).
+    """
     for j in range(n):
         v = xb[j]
-        p = j
-        while p > 0 and xb[idx[p - 1]] > v:
-            idx[p] = idx[p - 1]
-            p -= 1
-        idx[p] = j
+        r = 0
+        for i in range(j):
+            r += np.int32(xb[i] <= v)
+        for i in range(j + 1, n):
+            r += np.int32(xb[i] < v)
+        idx[r] = j
 
 
-@njit(cache=True)
-def _best_neighbour2(u, nbr_start, nbr_count, nbr, levels, xval, weight, off, scale, xg, L):
-    """iq1_find_best_neighbour2: the neighbour of point ``u`` minimizing sum w*(scale*xg[l] - x)^2."""
-    s = nbr_start[u]
-    best = FLT_MAX
-    gi = -1
-    for j in range(nbr_count[u]):
-        g = nbr[s + j]
-        d2 = F0
-        for i in range(8):
-            q = xg[levels[g, i]]
-            w = weight[off + i]
-            diff = scale * q - xval[off + i]
-            d2 += w * diff * diff
-        if d2 < best:
-            best = d2
-            gi = g
-    if gi < 0:  # only with non-finite distances (llama.cpp then scans the whole grid, reading past x)
-        gi = nbr[s]
+@njit(inline="always", cache=True)
+def _best_neighbour2(u, tabs, xval, weight, off, scale, xg, L, t, t4):
+    """iq1_find_best_neighbour2: the neighbour of point ``u`` minimizing sum w*(scale*xg[l] - x)^2.
+
+    The 24 possible terms are computed with C's float32 operations, then iq2.nn_search scans the
+    candidates in C's order and summation order.
+    """
+    kmap, nbr_start, nbr_count, nbr, nbr_code, levels = tabs
+    for i in range(8):
+        wi = weight[off + i]
+        xi = xval[off + i]
+        for l in range(3):
+            diff = scale * xg[l] - xi
+            t[3 * i + l] = wi * diff * diff
+    gi = nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4)
     for i in range(8):
         L[off + i] = levels[gi, i]
     return gi
@@ -83,7 +84,7 @@ def _sigma2(xbl):
 
 
 @njit(cache=True)
-def _quantize_row_iq1_s(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_row_iq1_s(x, qw, out, tabs):
     bs = 32
     nbl = x.shape[0] // QK_K
     x_p = np.array([-F1 + IQ1S_DELTA, IQ1S_DELTA, F1 + IQ1S_DELTA], dtype=np.float32)
@@ -95,8 +96,19 @@ def _quantize_row_iq1_s(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
     sumw = np.zeros(bs + 1, dtype=np.float32)
     idx = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
+    t = np.zeros(24, dtype=np.float32)
+    t4 = np.zeros(81, dtype=np.float32)
+    kmap, levels = tabs[0], tabs[5]
     index = np.zeros(bs // 8, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
+    tqxp = np.zeros(bs + 1, dtype=np.float32)
+    tq2p = np.zeros(bs + 1, dtype=np.float32)
+    tqxm = np.zeros(bs + 1, dtype=np.float32)
+    tq2m = np.zeros(bs + 1, dtype=np.float32)
+    cqxp = np.zeros(bs + 1, dtype=np.float32)
+    cq2p = np.zeros(bs + 1, dtype=np.float32)
+    cqxm = np.zeros(bs + 1, dtype=np.float32)
+    cq2m = np.zeros(bs + 1, dtype=np.float32)
     for ibl in range(nbl):
         o = ibl * 50
         for i in range(50):
@@ -129,24 +141,45 @@ def _quantize_row_iq1_s(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
             besti1 = -1
             besti2 = -1
             best_shift = 0
+            # every split (i1, i2) with C's float32 expressions; the terms that depend on one split
+            # point only are computed once, the rest for all i2 at a time (a loop Numba vectorizes),
+            # then the candidates are compared in C's order
+            xp0, xp1, xp2 = x_p[0], x_p[1], x_p[2]
+            xm0, xm1, xm2 = x_m[0], x_m[1], x_m[2]
+            for i2 in range(bs + 1):
+                a2 = sumx[bs] - sumx[i2]
+                b2 = sumw[bs] - sumw[i2]
+                tqxp[i2] = a2 * xp2
+                tq2p[i2] = b2 * xp2 * xp2
+                tqxm[i2] = a2 * xm2
+                tq2m[i2] = b2 * xm2 * xm2
             for i1 in range(bs + 1):
+                sx1 = sumx[i1]
+                sw1 = sumw[i1]
+                a0 = sx1 - sumx[0]
+                b0 = sw1 - sumw[0]
+                hqxp = a0 * xp0
+                hq2p = b0 * xp0 * xp0
+                hqxm = a0 * xm0
+                hq2m = b0 * xm0 * xm0
                 for i2 in range(i1, bs + 1):
-                    a0 = sumx[i1] - sumx[0]
-                    a1 = sumx[i2] - sumx[i1]
-                    a2 = sumx[bs] - sumx[i2]
-                    b0 = sumw[i1] - sumw[0]
-                    b1 = sumw[i2] - sumw[i1]
-                    b2 = sumw[bs] - sumw[i2]
-                    sumqx = a0 * x_p[0] + a1 * x_p[1] + a2 * x_p[2]
-                    sumq2 = b0 * x_p[0] * x_p[0] + b1 * x_p[1] * x_p[1] + b2 * x_p[2] * x_p[2]
+                    a1 = sumx[i2] - sx1
+                    b1 = sumw[i2] - sw1
+                    cqxp[i2] = hqxp + a1 * xp1 + tqxp[i2]
+                    cq2p[i2] = hq2p + b1 * xp1 * xp1 + tq2p[i2]
+                    cqxm[i2] = hqxm + a1 * xm1 + tqxm[i2]
+                    cq2m[i2] = hq2m + b1 * xm1 * xm1 + tq2m[i2]
+                for i2 in range(i1, bs + 1):
+                    sumqx = cqxp[i2]
+                    sumq2 = cq2p[i2]
                     if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
                         scale = sumqx / sumq2
                         best_score = scale * sumqx
                         besti1 = i1
                         besti2 = i2
                         best_shift = 1
-                    sumqx = a0 * x_m[0] + a1 * x_m[1] + a2 * x_m[2]
-                    sumq2 = b0 * x_m[0] * x_m[0] + b1 * x_m[1] * x_m[1] + b2 * x_m[2] * x_m[2]
+                    sumqx = cqxm[i2]
+                    sumq2 = cq2m[i2]
                     if sumq2 > F0 and sumqx * sumqx > best_score * sumq2:
                         scale = sumqx / sumq2
                         best_score = scale * sumqx
@@ -171,7 +204,7 @@ def _quantize_row_iq1_s(x, qw, out, kmap, nbr_start, nbr_count, nbr, levels):
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False
-                    gi = _best_neighbour2(u, nbr_start, nbr_count, nbr, levels, xb, weight, 8 * k, scale, xx, L)
+                    gi = _best_neighbour2(u, tabs, xb, weight, 8 * k, scale, xx, L, t, t4)
                 index[k] = gi
             if not all_on_grid:
                 sumqx = F0
@@ -220,7 +253,7 @@ def _iq1m_weights(xb, qw, off, has_qw, sigma2, weight):
 
 
 @njit(cache=True)
-def _quantize_row_iq1_m(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     bs = 16
     nbl = x.shape[0] // QK_K
     x_p = np.array([-F1 + IQ1M_DELTA, IQ1M_DELTA, F1 + IQ1M_DELTA], dtype=np.float32)
@@ -231,15 +264,20 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
     weight = np.zeros(bs, dtype=np.float32)
     idx = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
+    t = np.zeros(24, dtype=np.float32)
+    t4 = np.zeros(81, dtype=np.float32)
+    kmap, levels = tabs[0], tabs[5]
     index = np.zeros(2, dtype=np.int32)
     px = np.zeros((2, bs + 1), dtype=np.float32)
     pw = np.zeros((2, bs + 1), dtype=np.float32)
-    sumqx = np.zeros(4, dtype=np.float32)
-    sumq2 = np.zeros(4, dtype=np.float32)
-    qx_p = np.zeros(2, dtype=np.float32)
-    qx_m = np.zeros(2, dtype=np.float32)
-    q2_p = np.zeros(2, dtype=np.float32)
-    q2_m = np.zeros(2, dtype=np.float32)
+    txp = np.zeros(2, dtype=np.float32)
+    txm = np.zeros(2, dtype=np.float32)
+    twp = np.zeros(2, dtype=np.float32)
+    twm = np.zeros(2, dtype=np.float32)
+    cwp = np.zeros((2, bs + 1), dtype=np.float32)
+    cwm = np.zeros((2, bs + 1), dtype=np.float32)
+    cqx = np.zeros((4, bs + 1), dtype=np.float32)
+    cq2 = np.zeros((4, bs + 1), dtype=np.float32)
     sc = np.zeros(4, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     p2 = x_p[2]
@@ -285,32 +323,54 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
                 px[1 - h, j + 1] = px[1 - h, j]
                 pw[h, j + 1] = pw[h, j] + weight[i]
                 pw[1 - h, j + 1] = pw[1 - h, j]
-            txs0 = px[0, bs]
-            txs1 = px[1, bs]
-            tws0 = pw[0, bs]
-            tws1 = pw[1, bs]
+            # C: for each half h, qx = txs[h]*v2 - (px[h][i1] + px[h][i2]) and
+            # q2 = tws[h]*v2*v2 + pw[h][i1]*c1 + pw[h][i2]*c2 (v = x_p or x_m); the parts that depend
+            # on one split point only are computed once, the rest for all i2 at a time, then the
+            # candidates are compared in C's order (i1, i2, k)
+            for h in range(2):
+                tx = px[h, bs]
+                tw = pw[h, bs]
+                txp[h] = tx * p2
+                txm[h] = tx * m2
+                twp[h] = tw * p2 * p2
+                twm[h] = tw * m2 * m2
+                for i2 in range(bs + 1):
+                    cwp[h, i2] = pw[h, i2] * cp2
+                    cwm[h, i2] = pw[h, i2] * cm2
             for i1 in range(bs + 1):
+                ax0 = px[0, i1]
+                ax1 = px[1, i1]
+                hp0 = twp[0] + pw[0, i1] * cp1
+                hp1 = twp[1] + pw[1, i1] * cp1
+                hm0 = twm[0] + pw[0, i1] * cm1
+                hm1 = twm[1] + pw[1, i1] * cm1
+                tp0, tp1, tm0, tm1 = txp[0], txp[1], txm[0], txm[1]
                 for i2 in range(i1, bs + 1):
-                    for h in range(2):
-                        txs = txs0 if h == 0 else txs1
-                        tws = tws0 if h == 0 else tws1
-                        sx = px[h, i1] + px[h, i2]
-                        qx_p[h] = txs * p2 - sx
-                        qx_m[h] = txs * m2 - sx
-                        q2_p[h] = tws * p2 * p2 + pw[h, i1] * cp1 + pw[h, i2] * cp2
-                        q2_m[h] = tws * m2 * m2 + pw[h, i1] * cm1 + pw[h, i2] * cm2
-                    sumqx[0] = qx_p[0] + qx_p[1]
-                    sumqx[1] = qx_p[0] + qx_m[1]
-                    sumqx[2] = qx_m[0] + qx_p[1]
-                    sumqx[3] = qx_m[0] + qx_m[1]
-                    sumq2[0] = q2_p[0] + q2_p[1]
-                    sumq2[1] = q2_p[0] + q2_m[1]
-                    sumq2[2] = q2_m[0] + q2_p[1]
-                    sumq2[3] = q2_m[0] + q2_m[1]
+                    sx0 = ax0 + px[0, i2]
+                    sx1 = ax1 + px[1, i2]
+                    qxp0 = tp0 - sx0
+                    qxp1 = tp1 - sx1
+                    qxm0 = tm0 - sx0
+                    qxm1 = tm1 - sx1
+                    q2p0 = hp0 + cwp[0, i2]
+                    q2p1 = hp1 + cwp[1, i2]
+                    q2m0 = hm0 + cwm[0, i2]
+                    q2m1 = hm1 + cwm[1, i2]
+                    cqx[0, i2] = qxp0 + qxp1
+                    cqx[1, i2] = qxp0 + qxm1
+                    cqx[2, i2] = qxm0 + qxp1
+                    cqx[3, i2] = qxm0 + qxm1
+                    cq2[0, i2] = q2p0 + q2p1
+                    cq2[1, i2] = q2p0 + q2m1
+                    cq2[2, i2] = q2m0 + q2p1
+                    cq2[3, i2] = q2m0 + q2m1
+                for i2 in range(i1, bs + 1):
                     for k in range(4):
-                        if sumq2[k] > F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                            scale = sumqx[k] / sumq2[k]
-                            best_score = scale * sumqx[k]
+                        sq = cq2[k, i2]
+                        sx = cqx[k, i2]
+                        if sq > F0 and sx * sx > best_score * sq:
+                            scale = sx / sq
+                            best_score = scale * sx
                             besti1 = i1
                             besti2 = i2
                             best_k = k
@@ -335,7 +395,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False
-                    gi = _best_neighbour2(u, nbr_start, nbr_count, nbr, levels, xb, weight, 8 * k, scale, xx, L)
+                    gi = _best_neighbour2(u, tabs, xb, weight, 8 * k, scale, xx, L, t, t4)
                 index[k] = gi
             if not all_on_grid:
                 sqx = F0
@@ -399,15 +459,15 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, kmap, nbr_start, nbr_count, nbr, lev
 
 
 @njit(parallel=True, cache=True)
-def _quantize_iq1_s_rows(rows, imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_iq1_s_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq1_s(rows[r], imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+        _quantize_row_iq1_s(rows[r], imatrix, out[r], tabs)
 
 
 @njit(parallel=True, cache=True)
-def _quantize_iq1_m_rows(rows, imatrix, has_imatrix, out, kmap, nbr_start, nbr_count, nbr, levels):
+def _quantize_iq1_m_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq1_m(rows[r], imatrix, has_imatrix, out[r], kmap, nbr_start, nbr_count, nbr, levels)
+        _quantize_row_iq1_m(rows[r], imatrix, has_imatrix, out[r], tabs)
 
 
 @njit(parallel=True, cache=True)
@@ -472,12 +532,11 @@ def quantize_rows(qt, rows: np.ndarray, imatrix) -> np.ndarray:
     if name == "IQ1_S" and imatrix is None:
         raise ImatrixError("IQ1_S needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
     qw = np.zeros(1, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    t = grid_tables(2048)
-    tabs = (t.kmap, t.nbr_start, t.nbr_count, t.nbr, t.levels)
+    tabs = grid_tables(2048).kernel_args()
     if name == "IQ1_S":
-        _quantize_iq1_s_rows(rows, qw, out, *tabs)
+        _quantize_iq1_s_rows(rows, qw, out, tabs)
     elif name == "IQ1_M":
-        _quantize_iq1_m_rows(rows, qw, imatrix is not None, out, *tabs)
+        _quantize_iq1_m_rows(rows, qw, imatrix is not None, out, tabs)
     else:
         raise ValueError(f"iq1 does not implement {name}")
     return out
