@@ -497,21 +497,43 @@ def _imatrix_weights(x, qw, base, G, n, X, W, sigma2_factor):
                 W[i * G + g] = qw[sb + n * jj + i] * np.sqrt(sigma2 + v * v)
 
 
+@numba.njit(inline="always", cache=True)
+def _requant_min(x, xb, Lb, n, ng, dq, mq, hi):
+    """Lb[n*j + i] = clamp(nearest_int((x + m_j) / d_j), 0, hi) in groups whose d_j != 0 (the
+    others keep the search's levels, as C's ``if (!d) continue``). Selects, not branches, so that
+    the loop vectorizes; the scales are read before it."""
+    hi32 = np.int32(hi)
+    for j in range(ng):
+        d = dq[j]
+        m = mq[j]
+        for i in range(n):
+            v = max(_I0, min(hi32, nearest_int((x[xb + n * j + i] + m) / d)))
+            Lb[n * j + i] = v if d != _F0 else Lb[n * j + i]
+
+
+@numba.njit(inline="always", cache=True)
+def _requant_sym(x, xb, Lb, n, ng, dq, lo):
+    """Lb[n*j + i] = clamp(nearest_int(x / d_j), lo, -lo - 1) - lo where d_j != 0."""
+    lo32 = np.int32(lo)
+    hi32 = np.int32(-lo - 1)
+    for j in range(ng):
+        d = dq[j]
+        for i in range(n):
+            v = max(lo32, min(hi32, nearest_int(x[xb + n * j + i] / d))) - lo32
+            Lb[n * j + i] = v if d != _F0 else Lb[n * j + i]
+
+
 # ------------------------------------------------------------------------------------------ Q4_K / Q5_K
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five):
+def _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five, dq, mq):
     """Common tail of Q4_K/Q5_K: requantize with the stored scales and pack qs (and qh)."""
     for j in range(8):
         sc, m = _scale_min_k4(j, out, ob + 4)
-        d = d_stored * np.float32(sc)
-        if d == _F0:
-            continue
-        dm = m_stored * np.float32(m)
-        for ii in range(32):
-            l = nearest_int((x[xb + 32 * j + ii] + dm) / d)
-            Lb[32 * j + ii] = max(0, min(nmax, l))
+        dq[j] = d_stored * np.float32(sc)
+        mq[j] = m_stored * np.float32(m)
+    _requant_min(x, xb, Lb, 32, 8, dq, mq, nmax)
     if five:
         qh = ob + 16
         ql = ob + 48
@@ -547,6 +569,8 @@ def _q45_row(x, qw, out, five):
     st = np.empty((_NST, 8 * _CHUNK), dtype=np.float32)
     sw = np.empty(8 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
+    dq = np.empty(16, dtype=np.float32)
+    mq = np.empty(16, dtype=np.float32)
     scales = np.empty(8, dtype=np.float32)
     mins = np.empty(8, dtype=np.float32)
     Ls = np.empty(8, dtype=np.uint8)
@@ -611,7 +635,7 @@ def _q45_row(x, qw, out, five):
             _pack_scale_min_k4(out, ob + 4, ls, lm)
             d_stored = _put_fp16(out, ob, d_block)
             m_stored = _put_fp16(out, ob + 2, m_block)
-            _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five)
+            _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five, dq, mq)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -635,6 +659,7 @@ def _q6_row(x, qw, out):
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
+    dq = np.empty(16, dtype=np.float32)
     for c0 in range(0, nb, _CHUNK):
         nbc = min(_CHUNK, nb - c0)
         G = 16 * nbc
@@ -667,12 +692,8 @@ def _q6_row(x, qw, out):
             for ib in range(16):
                 out[ob + 192 + ib] = np.uint8(min(127, nearest_int(iscale * st[_SC, 16 * b + ib])) & 0xFF)
             for j in range(16):
-                d = d_stored * np.float32(np.int8(out[ob + 192 + j]))
-                if d == _F0:
-                    continue
-                for ii in range(16):
-                    l = nearest_int(x[xb + 16 * j + ii] / d)
-                    Lb[16 * j + ii] = max(-32, min(31, l)) + 32
+                dq[j] = d_stored * np.float32(np.int8(out[ob + 192 + j]))
+            _requant_sym(x, xb, Lb, 16, 16, dq, -32)
             ql = ob
             qh = ob + 128
             for j in range(0, QK_K, 128):
@@ -701,26 +722,25 @@ def _quantize_q6_kernel(rows, qw):
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q3(x, xb, out, ob, Lb):
+def _finish_q3(x, xb, out, ob, Lb, dq):
     """Requantize with the stored scales (d at 108, scales at 96) and pack hmask and qs."""
     d_all = _get_fp16(out, ob + 108)
     for j in range(16):
-        sc = _unpack_scale_q3(out, ob + 96, j)
-        d = d_all * np.float32(sc)
-        if d == _F0:
-            continue
-        for ii in range(16):
-            l = nearest_int(x[xb + 16 * j + ii] / d)
-            Lb[16 * j + ii] = max(-4, min(3, l)) + 4
+        dq[j] = d_all * np.float32(_unpack_scale_q3(out, ob + 96, j))
+    _requant_sym(x, xb, Lb, 16, 16, dq, -4)
     # hmask: bit k of byte m is the high bit (level > 3) of value 32*k + m; qs keep the low 2 bits
     for m in range(32):
-        h = 0
-        for k in range(8):
-            h |= (1 if Lb[32 * k + m] > 3 else 0) << k
-        out[ob + m] = np.uint8(h)
-    for j in range(QK_K):
-        Lb[j] &= 3
-    _pack_2bit(out, ob + 32, Lb)
+        out[ob + m] = 0
+    for k in range(8):
+        for m in range(32):
+            out[ob + m] |= np.uint8((Lb[32 * k + m] >> 2) << k)
+    for j in range(0, QK_K, 128):
+        for l in range(32):
+            a = Lb[j + l] & 3
+            b = Lb[j + l + 32] & 3
+            c = Lb[j + l + 64] & 3
+            e = Lb[j + l + 96] & 3
+            out[ob + 32 + j // 4 + l] = np.uint8(a | (b << 2) | (c << 4) | (e << 6))
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -733,6 +753,7 @@ def _q3_row(x, qw, out):
     st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
+    dq = np.empty(16, dtype=np.float32)
     scales = np.empty(16, dtype=np.float32)
     sw16 = np.empty(16, dtype=np.float32)
     Ls = np.empty(16, dtype=np.int32)
@@ -778,7 +799,7 @@ def _q3_row(x, qw, out):
                     for k in range(12):
                         out[ob + 96 + k] = 0
                     _put_fp16(out, ob + 108, _F0)
-            _finish_q3(x, xb, out, ob, Lb)
+            _finish_q3(x, xb, out, ob, Lb, dq)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
@@ -794,19 +815,15 @@ def _quantize_q3_kernel(rows, qw):
 
 
 @numba.njit(inline="always", cache=True)
-def _finish_q2(x, xb, out, ob, Lb):
+def _finish_q2(x, xb, out, ob, Lb, dq, mq):
     """Requantize with the stored scale/min nibbles (d at 80, dmin at 82) and pack qs at 16."""
     d_all = _get_fp16(out, ob + 80)
     m_all = _get_fp16(out, ob + 82)
     for j in range(16):
         sc = np.int64(out[ob + j])
-        d = d_all * np.float32(sc & 0xF)
-        if d == _F0:
-            continue
-        dm = m_all * np.float32(sc >> 4)
-        for ii in range(16):
-            l = nearest_int((x[xb + 16 * j + ii] + dm) / d)
-            Lb[16 * j + ii] = max(0, min(3, l))
+        dq[j] = d_all * np.float32(sc & 0xF)
+        mq[j] = m_all * np.float32(sc >> 4)
+    _requant_min(x, xb, Lb, 16, 16, dq, mq, 3)
     _pack_2bit(out, ob + 16, Lb)
 
 
@@ -821,6 +838,8 @@ def _q2_row(x, qw, out):
     st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
+    dq = np.empty(16, dtype=np.float32)
+    mq = np.empty(16, dtype=np.float32)
     scales = np.empty(16, dtype=np.float32)
     mins = np.empty(16, dtype=np.float32)
     sw16 = np.empty(16, dtype=np.float32)
@@ -881,7 +900,7 @@ def _q2_row(x, qw, out):
                     _put_fp16(out, ob + 82, max_min / q4scale)
                 else:
                     _put_fp16(out, ob + 82, _F0)
-            _finish_q2(x, xb, out, ob, Lb)
+            _finish_q2(x, xb, out, ob, Lb, dq, mq)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
