@@ -280,8 +280,8 @@ def test_coverage_and_shape_checks(smollm2_imatrix):
 QUANT_CASES = [  # tensor, type, rows used
     ("blk.0.attn_q.weight", "Q4_0", 96),
     ("blk.4.ffn_down.weight", "Q4_K", 64),
-    ("blk.9.ffn_up.weight", "IQ3_XXS", 64),
-    ("blk.12.attn_output.weight", "IQ2_XS", 32),
+    ("blk.9.ffn_down.weight", "IQ3_XXS", 64),
+    ("blk.12.ffn_down.weight", "IQ2_XS", 32),
 ]
 
 
@@ -306,7 +306,7 @@ def weighted_error(w, qtype, imatrix, heldout):
 @pytest.mark.parametrize("qtype", ["Q2_K", "IQ3_XXS", "IQ2_XS"])
 def test_imatrix_lowers_heldout_weighted_error(smollm2_imatrix, smollm2_heldout_imatrix, smollm2_weights, qtype):
     """On activations of other text, the imatrix-weighted quantization is closer (IQ2_XS: than all-ones)."""
-    for name in ("blk.3.attn_v.weight", "blk.10.ffn_down.weight", "blk.20.ffn_gate.weight"):
+    for name in ("blk.3.ffn_down.weight", "blk.15.ffn_down.weight", "blk.27.ffn_down.weight"):
         w = np.ascontiguousarray(smollm2_weights[name][:64])
         heldout = smollm2_heldout_imatrix[name]
         imatrix = smollm2_imatrix[name]
