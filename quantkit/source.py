@@ -20,7 +20,9 @@ import numpy as np
 
 from .errors import QuantkitError, ShapeError
 
-SUPPORTED_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # safetensors dtype name -> bytes per element
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype name -> bytes per element
+WEIGHT_DTYPES = ("F32", "F16", "BF16")  # what a converted tensor may be stored as
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt")
@@ -41,7 +43,7 @@ class SourceTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * SUPPORTED_DTYPES[self.dtype]
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_BYTES[self.dtype]
 
 
 def _read_json(path: Path) -> dict:
@@ -125,13 +127,11 @@ class HFSource:
             header = _header(path)
             for name, entry in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
                 dtype = entry["dtype"]
-                if dtype not in SUPPORTED_DTYPES:
-                    raise SourceError(
-                        f"{path.name}: tensor {name!r} has dtype {dtype}; quantkit converts F32, F16 and BF16 weights"
-                    )
+                if dtype not in DTYPE_BYTES:
+                    raise SourceError(f"{path.name}: tensor {name!r} has unknown dtype {dtype}")
                 shape = tuple(int(d) for d in entry["shape"])
                 start, stop = entry["data_offsets"]
-                if stop - start != int(np.prod(shape, dtype=np.int64)) * SUPPORTED_DTYPES[dtype]:
+                if stop - start != int(np.prod(shape, dtype=np.int64)) * DTYPE_BYTES[dtype]:
                     raise SourceError(f"{path.name}: tensor {name!r}: data size does not match shape {shape} {dtype}")
                 if name in tensors:
                     raise SourceError(f"{path.name}: tensor {name!r} is also in {tensors[name].path.name}")
@@ -151,12 +151,19 @@ class HFSource:
         except KeyError:
             raise SourceError(f"{self.folder}: tensor {name!r} is missing from the checkpoint") from None
 
+    def weight(self, name: str) -> SourceTensor:
+        """A tensor to convert: it must exist and be F32, F16 or BF16."""
+        info = self.tensor(name)
+        if info.dtype not in WEIGHT_DTYPES:
+            raise SourceError(f"{info.path}: tensor {name!r} has dtype {info.dtype}; quantkit converts F32, F16 and BF16 weights")
+        return info
+
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
         import torch
         from safetensors import safe_open
 
-        info = self.tensor(name)
+        info = self.weight(name)
         rows = info.shape[0] if info.shape else 1
         stop = rows if stop is None else stop
         if not 0 <= start <= stop <= rows:

@@ -15,9 +15,11 @@ Types: the uniform presets F32, F16, BF16 and Q8_0 follow llama.cpp's convert_hf
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -176,9 +178,37 @@ def _tensor_types(preset, tensors, metadata, overrides, imatrix) -> dict[str, GG
     return plan_types(preset, plain, [(t.name, t.shape) for t in tensors], overrides=overrides, imatrix=imatrix)
 
 
+@contextmanager
+def _quiet_gguf():
+    """Silence gguf-py's info/warning logging (e.g. special token kinds its writer has no key for)."""
+    log = logging.getLogger("gguf")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _collect_metadata(arch, out_tensors, ftype) -> dict:
     """GGUF keys as llama.cpp's converter writes them, collected through a path-less gguf.GGUFWriter."""
-    w = gguf.GGUFWriter(None, arch.gguf_arch_name)
+    with _quiet_gguf():
+        w = gguf.GGUFWriter(None, arch.gguf_arch_name)
+        _add_keys(w, arch, out_tensors, ftype)
+    metadata = {}
+    for key, value in w.kv_data[0].items():
+        if value.type == GGUFValueType.ARRAY:
+            items = list(value.value)
+            sub = value.sub_type or GGUFValueType.get_type(items[0])
+            metadata[key] = typed(items, sub)
+        else:
+            metadata[key] = typed(value.value, value.type)
+    return metadata
+
+
+def _add_keys(w, arch, out_tensors, ftype) -> None:
+    """In llama.cpp's order: general.* (gguf.Metadata from the folder), hyperparameters, file type,
+    quantization version, tokenizer."""
     for t in out_tensors:  # only for the parameter count behind general.size_label
         w.add_tensor_info(t.name, t.shape, np.float32, 0, raw_dtype=GGMLQuantizationType.F32)
     total, shared, expert, n_expert = w.get_total_parameter_count()
@@ -193,15 +223,6 @@ def _collect_metadata(arch, out_tensors, ftype) -> dict:
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     arch.set_vocab(w)
-    metadata = {}
-    for key, value in w.kv_data[0].items():
-        if value.type == GGUFValueType.ARRAY:
-            items = list(value.value)
-            sub = value.sub_type or GGUFValueType.get_type(items[0])
-            metadata[key] = typed(items, sub)
-        else:
-            metadata[key] = typed(value.value, value.type)
-    return metadata
 
 
 def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=()) -> ConversionPlan:

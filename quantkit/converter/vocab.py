@@ -10,7 +10,9 @@ Three kinds, each written through a ``gguf.GGUFWriter`` used as key collector:
 - WordPiece (``"bert"``) for BERT: tokens in llama.cpp's phantom-space form (``##x`` -> ``x``,
   ``x`` -> ``\u2581x``).
 
-Special token ids, ``add_bos``/``add_eos`` and the chat template come from ``gguf.SpecialVocab``.
+Special token ids, ``add_bos``/``add_eos`` and the chat template come from ``gguf.SpecialVocab``; the
+normalizer flags llama.cpp reads (lowercase, strip accents) from tokenizer.json's normalizer, as
+llama.cpp's own gguf-py does (newer than gguf 0.19 on PyPI).
 """
 
 from __future__ import annotations
@@ -36,13 +38,50 @@ def looks_special(text: str) -> bool:
     )
 
 
+NORMALIZER_KEYS = {  # tokenizer.json normalizer attribute -> GGUF key (bool)
+    "lowercase": "tokenizer.ggml.normalizer.lowercase",
+    "strip_accents": "tokenizer.ggml.normalizer.strip_accents",
+}
+
+
+def normalizer_flags(normalizer: dict | None) -> dict[str, bool]:
+    """{"lowercase": bool, "strip_accents": bool} (those that are set) of a tokenizer.json normalizer."""
+    flags: dict[str, bool] = {}
+    if not normalizer:
+        return flags
+    kind = normalizer.get("type")
+    if kind == "Lowercase":
+        flags["lowercase"] = True
+    elif kind == "StripAccents":
+        flags["strip_accents"] = True
+    elif kind == "BertNormalizer":
+        flags.update({k: normalizer[k] for k in NORMALIZER_KEYS if normalizer.get(k) is not None})
+    elif kind == "Sequence":
+        for part in normalizer.get("normalizers", []):
+            flags.update(normalizer_flags(part))
+    return flags
+
+
+def add_special_vocab(w, folder: Path, **kwargs) -> None:
+    """gguf.SpecialVocab's keys (special ids, add_* flags, merges, chat template), then normalizer flags."""
+    gguf.SpecialVocab(folder, **kwargs).add_to_gguf(w, quiet=True)
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.is_file():
+        normalizer = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer")
+        for name, value in normalizer_flags(normalizer).items():
+            w.add_bool(NORMALIZER_KEYS[name], bool(value))
+
+
 def _load_tokenizer(folder: Path):
     """The folder's fast tokenizer (``tokenizers.Tokenizer``): tokenizer.json, else transformers' conversion."""
     from tokenizers import Tokenizer
 
     try:
         if (folder / "tokenizer.json").is_file():
-            return Tokenizer.from_file(str(folder / "tokenizer.json"))
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            tokenizer.no_truncation()  # as transformers' encode(): the whole text, unpadded
+            tokenizer.no_padding()
+            return tokenizer
         if not (folder / "vocab.txt").is_file():
             raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
         import os
@@ -108,7 +147,7 @@ def set_bpe_vocab(w, folder: Path, config: dict) -> None:
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=True).add_to_gguf(w, quiet=True)
+    add_special_vocab(w, folder, load_merges=True)
 
 
 def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
@@ -157,7 +196,7 @@ def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    add_special_vocab(w, folder, n_vocab=len(tokens))
 
 
 def set_llama_vocab(w, folder: Path, config: dict) -> None:
@@ -182,7 +221,7 @@ def set_llama_vocab(w, folder: Path, config: dict) -> None:
     w.add_token_list(list(tokens))
     w.add_token_scores(list(scores))
     w.add_token_types(list(types))
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    add_special_vocab(w, folder, n_vocab=len(tokens))
 
 
 def set_wordpiece_vocab(w, folder: Path, config: dict) -> None:
@@ -199,4 +238,4 @@ def set_wordpiece_vocab(w, folder: Path, config: dict) -> None:
     w.add_tokenizer_pre(pre)
     w.add_token_list([phantom(t, k) for t, k in zip(tokens, types)])
     w.add_token_types(types)
-    gguf.SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    add_special_vocab(w, folder, n_vocab=len(tokens))

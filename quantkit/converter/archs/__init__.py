@@ -178,7 +178,7 @@ class Arch:
         """Turn mapped (hf_name, kind, gguf_name) items into output tensors; one each by default."""
         out = []
         for hf_name, kind, name in items:
-            info = self.source.tensor(hf_name)
+            info = self.source.weight(hf_name)
             transform, align = self.transform(name, kind, info.shape)
             out.append(OutTensor(name, info.shape, (hf_name,), transform, align, kind=kind, sources=[info]))
         return out
