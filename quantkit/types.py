@@ -74,8 +74,10 @@ class QuantType:
     def row_bytes(self, n_per_row: int) -> int:
         """Bytes one row of ``n_per_row`` elements takes; the row must be whole blocks."""
         if n_per_row % self.block_size:
+            fits = [t.name for t in _REGISTRY.values() if _implemented(t.family) and n_per_row % t.block_size == 0]
             raise ShapeError(
-                f"row length {n_per_row} is not a multiple of {self.name}'s block size {self.block_size}"
+                f"row length {n_per_row} is not a multiple of {self.name}'s block size {self.block_size}; "
+                f"types that fit: {', '.join(fits) or 'none'}"
             )
         return n_per_row // self.block_size * self.type_size
 
