@@ -86,41 +86,45 @@ def neighbour_tables(type_name: str):
 
 
 @functools.cache
-def _candidate_values(type_name: str) -> np.ndarray:
-    """float32 (4, len(neighbours)): the grid values (2*level + 1) of the entry listed at each
-    position of ``neighbours`` (garbage at the count positions), so the search reads them
-    contiguously instead of through the index."""
+def _candidate_slots(type_name: str) -> np.ndarray:
+    """int32 (len(neighbours), 4): for the entry listed at each position of ``neighbours``, its
+    level of element i plus 8*i: the slot of that element's error in the search's 4x8 table
+    (garbage at the count positions)."""
     levels, _, neighbours = neighbour_tables(type_name)
-    values = np.ascontiguousarray((2 * levels[neighbours.astype(np.int64) % levels.shape[0]] + 1).T, dtype=np.float32)
-    values.setflags(write=False)
-    return values
+    slots = levels[neighbours.astype(np.int64) % levels.shape[0]].astype(np.int32) + 8 * np.arange(4, dtype=np.int32)
+    slots.setflags(write=False)
+    return slots
 
 
 @numba.njit(inline="always", cache=True)
-def _best_neighbour(neighbours, cand, start, levels, xval, waux, o, scale, L):
+def _best_neighbour(neighbours, slots, start, levels, xval, waux, o, sq, L, table):
     """iq3_find_best_neighbour: the listed entry nearest to xval[o:o+4] (weights waux), into L.
 
-    Returns -1 (L untouched) where every squared distance is inf or NaN: llama.cpp aborts there.
+    C computes, per candidate and element, ``w * (scale*q - x) * (scale*q - x)`` with q = 2*level+1
+    one of 8 values: ``sq[level] = scale*q`` comes precomputed, the 4x8 possible terms are computed
+    once (the same float operations), and each candidate's distance is the sum of its 4 terms in
+    C's order. Returns -1 (L untouched) where every distance is inf or NaN: llama.cpp aborts there.
     """
+    for i in range(4):
+        x = xval[o + i]
+        w = waux[o + i]
+        for level in range(8):
+            diff = sq[level] - x
+            table[8 * i + level] = w * diff * diff
     count = np.int64(neighbours[start])
-    x0, x1, x2, x3 = xval[o], xval[o + 1], xval[o + 2], xval[o + 3]
-    w0, w1, w2, w3 = waux[o], waux[o + 1], waux[o + 2], waux[o + 3]
     best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
-    grid_index = -1
+    best = -1
     for p in range(start + 1, start + 1 + count):
-        diff = scale * cand[0, p] - x0
-        d2 = np.float32(0.0) + w0 * diff * diff
-        diff = scale * cand[1, p] - x1
-        d2 += w1 * diff * diff
-        diff = scale * cand[2, p] - x2
-        d2 += w2 * diff * diff
-        diff = scale * cand[3, p] - x3
-        d2 += w3 * diff * diff
+        d2 = np.float32(0.0) + table[slots[p, 0]]
+        d2 += table[slots[p, 1]]
+        d2 += table[slots[p, 2]]
+        d2 += table[slots[p, 3]]
         if d2 < best_d2:
             best_d2 = d2
-            grid_index = np.int64(neighbours[p])
-    if grid_index < 0:
+            best = p
+    if best < 0:
         return -1
+    grid_index = np.int64(neighbours[best])
     for i in range(4):
         L[o + i] = levels[grid_index, i]
     return grid_index
@@ -128,7 +132,7 @@ def _best_neighbour(neighbours, cand, start, levels, xval, waux, o, scale, L):
 
 @numba.njit(cache=True)
 def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap, neighbours,
-              vmax, nsteps, second_pass_all, start_on_grid, failed):
+              vmax, nsteps, second_pass_all, start_on_grid, failed, wx, prev, table, sq):
     """The trial-scale search of one sub-block of 32 (shared by IQ3_XXS and IQ3_S); returns scale.
 
     Leaves the chosen levels in L (all on the grid afterwards). Sets failed[0] where llama.cpp
@@ -140,15 +144,16 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, k
     scale = vmax / np.float32(15.0)  # max/(2*kMaxQ-1)
     for k in range(8):
         on_grid[k] = start_on_grid
-    wx = np.empty(32, dtype=np.float32)  # w*xval, the first product of C's w*xval*q
     for i in range(32):
-        wx[i] = weight[i] * xval[i]
-    prev = np.full(8, -1, dtype=np.int64)  # the previous trial's grid indices
+        wx[i] = weight[i] * xval[i]  # w*xval, the first product of C's w*xval*q
+    prev[:] = -1  # the previous trial's grid indices
     sumqx = zero
     sumq2 = zero
     for step in range(-nsteps, nsteps + 1):
         inv = (np.float32(15.0) + np.float32(step) * np.float32(0.2)) / vmax
         this_scale = np.float32(1.0) / inv
+        for level in range(8):
+            sq[level] = this_scale * np.float32(2 * level + 1)
         for i in range(32):  # no branches: vectorizes
             l = nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))
             Laux[i] = max(0, min(7, l))
@@ -158,7 +163,7 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, k
             gi = np.int64(kmap[u])
             on_grid_aux[k] = gi >= 0
             if gi < 0:
-                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, this_scale, Laux)
+                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, sq, Laux, table)
                 if gi < 0:
                     failed[0] = True
                     return scale
@@ -186,6 +191,8 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, k
             n_not_on_grid += 1
     if n_not_on_grid > 0 and scale > zero:
         inv = np.float32(1.0) / scale
+        for level in range(8):
+            sq[level] = scale * np.float32(2 * level + 1)
         for k in range(8):
             if on_grid[k] and not second_pass_all:
                 continue
@@ -196,7 +203,7 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, k
                 u |= l << (3 * i)
             gi = kmap[u]
             if gi < 0:
-                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, scale, L)
+                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, sq, L, table)
                 if gi < 0:
                     failed[0] = True
                     return scale
@@ -257,6 +264,10 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
         on_grid_aux = np.zeros(8, dtype=np.bool_)
         block_signs = np.zeros(4, dtype=np.int64)
         failed = np.zeros(1, dtype=np.bool_)
+        wx = np.zeros(32, dtype=np.float32)
+        prev = np.zeros(8, dtype=np.int64)
+        table = np.zeros(32, dtype=np.float32)
+        sq = np.zeros(8, dtype=np.float32)
         q3 = np.zeros(64, dtype=np.uint8)
         sas = np.zeros(8, dtype=np.uint32)
         for ibl in range(nbl):
@@ -300,7 +311,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
                     scales[ib] = np.float32(0.0)
                     continue
                 scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
-                                  neighbours, vmax, 15, False, True, failed)
+                                  neighbours, vmax, 15, False, True, failed, wx, prev, table, sq)
                 if failed[0]:
                     break
                 if scale < np.float32(0.0):
@@ -354,6 +365,10 @@ def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
         on_grid_aux = np.zeros(8, dtype=np.bool_)
         block_signs = np.zeros(4, dtype=np.int64)
         failed = np.zeros(1, dtype=np.bool_)
+        wx = np.zeros(32, dtype=np.float32)
+        prev = np.zeros(8, dtype=np.int64)
+        table = np.zeros(32, dtype=np.float32)
+        sq = np.zeros(8, dtype=np.float32)
         for ibl in range(nbl):
             xbl = rows[r, ibl * QK_K:(ibl + 1) * QK_K]
             y = out[r, ibl * 110:(ibl + 1) * 110]  # d 0:2, qs 2:66, qh 66:74, signs 74:106, scales 106:110
@@ -383,7 +398,7 @@ def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
                     scales[ib] = np.float32(0.0)
                     continue  # llama.cpp does not advance qs/signs here
                 scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
-                                  neighbours, vmax, 9, True, False, failed)
+                                  neighbours, vmax, 9, True, False, failed, wx, prev, table, sq)
                 if failed[0]:
                     break
                 if scale < np.float32(0.0):
@@ -490,7 +505,7 @@ def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
         raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
     levels, kmap, neighbours = neighbour_tables(qt.name)
     kernel = _quantize_iq3_xxs if qt.name == "IQ3_XXS" else _quantize_iq3_s
-    out, bad = kernel(rows, weights, use_w, _candidate_values(qt.name), levels, kmap, neighbours)
+    out, bad = kernel(rows, weights, use_w, _candidate_slots(qt.name), levels, kmap, neighbours)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(
