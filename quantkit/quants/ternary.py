@@ -27,12 +27,6 @@ BLOCK_BYTES = {"TQ1_0": 54, "TQ2_0": 66}
 
 
 @numba.njit(inline="always", cache=True)
-def _trit(v, inv):
-    """lroundf(v * id) + 1: 0, 1 or 2."""
-    return np.int64(roundf(v * inv)) + 1
-
-
-@numba.njit(inline="always", cache=True)
 def _scale(x, out, d_off):
     """The block's abs max as fp16 into out[d_off:d_off+2]; returns 1/amax (0 for an all-zero block)."""
     amax = np.float32(0.0)
@@ -45,31 +39,32 @@ def _scale(x, out, d_off):
     return np.float32(1.0) / amax if amax != np.float32(0.0) else np.float32(0.0)
 
 
+@numba.njit(inline="always", cache=True)
+def _trits(x, inv, t):
+    """t[j] = lroundf(x[j] * id) + 1 for the block (a loop without branches: vectorizes)."""
+    for j in range(QK_K):
+        t[j] = np.int64(roundf(x[j] * inv)) + 1
+
+
 @numba.njit(parallel=True, cache=True)
 def _quantize_tq1_0(rows):
     nrows, n = rows.shape
     nb = n // QK_K
     out = np.zeros((nrows, nb * 54), dtype=np.uint8)
     for r in numba.prange(nrows):
+        t = np.empty(QK_K, dtype=np.int64)
         for ib in range(nb):
             x = rows[r, ib * QK_K:(ib + 1) * QK_K]
             y = out[r, ib * 54:(ib + 1) * 54]
-            inv = _scale(x, y, 52)
+            _trits(x, _scale(x, y, 52), t)
             for m in range(32):  # 5 trits per byte along 32 bytes: weights 0..159
-                q = 0
-                for k in range(5):
-                    q = q * 3 + _trit(x[m + 32 * k], inv)
+                q = (((t[m] * 3 + t[m + 32]) * 3 + t[m + 64]) * 3 + t[m + 96]) * 3 + t[m + 128]
                 y[m] = np.uint8((q * 256 + 242) // 243)
             for m in range(16):  # along 16 bytes: weights 160..239
-                q = 0
-                for k in range(5):
-                    q = q * 3 + _trit(x[160 + m + 16 * k], inv)
+                q = (((t[160 + m] * 3 + t[176 + m]) * 3 + t[192 + m]) * 3 + t[208 + m]) * 3 + t[224 + m]
                 y[32 + m] = np.uint8((q * 256 + 242) // 243)
             for j in range(4):  # 4 trits per byte (+ a 0 trit): weights 240..255
-                q = 0
-                for k in range(4):
-                    q = q * 3 + _trit(x[240 + j + 4 * k], inv)
-                q *= 3
+                q = (((t[240 + j] * 3 + t[244 + j]) * 3 + t[248 + j]) * 3 + t[252 + j]) * 3
                 y[48 + j] = np.uint8((q * 256 + 242) // 243)
     return out
 
@@ -80,16 +75,16 @@ def _quantize_tq2_0(rows):
     nb = n // QK_K
     out = np.zeros((nrows, nb * 66), dtype=np.uint8)
     for r in numba.prange(nrows):
+        t = np.empty(QK_K, dtype=np.int64)
         for ib in range(nb):
             x = rows[r, ib * QK_K:(ib + 1) * QK_K]
             y = out[r, ib * 66:(ib + 1) * 66]
-            inv = _scale(x, y, 64)
+            _trits(x, _scale(x, y, 64), t)
             for c in range(2):
                 for m in range(32):
-                    q = 0
-                    for k in range(4):
-                        q += (_trit(x[128 * c + m + 32 * k], inv) & 3) << (2 * k)
-                    y[32 * c + m] = np.uint8(q)
+                    o = 128 * c + m
+                    y[32 * c + m] = np.uint8((t[o] & 3) | ((t[o + 32] & 3) << 2) | ((t[o + 64] & 3) << 4)
+                                             | ((t[o + 96] & 3) << 6))
     return out
 
 
