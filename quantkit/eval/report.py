@@ -1,0 +1,462 @@
+"""The scorecard run: every type against the 16-bit baseline, cached, written as md, json and png.
+
+Layout of a report folder::
+
+    scorecard.md  scorecard.json  scorecard.png
+    files/        quantized weights (torch: Hugging Face names in a GGUF container; llama.cpp: the GGUFs)
+    cache/        one JSON of results per type and settings, reused by later runs
+
+Per type, with the baseline run the same way on the same backend:
+
+- answers: greedy answers to each prompt (chat template when the tokenizer has one, at most
+  ``max_new_tokens``), embedded with a sentence-transformers model; cosine to the baseline's
+  answer to the same prompt (mean with 95% bootstrap CI over prompts, min, share identical);
+- teacher-forced answers: the variant reads the baseline's answer tokens; mean KLD (top-k lumped,
+  see metrics.py) and top-1 agreement along them, per prompt, CI over prompts;
+- text: next-token distributions over the first ``text_tokens`` tokens of a text, in chunks of
+  ``chunk_tokens``: KLD mean (CI over positions) and 99th percentile, top-1 agreement,
+  perplexity and its ratio to the baseline's.
+
+Neighbouring rows (sorted by size) whose difference is within noise (the 95% bootstrap interval
+of the paired mean difference holds 0) are marked with "≈".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QuantkitError
+from . import metrics
+from .backends import BASELINE, make_backend
+
+DEFAULT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K")
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_PROMPTS = DATA_DIR / "prompts.txt"
+DEFAULT_TEXT = DATA_DIR / "calibration.txt"
+NOISE_MARK = "≈"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides model, types and backend that changes the numbers (part of the cache key)."""
+
+    max_new_tokens: int = 48
+    text_tokens: int = 1024
+    chunk_tokens: int = 512
+    top_k: int = 40  # log-probabilities kept per position for the lumped KLD (llama.cpp's n_probs)
+    seed: int = 0
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def read_text(path, what: str) -> str:
+    """A UTF-8 text file's contents; a clear error when it is missing, binary or empty."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise QuantkitError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if b"\x00" in raw[:65536]:
+        raise QuantkitError(f"{path}: {what} is not a text file (it holds NUL bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QuantkitError(f"{path}: {what} is not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise QuantkitError(f"{path}: {what} is empty")
+    return text
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt per non-empty line; lines starting with '#' are comments; a literal ``\\n`` is a newline."""
+    text = read_text(path, "prompts file")
+    prompts = [line.strip().replace("\\n", "\n") for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise QuantkitError(f"{path}: prompts file has no prompts (only comments)")
+    return prompts
+
+
+def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt, as a user turn of the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return [tokenizer.encode(p) for p in prompts]
+
+
+def text_chunks(tokenizer, text: str, text_tokens: int, chunk_tokens: int) -> list[list[int]]:
+    """The text's first ``text_tokens`` tokens cut into chunks of ``chunk_tokens`` (each >= 2 tokens)."""
+    ids = tokenizer.encode(text[: text_tokens * 16])[:text_tokens]
+    chunks = [ids[i:i + chunk_tokens] for i in range(0, len(ids), chunk_tokens)]
+    chunks = [c for c in chunks if len(c) >= 2]
+    if not chunks:
+        raise QuantkitError("the text is too short: it needs at least 2 tokens")
+    return chunks
+
+
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+# --- one run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reference:
+    """The baseline's outputs that every variant is compared with."""
+
+    answers: list  # token ids per prompt
+    texts: list
+    embeddings: np.ndarray
+    answer_scores: list  # metrics.Scored per prompt with a non-empty answer
+    text_scores: list  # metrics.Scored per text chunk
+
+
+class Run:
+    """One backend, one model, one set of inputs; measures variants against the baseline."""
+
+    def __init__(self, backend, tokenizer, prompts, chunks, embedder, settings: Settings):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.chunks = chunks
+        self.embedder = embedder
+        self.settings = settings
+        self.reference: Reference | None = None
+        self.full = backend.name == "torch"
+
+    def _answers(self):
+        answers = self.backend.generate(self.prompts, self.settings.max_new_tokens)
+        texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
+        return answers, texts
+
+    def _answer_sequences(self):
+        return [(list(p) + list(a), len(p)) for p, a in zip(self.prompts, self.reference.answers) if a]
+
+    def _text_scores(self):
+        return self.backend.score([(c, 1) for c in self.chunks], self.settings.top_k, full=self.full)
+
+    def baseline(self) -> dict:
+        variant = self.backend.prepare(BASELINE)
+        row = {"type": BASELINE, **_variant_fields(variant)}
+        if not self.backend.can_generate:
+            return row
+        answers, texts = self._answers()
+        self.reference = Reference(answers, texts, self.embedder.encode(texts), [], [])
+        self.reference.answer_scores = self.backend.score(self._answer_sequences(), self.settings.top_k)
+        self.reference.text_scores = self._text_scores()
+        targets = np.concatenate([s.target_logprobs for s in self.reference.text_scores])
+        row["answers"] = {"texts": texts}
+        row["text"] = {"perplexity": metrics.bootstrap_ci(-targets, self.settings.seed, np.exp)}
+        return row
+
+    def measure(self, name: str) -> dict:
+        """Every number of one variant, with the per-prompt and per-position values behind them."""
+        variant = self.backend.prepare(name)
+        row = {"type": name, **_variant_fields(variant)}
+        if self.reference is None:
+            return row
+        seed = self.settings.seed
+        ref = self.reference
+        answers, texts = self._answers()
+        similarity = metrics.cosine_similarity(self.embedder.encode(texts), ref.embeddings)
+        row["answers"] = {
+            "similarity": metrics.bootstrap_ci(similarity, seed),
+            "similarity_min": float(similarity.min()),
+            "identical_share": float(np.mean([a == b for a, b in zip(texts, ref.texts)])),
+            "per_prompt_similarity": similarity.tolist(),
+            "texts": texts,
+        }
+        forced = self.backend.score(self._answer_sequences(), self.settings.top_k)
+        tf_kld = [metrics.kld_topk(b.topk, q.topk).mean() for b, q in zip(ref.answer_scores, forced)]
+        tf_top1 = [np.mean(b.topk.top1() == q.topk.top1()) for b, q in zip(ref.answer_scores, forced)]
+        row["teacher_forced"] = {"kld": metrics.bootstrap_ci(tf_kld, seed), "top1": metrics.bootstrap_ci(tf_top1, seed),
+                                 "per_prompt_kld": [float(x) for x in tf_kld]}
+        scores = self._text_scores()
+        lumped = np.concatenate([metrics.kld_topk(b.topk, q.topk) for b, q in zip(ref.text_scores, scores)])
+        if self.full:
+            kld = np.concatenate([metrics.kld(b.full, q.full) for b, q in zip(ref.text_scores, scores)])
+        else:
+            kld = lumped
+        top1 = np.concatenate([b.topk.top1() == q.topk.top1() for b, q in zip(ref.text_scores, scores)])
+        targets = np.concatenate([s.target_logprobs for s in scores])
+        base_targets = np.concatenate([s.target_logprobs for s in ref.text_scores])
+        row["text"] = {
+            "kld": metrics.bootstrap_ci(kld, seed),
+            "kld_p99": float(np.quantile(kld, 0.99)),
+            "kld_method": "exact (full vocabulary)" if self.full else f"top-{self.settings.top_k} lumped (lower bound)",
+            "kld_topk": metrics.bootstrap_ci(lumped, seed),
+            "top1": metrics.bootstrap_ci(top1.astype(float), seed),
+            "perplexity": metrics.bootstrap_ci(-targets, seed, np.exp),
+            "perplexity_ratio": float(np.exp(np.mean(base_targets - targets))),
+            "per_position_kld": [round(float(x), 7) for x in kld],
+        }
+        return row
+
+
+def _variant_fields(variant) -> dict:
+    return {
+        "size_bytes": variant.size_bytes,
+        "bits_per_weight": round(variant.bits_per_weight, 4),
+        "quantize_seconds": None if variant.quantize_seconds is None else round(variant.quantize_seconds, 2),
+        "tensor_types": variant.tensor_types,
+        "notes": variant.notes,
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("quantkit", "numpy", "torch", "transformers", "sentence-transformers", "gguf", "xllamacpp"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def _load_embedder(path):
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(path)
+    if not (path / "config.json").exists() and not (path / "modules.json").exists():
+        raise QuantkitError(f"{path}: not a sentence-transformers model folder (no modules.json or config.json)")
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str = "torch", imatrix=None,
+              prompts=None, text=None, embedder=None, settings: Settings = Settings(), threads: int | None = None,
+              progress: bool = True) -> dict:
+    """Measure what each quantization in ``types`` costs against the model's 16-bit weights.
+
+    ``model_dir``: a Hugging Face folder; ``types``: type or preset names (``"Q8_0,Q4_K_M"`` or a
+    list); ``prompts``/``text``: files (defaults: the shipped prompt set and calibration text);
+    ``embedder``: a sentence-transformers folder (default all-MiniLM-L6-v2). Writes
+    ``scorecard.md``, ``scorecard.json`` and ``scorecard.png`` into ``out_dir`` and returns the
+    JSON's content.
+    """
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise QuantkitError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    names = _parse_types(types)
+    prompts_path = Path(prompts) if prompts else DEFAULT_PROMPTS
+    text_path = Path(text) if text else DEFAULT_TEXT
+    prompt_texts = read_prompts(prompts_path)
+    text_content = read_text(text_path, "text")
+    _check_types(model_dir, names, imatrix)
+    out = Path(out_dir)
+    runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    notes = []
+    if not runner.can_generate:
+        notes.append(f"{model_dir.name} cannot generate (no causal language-model head): answer and distribution "
+                     "metrics are left out; size, bits per weight and quantize time are given")
+    embedder_path = Path(embedder) if embedder else None
+    if runner.can_generate and embedder_path is None:
+        from ..models import minilm_dir
+
+        embedder_path = minilm_dir()
+    run = Run(runner, tokenizer, prompt_ids(tokenizer, prompt_texts) if runner.can_generate else [],
+              text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
+              _load_embedder(embedder_path) if runner.can_generate else None, settings)
+    key = _digest(str(model_dir.resolve()), backend, prompt_texts, text_content, asdict(settings),
+                  str(embedder_path), str(imatrix), _versions()["quantkit"])
+    cache = out / "cache"
+    cached = {name: cache / f"{backend}.{name}.{key}.json" for name in [BASELINE, *names]}
+    started = time.perf_counter()
+    rows = {}
+    if all(path.exists() for path in cached.values()):
+        rows = {name: json.loads(path.read_text()) for name, path in cached.items()}
+    else:
+        for name in tqdm([BASELINE, *names], desc=f"scorecard ({backend})", disable=not progress, unit="type"):
+            if name != BASELINE and cached[name].exists():
+                rows[name] = json.loads(cached[name].read_text())
+                continue
+            rows[name] = run.baseline() if name == BASELINE else run.measure(name)
+            cache.mkdir(parents=True, exist_ok=True)
+            _atomic_write(cached[name], json.dumps(rows[name]))
+    baseline = rows.pop(BASELINE)
+    runner.close()
+    ordered = sorted(rows.values(), key=lambda r: -r["size_bytes"])
+    _mark_noise(ordered, settings.seed)
+    for row in ordered:
+        notes.extend(f"{row['type']}: {n}" for n in row["notes"])
+    result = {
+        "model": str(model_dir),
+        "backend": backend,
+        "baseline": baseline,
+        "types": ordered,
+        "settings": {**asdict(settings), "prompts": str(prompts_path), "n_prompts": len(prompt_texts),
+                     "text": str(text_path), "text_chunks": [len(c) for c in run.chunks],
+                     "embedder": str(embedder_path), "imatrix": None if imatrix is None else str(imatrix),
+                     "threads": threads},
+        "versions": _versions(),
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_report(result, out)
+    return result
+
+
+def _parse_types(types) -> list[str]:
+    names = [t.strip().upper() for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
+    if not names:
+        raise QuantkitError("no types given (e.g. --types Q8_0,Q4_K_M)")
+    return list(dict.fromkeys(names))
+
+
+def _check_types(model_dir: Path, names: list[str], imatrix) -> None:
+    """Plan every type before any work, so an unknown type or a missing imatrix fails at once."""
+    from .backends import plan_variant
+
+    for name in names:
+        plan_variant(model_dir, name, imatrix)
+
+
+def _mark_noise(rows: list[dict], seed: int) -> None:
+    """rows[i]["within_noise_of_previous"]: per metric, whether row i is within noise of row i-1."""
+    pairs = {"similarity": ("answers", "per_prompt_similarity"), "teacher_forced_kld": ("teacher_forced", "per_prompt_kld"),
+             "kld": ("text", "per_position_kld")}
+    for previous, row in zip([None, *rows], rows):
+        row["within_noise_of_previous"] = {}
+        if previous is None:
+            continue
+        for metric, (group, values) in pairs.items():
+            a, b = previous.get(group, {}).get(values), row.get(group, {}).get(values)
+            if a is not None and b is not None and len(a) == len(b):
+                row["within_noise_of_previous"][metric] = metrics.within_noise(a, b, seed)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, content, binary: bool = False) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    if binary:
+        partial.write_bytes(content)
+    else:
+        partial.write_text(content, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _ci(ci: dict | None, digits: int) -> str:
+    if not ci or ci.get("mean") is None:
+        return "-"
+    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+
+def _cell(row: dict, metric: str, text: str) -> str:
+    return f"{NOISE_MARK} {text}" if row.get("within_noise_of_previous", {}).get(metric) else text
+
+
+def markdown(result: dict) -> str:
+    """scorecard.md: the table sorted by size, then settings and notes."""
+    base = result["baseline"]
+    lines = [f"# Scorecard: {Path(result['model']).name} ({result['backend']} backend)", ""]
+    header = ["type", "size MB", "bits/weight", "quantize s", "answer similarity [95% CI]", "min", "identical",
+              "teacher-forced KLD [95% CI]", "TF top-1", "KLD mean [95% CI]", "KLD p99", "top-1", "PPL", "PPL ratio"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base_ppl = base.get("text", {}).get("perplexity")
+    lines.append(f"| baseline ({_16bit(base)}) | {base['size_bytes'] / 1e6:.1f} | {base['bits_per_weight']:.2f} | - | 1 | 1 | 100% "
+                 f"| 0 | 100% | 0 | 0 | 100% | {_ci(base_ppl, 2)} | 1 |")
+    for row in result["types"]:
+        answers, forced, text = row.get("answers", {}), row.get("teacher_forced", {}), row.get("text", {})
+        seconds = "-" if row["quantize_seconds"] is None else f"{row['quantize_seconds']:.1f}"
+        cells = [row["type"], f"{row['size_bytes'] / 1e6:.1f}", f"{row['bits_per_weight']:.2f}", seconds]
+        if answers:
+            cells += [_cell(row, "similarity", _ci(answers["similarity"], 3)), f"{answers['similarity_min']:.3f}",
+                      f"{answers['identical_share']:.0%}", _cell(row, "teacher_forced_kld", _ci(forced["kld"], 4)),
+                      f"{forced['top1']['mean']:.1%}", _cell(row, "kld", _ci(text["kld"], 4)), f"{text['kld_p99']:.3f}",
+                      f"{text['top1']['mean']:.1%}", _ci(text["perplexity"], 2), f"{text['perplexity_ratio']:.3f}"]
+        else:
+            cells += ["-"] * 10
+        lines.append("| " + " | ".join(cells) + " |")
+    s = result["settings"]
+    method = next((r["text"]["kld_method"] for r in result["types"] if "text" in r), None)
+    lines += [
+        "",
+        f"{NOISE_MARK}: within noise of the row above (the 95% bootstrap interval of the paired mean difference holds 0).",
+        "",
+        f"- Baseline: the model's own 16-bit weights, run by the same backend. Sizes are GGUF file sizes"
+        f"{' (exact, from the conversion plan)' if result['backend'] == 'torch' else ''}; bits/weight = 8 x tensor bytes / weights.",
+        f"- Answers: {s['n_prompts']} prompts from {Path(s['prompts']).name}, greedy, at most {s['max_new_tokens']} new tokens, "
+        f"embedded with {Path(s['embedder']).name}; cosine to the baseline's answer to the same prompt.",
+        f"- Teacher-forced: the variant reads the baseline's answer tokens; KLD over the top-{s['top_k']} tokens of both "
+        "plus one lumped tail (a lower bound), top-1 = same most likely token.",
+        f"- Text: {sum(s['text_chunks'])} tokens of {Path(s['text']).name} in chunks of {s['chunk_tokens']}; KLD {method}.",
+        f"- Run took {result['seconds']:.0f} s; versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
+    ]
+    if result["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    lines += ["", "Tensor types per variant:", ""]
+    lines += [f"- {r['type']}: " + ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items()) for r in result["types"]]
+    return "\n".join(lines) + "\n"
+
+
+def _16bit(row: dict) -> str:
+    return next((k for k in ("BF16", "F16") if k in row.get("tensor_types", {})), "16-bit")
+
+
+def plot(result: dict) -> bytes:
+    """scorecard.png: KLD and answer similarity against bits per weight, one point per type."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["types"] if "text" in r]
+    base = result["baseline"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, title in ((left, "mean KLD vs baseline (nats, log scale)"), (right, "answer similarity (cosine, 95% CI)")):
+        ax.axvline(base["bits_per_weight"], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("bits per weight")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for r in rows:
+        x = r["bits_per_weight"]
+        kld = max(r["text"]["kld"]["mean"], 1e-7)
+        left.scatter(x, kld, color="tab:blue")
+        left.annotate(r["type"], (x, kld), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        sim = r["answers"]["similarity"]
+        right.errorbar(x, sim["mean"], yerr=[[sim["mean"] - sim["lo"]], [sim["hi"] - sim["mean"]]], fmt="o",
+                       color="tab:orange", capsize=3)
+        right.annotate(r["type"], (x, sim["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    left.set_yscale("log")
+    right.scatter(base["bits_per_weight"], 1.0, marker="*", s=160, color="black", zorder=3, label=f"baseline ({_16bit(base)})")
+    left.annotate(f"baseline ({_16bit(base)})", (base["bits_per_weight"], 0.05), xycoords=("data", "axes fraction"),
+                  rotation=90, fontsize=8, ha="right")
+    right.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{Path(result['model']).name}: quality vs size ({result['backend']} backend)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(result: dict, out_dir) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "scorecard.json", json.dumps(result, indent=1, ensure_ascii=False))
+    _atomic_write(out / "scorecard.md", markdown(result))
+    _atomic_write(out / "scorecard.png", plot(result), binary=True)
