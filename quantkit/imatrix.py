@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImatrixError, OutputError, QuantkitError
+from .errors import ImatrixError, QuantkitError
 
 GGUF_MAGIC = b"GGUF"
 KEY_TYPE = "general.type"
@@ -38,11 +38,6 @@ KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
 SUMS_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
-
-# Hugging Face model types whose GGUF architecture name is not the model type itself (as
-# convert_hf_to_gguf.py maps them); any other model type is looked up in gguf.MODEL_ARCH_NAMES.
-GGUF_ARCH_OF_MODEL_TYPE = {"mistral": "llama", "mixtral": "llama", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
-
 
 @dataclass
 class ImatrixEntry:
@@ -54,12 +49,12 @@ class ImatrixEntry:
     def mean(self) -> np.ndarray:
         """Mean squared activation, float32 (n_cols,) for one matrix, (n_mat, n_cols) for experts."""
         counts = self.counts.astype(np.float32)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.where(counts > 0, self.sums / np.where(counts > 0, counts, 1), np.float32(1)).astype(np.float32)
+        mean = np.ones(self.sums.shape, dtype=np.float32)
+        np.divide(self.sums, counts, out=mean, where=counts > 0)
         return mean[0] if mean.shape[0] == 1 else mean
 
 
-@dataclass
+@dataclass(eq=False)
 class Imatrix(Mapping):
     """GGUF tensor name -> mean squared input activation per column (see :meth:`ImatrixEntry.mean`).
 
@@ -97,7 +92,7 @@ class Imatrix(Mapping):
         mean = self[name]
         n_cols = int(shape[-1])
         n_mat = int(np.prod(shape[:-2], dtype=np.int64)) if len(shape) > 2 else 1
-        if mean.size == n_cols * n_mat and mean.shape[-1] != n_cols and mean.ndim == 1:
+        if mean.ndim == 1 and n_mat > 1 and mean.size == n_cols * n_mat:
             mean = mean.reshape(n_mat, n_cols)  # legacy file: experts flattened
         got_cols = mean.shape[-1]
         got_mat = mean.shape[0] if mean.ndim == 2 else 1
@@ -200,7 +195,7 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
                 have = next(iter(pair))
                 raise ImatrixError(f"{path}: {name} has {name}{have} but no {name}{({SUMS_SUFFIX, COUNTS_SUFFIX} - {have}).pop()}")
             sums, counts = pair[SUMS_SUFFIX], pair[COUNTS_SUFFIX].reshape(-1)
-            sums = sums.reshape(-1, sums.shape[-1]) if sums.ndim else sums.reshape(1, 1)
+            sums = sums.reshape(-1, sums.shape[-1])
             if counts.size != sums.shape[0]:
                 raise ImatrixError(f"{path}: {name} has {sums.shape[0]} matrices of sums but {counts.size} counts")
             entries[name] = ImatrixEntry(sums.astype(np.float32), np.rint(counts).astype(np.int64))
@@ -256,19 +251,6 @@ def _read_legacy_imatrix(path: Path) -> Imatrix:
 
 
 # --- collection -----------------------------------------------------------------------------------
-
-
-def gguf_arch(config):
-    """The gguf.MODEL_ARCH of a transformers config (by model_type, as convert_hf_to_gguf.py names it)."""
-    import gguf
-
-    model_type = str(getattr(config, "model_type", ""))
-    name = GGUF_ARCH_OF_MODEL_TYPE.get(model_type, model_type)
-    by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
-    for candidate in (name, name.replace("_", "")):
-        if candidate in by_name:
-            return by_name[candidate]
-    raise QuantkitError(f"model type {model_type!r} has no GGUF architecture quantkit knows")
 
 
 @dataclass
@@ -377,24 +359,24 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     ``text`` is cut into chunks of ``ctx`` tokens (at most ``chunks``), each run on its own with no
     cache. For every weight matrix of the decoder blocks, per expert for MoE stacks, the inputs'
     squared values are summed per column in float32 (on ``device``: CUDA when present, else CPU),
-    with the token count, keyed by the GGUF tensor name the converter gives it. ``output.weight``
+    with the token count, keyed by the GGUF tensor name quantkit's converter gives it (so only
+    architectures the converter supports). ``output.weight``
     is recorded only with ``process_output`` (llama-imatrix's ``--process-output``). ``dataset``
     is recorded as the file's dataset name.
     """
-    import gguf
     import torch
     from tqdm import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from .converter.archs import arch_for
+    from .source import HFSource
+
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise QuantkitError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    name_map = arch_for(HFSource(model_dir)).name_map  # the names the converter gives the tensors
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    name_map = gguf.get_tensor_name_map(gguf_arch(config), config.num_hidden_layers)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     token_chunks = tokenize_chunks(tokenizer, text, ctx, chunks)
 

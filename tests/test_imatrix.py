@@ -63,12 +63,12 @@ def tiny_llama_dir(tmp_path_factory, smollm2_hf_dir):
 
 @pytest.fixture(scope="session")
 def tiny_moe_dir(tmp_path_factory, smollm2_hf_dir):
-    """A 2-layer random Qwen2-MoE (4 experts, 2 per token, a shared expert) with SmolLM2's tokenizer."""
-    from transformers import Qwen2MoeConfig
+    """A 2-layer random Qwen3-MoE (4 experts, 2 per token) with SmolLM2's tokenizer."""
+    from transformers import Qwen3MoeConfig
 
-    config = Qwen2MoeConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, moe_intermediate_size=48,
-                            shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
-                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = Qwen3MoeConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, moe_intermediate_size=48,
+                            num_experts=4, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=8)
     return _tiny_model(tmp_path_factory.mktemp("tiny-moe"), smollm2_hf_dir, config)
 
 
@@ -133,13 +133,15 @@ def test_moe_experts_get_their_own_rows(tiny_moe_dir):
 
     im = collect_imatrix(tiny_moe_dir, CALIBRATION, ctx=64, chunks=2, progress=False)
     tokens = 2 * 64
+    kinds = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+    assert sorted(im) == sorted(f"blk.{b}.{k}.weight" for b in range(2) for k in kinds)
     for b in range(2):
         gate, up, down = (im.entries[f"blk.{b}.ffn_{k}_exps.weight"] for k in ("gate", "up", "down"))
         assert gate.sums.shape == (4, 32) and down.sums.shape == (4, 48)
         assert gate.counts.sum() == tokens * 2 and np.array_equal(gate.counts, down.counts)
         np.testing.assert_array_equal(gate.sums, up.sums)
         assert im[f"blk.{b}.ffn_down_exps.weight"].shape == (4, 48)
-        for k in ("ffn_gate_inp", "ffn_gate_shexp", "ffn_down_shexp", "attn_q"):
+        for k in ("ffn_gate_inp", "attn_q", "attn_output"):
             assert im.token_count(f"blk.{b}.{k}.weight") == tokens
 
     # the experts' input is the routed hidden states: recompute gate sums from the router's choice
