@@ -229,7 +229,7 @@ def _qx_lanes(G, n, nmax, X, W, L, st):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _q3_lanes(G, n, nmax, X, L, st):
+def _q3_lanes(G, n, nmax, X, L, st, ist):
     """make_q3_quants with do_rmse: symmetric levels in [0, 2*nmax) weighted by x*x.
 
     Starts from the scale -max/nmax, then up to 5 passes of coordinate descent: each level in turn
@@ -263,13 +263,56 @@ def _q3_lanes(G, n, nmax, X, L, st):
             fl = np.float32(l)
             sumlx[g] += w * x * fl
             suml2[g] += w * fl * fl
-    # the coordinate descent is sequential within a group: one group at a time, state in registers
+    # coordinate descent: sequential within a group, so the lanes step through the values together;
+    # a group that went through a pass without change stops (its lane keeps its state) as in C
+    active = ist[0]
+    changed = ist[1]
     for g in range(G):
-        if flat[g] != _F0:
+        active[g] = _I0 if flat[g] != _F0 else np.int32(1)
+    passes = 0
+    while passes < 5:
+        n_active = 0
+        for g in range(G):
+            changed[g] = _I0
+            n_active += active[g]
+        if 4 * n_active <= G:  # few groups left: finish them one at a time below
+            break
+        passes += 1
+        for i in range(n):
+            for g in range(G):
+                x = X[i * G + g]
+                w = x * x
+                li = L[i * G + g]
+                fli = np.float32(li)
+                sx = sumlx[g]
+                s2 = suml2[g]
+                slx = sx - w * x * fli
+                sl2 = s2 - w * fli * fli
+                new_l = max(lo32, min(hi32, nearest_int(x * sl2 / slx)))
+                fnl = np.float32(new_l)
+                slx_new = slx + w * x * fnl
+                sl2_new = sl2 + w * fnl * fnl
+                # C: if (slx > 0) { ...; if (new_l != L[i]) { ...; if (sl2 > 0 && better) keep } }
+                # bitwise & (no short-circuit branches) keeps the loop vectorizable
+                ok = (
+                    (active[g] != _I0)
+                    & (slx > _F0)
+                    & (new_l != li)
+                    & (sl2_new > _F0)
+                    & (slx_new * slx_new * s2 > sx * sx * sl2_new)
+                )
+                L[i * G + g] = new_l if ok else li
+                sumlx[g] = slx_new if ok else sx
+                suml2[g] = sl2_new if ok else s2
+                changed[g] += np.int32(1) if ok else _I0
+        for g in range(G):
+            active[g] = active[g] if changed[g] != _I0 else _I0
+    for g in range(G):
+        if active[g] == _I0:
             continue
         sx = sumlx[g]
         s2 = suml2[g]
-        for itry in range(5):
+        for itry in range(passes, 5):
             n_changed = 0
             for i in range(n):
                 x = X[i * G + g]
@@ -751,6 +794,7 @@ def _q3_row(x, qw, out):
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
+    ist = np.empty((2, 16 * _CHUNK), dtype=np.int32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     dq = np.empty(16, dtype=np.float32)
@@ -767,7 +811,7 @@ def _q3_row(x, qw, out):
             _lane_sums(G, 16, W, sw)
             _qx_lanes(G, 16, 4, X, W, L, st)
         else:
-            _q3_lanes(G, 16, 4, X, L, st)
+            _q3_lanes(G, 16, 4, X, L, st, ist)
         for b in range(nbc):
             xb = base + b * QK_K
             ob = (c0 + b) * 110
