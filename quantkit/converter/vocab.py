@@ -73,26 +73,18 @@ def add_special_vocab(w, folder: Path, **kwargs) -> None:
 
 
 def _load_tokenizer(folder: Path):
-    """The folder's fast tokenizer (``tokenizers.Tokenizer``): tokenizer.json, else transformers' conversion."""
-    from tokenizers import Tokenizer
+    """The Hugging Face tokenizer transformers gives for the folder (its class may depend on
+    config.json's model_type, e.g. Qwen2Tokenizer rebuilds the pre-tokenizer): what llama.cpp must match."""
+    import os
+
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
 
     try:
-        if (folder / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            tokenizer.no_truncation()  # as transformers' encode(): the whole text, unpadded
-            tokenizer.no_padding()
-            return tokenizer
-        if not (folder / "vocab.txt").is_file():
-            raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
-    except SourceError:
-        raise
-    except Exception as e:  # tokenizers and transformers raise many kinds for a broken tokenizer
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # transformers raises many kinds for a broken tokenizer
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SourceError(f"{folder}: cannot load the tokenizer: {message}") from None
 
@@ -101,7 +93,7 @@ def pre_tokenizer_name(tokenizer, folder: Path) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenization (``tokenizer.ggml.pre``)."""
     from .pretokenizers import CHECK_TEXT, PRE_TOKENIZERS
 
-    digest = sha256(str(tokenizer.encode(CHECK_TEXT).ids).encode()).hexdigest()
+    digest = sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     name = PRE_TOKENIZERS.get(digest)
     if name is None:
         raise SourceError(
@@ -114,12 +106,13 @@ def pre_tokenizer_name(tokenizer, folder: Path) -> str:
 def base_vocab(folder: Path, vocab_size: int | None) -> tuple[list[str], list[int], str]:
     """(tokens, token types, pre-tokenizer name) of a BPE or WordPiece tokenizer, ``vocab_size`` long."""
     tokenizer = _load_tokenizer(folder)
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    vocab = tokenizer.get_vocab()
     size = vocab_size or len(vocab)
     if max(vocab.values()) >= size:
         raise SourceError(f"{folder}: tokenizer has id {max(vocab.values())}, config.json vocab_size is {size}")
     by_id = {i: text for text, i in vocab.items()}
-    added = tokenizer.get_added_tokens_decoder()  # id -> AddedToken (special, normalized)
+    added = tokenizer.get_added_vocab()
+    decoders = tokenizer.added_tokens_decoder  # id -> AddedToken (special, normalized)
     tokens, types = [], []
     for i in range(size):
         text = by_id.get(i)
@@ -127,10 +120,10 @@ def base_vocab(folder: Path, vocab_size: int | None) -> tuple[list[str], list[in
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
             continue
-        if i in added:
-            if not added[i].normalized:  # llama.cpp expects added tokens pre-normalized
-                text = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids, skip_special_tokens=False)
-            if added[i].special or looks_special(text):
+        if text in added:
+            if not decoders[i].normalized:  # llama.cpp expects added tokens pre-normalized
+                text = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False))
+            if decoders[i].special or looks_special(text):
                 types.append(gguf.TokenType.CONTROL)
             else:
                 text = text.replace("\u2581", " ")

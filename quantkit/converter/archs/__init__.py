@@ -96,6 +96,9 @@ class Arch:
             rope["rope_theta"] = self.config["rope_theta"]
         if "rope_type" not in rope and "type" in rope:
             rope["rope_type"] = rope["type"]
+        for key in ("partial_rotary_factor", "original_max_position_embeddings"):
+            if key not in rope and key in self.config:
+                rope[key] = self.config[key]
         return rope
 
     @property

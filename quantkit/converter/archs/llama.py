@@ -34,7 +34,7 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     high = rope.get("high_freq_factor", 4.0)
     old_ctx = rope.get("original_max_position_embeddings", 8192)
     factors = []
-    for freq in freqs.tolist():
+    for freq in freqs:  # 0-d float32 tensors: the arithmetic below stays float32, as llama.cpp's converter's
         wavelen = 2 * math.pi / freq
         if wavelen < old_ctx / high:
             factors.append(1.0)
@@ -42,7 +42,7 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
             factors.append(factor)
         else:
             smooth = (old_ctx / wavelen - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
+            factors.append(float(1 / ((1 - smooth) / factor + smooth)))
     return np.asarray(factors, dtype=np.float32)
 
 

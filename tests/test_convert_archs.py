@@ -1,0 +1,102 @@
+"""Every supported architecture on a tiny random model built from its transformers config.
+
+Must show, per architecture: quantkit's F16 file equals llama.cpp's convert_hf_to_gguf.py output
+(keys, values, tensors, bytes), and llama.cpp (xllamacpp) loads quantkit's file and generates tokens.
+Models: hidden 64, 2 layers, SmolLM2's BPE tokenizer or a SentencePiece model trained here,
+weights saved in bf16, f16 or f32 so each source dtype is read.
+"""
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_convert_support import _WORK, LlamaServer, gguf_differences, peer_convert, quantkit_convert
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256)
+SPM_TEXT = ("The quick brown fox jumps over the lazy dog. Quantization maps weights to few bits. "
+            "llama.cpp runs GGUF files on CPUs and GPUs. Numbers 0 1 2 3 4 5 6 7 8 9.\n") * 40
+
+# name -> (config class, config kwargs, torch dtype name, tokenizer kind)
+MODELS = {
+    "llama3": ("LlamaConfig", dict(COMMON, vocab_size=49152, tie_word_embeddings=False, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}), "bfloat16", "bpe"),
+    "mistral": ("MistralConfig", dict(COMMON, vocab_size=49152, head_dim=16, sliding_window=None), "float16", "bpe"),
+    "qwen2": ("Qwen2Config", dict(COMMON, vocab_size=320, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2,
+                                 eos_token_id=1), "bfloat16", "spm"),
+    "qwen3": ("Qwen3Config", dict(COMMON, vocab_size=49152, head_dim=16, tie_word_embeddings=True), "float32", "bpe"),
+    "qwen3moe": ("Qwen3MoeConfig", dict(COMMON, vocab_size=49152, head_dim=16, moe_intermediate_size=32, num_experts=4,
+                                        num_experts_per_tok=2, tie_word_embeddings=False), "bfloat16", "bpe"),
+    # not "phi3": llama.cpp gives models *named* phi3 special handling of "</s>", "<unk>", "<s>" tokens
+    "phi_3": ("Phi3Config", dict(COMMON, vocab_size=320, original_max_position_embeddings=256, pad_token_id=0,
+                                bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
+    "gemma2": ("Gemma2Config", dict(COMMON, vocab_size=320, head_dim=16, sliding_window=128, pad_token_id=0,
+                                    bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
+}
+
+
+def _train_sentencepiece(folder: Path) -> None:
+    import sentencepiece
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text(SPM_TEXT)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=320, model_type="bpe",
+        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2,
+    )
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+
+
+@functools.cache
+def tiny_model(name: str, smollm2_dir: Path) -> Path:
+    import torch
+    import transformers
+
+    config_class, kwargs, dtype, tokenizer = MODELS[name]
+    folder = _WORK / f"tiny-{name}"
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**kwargs)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+    model.save_pretrained(str(folder))
+    if tokenizer == "bpe":
+        for file in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(smollm2_dir / file, folder / file)
+    else:
+        _train_sentencepiece(folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_architecture_converts_like_llama_cpp_and_runs(name, smollm2_hf_dir):
+    folder = tiny_model(name, smollm2_hf_dir)
+    ours = quantkit_convert(folder, "F16")
+    assert gguf_differences(ours, peer_convert(folder, "f16")) == []
+    with LlamaServer(ours) as server:
+        assert len(server.greedy("The quick brown fox", 4)) == 4
+
+
+def test_moe_experts_merged_into_3d_tensors(smollm2_hf_dir):
+    from quantkit import read_gguf
+
+    with read_gguf(quantkit_convert(tiny_model("qwen3moe", smollm2_hf_dir), "F16")) as f:
+        shapes = {t.name: tuple(t.shape) for t in f.tensors}
+    assert shapes["blk.1.ffn_gate_exps.weight"] == (4, 32, 64)
+    assert shapes["blk.1.ffn_down_exps.weight"] == (4, 64, 32)
+    assert shapes["blk.1.ffn_gate_inp.weight"] == (4, 64)
+    assert not any(".experts." in n for n in shapes)
+
+
+def test_llama3_rope_freqs_and_untied_output(smollm2_hf_dir):
+    from quantkit import read_gguf
+
+    with read_gguf(quantkit_convert(tiny_model("llama3", smollm2_hf_dir), "F16")) as f:
+        types = {t.name: t.qtype.name for t in f.tensors}
+        freqs = f.tensor("rope_freqs.weight").dequantize()
+    assert types["output.weight"] == "F16" and types["rope_freqs.weight"] == "F32"
+    assert freqs.shape == (8,) and freqs[0] == 1.0 and freqs[-1] == 8.0
