@@ -31,12 +31,25 @@ GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 
 
 @njit(cache=True)
-def _sort_index(xb, n, idx):
+def _sort_index(xb, n, idx, rank):
     """idx = positions of xb[0:n] in ascending order, ties in index order (glibc's stable qsort).
 
     Each value's place is its rank: the number of smaller values plus the number of equal values
-    before it (branch-free comparisons, which Numba vectorizes).
+    before it (branch-free comparisons over all pairs, which Numba vectorizes).
     """
+    for j in range(n):
+        rank[j] = 0
+    for i in range(n):
+        xi = xb[i]
+        for j in range(n):
+            rank[j] += np.int32(xi < xb[j]) | (np.int32(xi == xb[j]) & np.int32(i < j))
+    for j in range(n):
+        idx[rank[j]] = j
+
+
+@njit(cache=True)
+def _sort_index16(xb, n, idx):
+    """_sort_index for short blocks: the same ranks, counted before and after each position."""
     for j in range(n):
         v = xb[j]
         r = 0
@@ -95,6 +108,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
     sumx = np.zeros(bs + 1, dtype=np.float32)
     sumw = np.zeros(bs + 1, dtype=np.float32)
     idx = np.zeros(bs, dtype=np.int32)
+    rank = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
@@ -129,7 +143,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
                 scales[ib] = F0
                 shifts[ib] = 1
                 continue
-            _sort_index(xb, bs, idx)
+            _sort_index(xb, bs, idx, rank)
             sumx[0] = F0
             sumw[0] = F0
             for j in range(bs):
@@ -162,13 +176,25 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
                 hq2p = b0 * xp0 * xp0
                 hqxm = a0 * xm0
                 hq2m = b0 * xm0 * xm0
+                b_row = best_score
+                npass = 0
                 for i2 in range(i1, bs + 1):
                     a1 = sumx[i2] - sx1
                     b1 = sumw[i2] - sw1
-                    cqxp[i2] = hqxp + a1 * xp1 + tqxp[i2]
-                    cq2p[i2] = hq2p + b1 * xp1 * xp1 + tq2p[i2]
-                    cqxm[i2] = hqxm + a1 * xm1 + tqxm[i2]
-                    cq2m[i2] = hq2m + b1 * xm1 * xm1 + tq2m[i2]
+                    qxp = hqxp + a1 * xp1 + tqxp[i2]
+                    q2p = hq2p + b1 * xp1 * xp1 + tq2p[i2]
+                    qxm = hqxm + a1 * xm1 + tqxm[i2]
+                    q2m = hq2m + b1 * xm1 * xm1 + tq2m[i2]
+                    cqxp[i2] = qxp
+                    cq2p[i2] = q2p
+                    cqxm[i2] = qxm
+                    cq2m[i2] = q2m
+                    # C's test against the best score so far; if no split of this row passes it,
+                    # the best cannot change in this row (exact skip)
+                    npass += np.int32((q2p > F0) & (qxp * qxp > b_row * q2p))
+                    npass += np.int32((q2m > F0) & (qxm * qxm > b_row * q2m))
+                if npass == 0:
+                    continue
                 for i2 in range(i1, bs + 1):
                     sumqx = cqxp[i2]
                     sumq2 = cq2p[i2]
@@ -263,6 +289,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     shifts = np.zeros(QK_K // bs, dtype=np.int32)
     weight = np.zeros(bs, dtype=np.float32)
     idx = np.zeros(bs, dtype=np.int32)
+    rank = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
@@ -306,7 +333,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 scales[ib] = F0
                 shifts[ib] = 0
                 continue
-            _sort_index(xb, bs, idx)
+            _sort_index16(xb, bs, idx)
             best_score = -FLT_MAX
             scale = vmax
             besti1 = -1
@@ -345,6 +372,8 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 hm0 = twm[0] + pw[0, i1] * cm1
                 hm1 = twm[1] + pw[1, i1] * cm1
                 tp0, tp1, tm0, tm1 = txp[0], txp[1], txm[0], txm[1]
+                b_row = best_score
+                npass = 0
                 for i2 in range(i1, bs + 1):
                     sx0 = ax0 + px[0, i2]
                     sx1 = ax1 + px[1, i2]
@@ -356,14 +385,30 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                     q2p1 = hp1 + cwp[1, i2]
                     q2m0 = hm0 + cwm[0, i2]
                     q2m1 = hm1 + cwm[1, i2]
-                    cqx[0, i2] = qxp0 + qxp1
-                    cqx[1, i2] = qxp0 + qxm1
-                    cqx[2, i2] = qxm0 + qxp1
-                    cqx[3, i2] = qxm0 + qxm1
-                    cq2[0, i2] = q2p0 + q2p1
-                    cq2[1, i2] = q2p0 + q2m1
-                    cq2[2, i2] = q2m0 + q2p1
-                    cq2[3, i2] = q2m0 + q2m1
+                    sx = qxp0 + qxp1
+                    sq = q2p0 + q2p1
+                    cqx[0, i2] = sx
+                    cq2[0, i2] = sq
+                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
+                    sx = qxp0 + qxm1
+                    sq = q2p0 + q2m1
+                    cqx[1, i2] = sx
+                    cq2[1, i2] = sq
+                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
+                    sx = qxm0 + qxp1
+                    sq = q2m0 + q2p1
+                    cqx[2, i2] = sx
+                    cq2[2, i2] = sq
+                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
+                    sx = qxm0 + qxm1
+                    sq = q2m0 + q2m1
+                    cqx[3, i2] = sx
+                    cq2[3, i2] = sq
+                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
+                # C's test against the best score so far: if no split of this row passes it, the
+                # best cannot change in this row (exact skip)
+                if npass == 0:
+                    continue
                 for i2 in range(i1, bs + 1):
                     for k in range(4):
                         sq = cq2[k, i2]
