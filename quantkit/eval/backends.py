@@ -45,6 +45,7 @@ class Variant:
     quantize_seconds: float | None
     tensor_types: dict  # type name -> number of tensors
     notes: list = field(default_factory=list)
+    weight_error: float | None = None  # sqrt(sum (w_q - w)^2 / sum w^2) over the quantized matrices
 
 
 @dataclass
@@ -244,18 +245,27 @@ class TorchBackend:
         from ..ggufio import read_gguf
 
         plan = plan_variant(self.model_dir, name, self.imatrix)
-        seconds = None
+        seconds = error = None
+        stored = {}
         with torch.no_grad():
-            if self.model is not None:  # start from the stored weights; a variant then replaces its matrices
-                for hf_name, values in _stored_tensors(self.model_dir):
+            for hf_name, values in _stored_tensors(self.model_dir):
+                if self.model is not None:  # start from the stored weights; a variant replaces its matrices
                     self._param(hf_name).copy_(values)
+                if hf_name in plan.types and name != BASELINE:
+                    stored[hf_name] = values
             if name != BASELINE:
                 path, seconds = self.quantized(name, plan)
-                if self.model is not None:
-                    with read_gguf(path) as f:
-                        for t in f.tensors:
-                            self._param(t.name).copy_(torch.from_numpy(t.dequantize()))
-        return Variant(name, plan.size_bytes, plan.bits_per_weight, seconds, plan.tensor_types, plan.notes)
+                squared_error = squared = 0.0
+                with read_gguf(path) as f:
+                    for t in f.tensors:
+                        values = torch.from_numpy(t.dequantize())
+                        original = stored.pop(t.name).double()
+                        squared_error += float(((values.double() - original) ** 2).sum())
+                        squared += float((original ** 2).sum())
+                        if self.model is not None:
+                            self._param(t.name).copy_(values)
+                error = (squared_error / squared) ** 0.5 if squared else 0.0
+        return Variant(name, plan.size_bytes, plan.bits_per_weight, seconds, plan.tensor_types, plan.notes, error)
 
     def _param(self, name: str):
         param = self.params.get(name)

@@ -213,6 +213,7 @@ def _variant_fields(variant) -> dict:
         "size_bytes": variant.size_bytes,
         "bits_per_weight": round(variant.bits_per_weight, 4),
         "quantize_seconds": None if variant.quantize_seconds is None else round(variant.quantize_seconds, 2),
+        "weight_error": None if variant.weight_error is None else round(variant.weight_error, 6),
         "tensor_types": variant.tensor_types,
         "notes": variant.notes,
     }
@@ -371,16 +372,18 @@ def markdown(result: dict) -> str:
     """scorecard.md: the table sorted by size, then settings and notes."""
     base = result["baseline"]
     lines = [f"# Scorecard: {Path(result['model']).name} ({result['backend']} backend)", ""]
-    header = ["type", "size MB", "bits/weight", "quantize s", "answer similarity [95% CI]", "min", "identical",
+    header = ["type", "size MB", "bits/weight", "quantize s", "weight error", "answer similarity [95% CI]", "min", "identical",
               "teacher-forced KLD [95% CI]", "TF top-1", "KLD mean [95% CI]", "KLD p99", "top-1", "PPL", "PPL ratio"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base_ppl = base.get("text", {}).get("perplexity")
-    lines.append(f"| baseline ({_16bit(base)}) | {base['size_bytes'] / 1e6:.1f} | {base['bits_per_weight']:.2f} | - | 1 | 1 | 100% "
-                 f"| 0 | 100% | 0 | 0 | 100% | {_ci(base_ppl, 2)} | 1 |")
+    measured = "text" in base
+    quality = ["1", "1", "100%", "0", "100%", "0", "0", "100%", _ci(base["text"]["perplexity"], 2), "1"] if measured else ["-"] * 10
+    lines.append("| " + " | ".join([f"baseline ({_16bit(base)})", f"{base['size_bytes'] / 1e6:.1f}",
+                                    f"{base['bits_per_weight']:.2f}", "-", "0", *quality]) + " |")
     for row in result["types"]:
         answers, forced, text = row.get("answers", {}), row.get("teacher_forced", {}), row.get("text", {})
         seconds = "-" if row["quantize_seconds"] is None else f"{row['quantize_seconds']:.1f}"
-        cells = [row["type"], f"{row['size_bytes'] / 1e6:.1f}", f"{row['bits_per_weight']:.2f}", seconds]
+        error = "-" if row.get("weight_error") is None else f"{row['weight_error']:.4f}"
+        cells = [row["type"], f"{row['size_bytes'] / 1e6:.1f}", f"{row['bits_per_weight']:.2f}", seconds, error]
         if answers:
             cells += [_cell(row, "similarity", _ci(answers["similarity"], 3)), f"{answers['similarity_min']:.3f}",
                       f"{answers['identical_share']:.0%}", _cell(row, "teacher_forced_kld", _ci(forced["kld"], 4)),
@@ -390,20 +393,22 @@ def markdown(result: dict) -> str:
             cells += ["-"] * 10
         lines.append("| " + " | ".join(cells) + " |")
     s = result["settings"]
-    method = next((r["text"]["kld_method"] for r in result["types"] if "text" in r), None)
-    lines += [
-        "",
-        f"{NOISE_MARK}: within noise of the row above (the 95% bootstrap interval of the paired mean difference holds 0).",
-        "",
-        f"- Baseline: the model's own 16-bit weights, run by the same backend. Sizes are GGUF file sizes"
-        f"{' (exact, from the conversion plan)' if result['backend'] == 'torch' else ''}; bits/weight = 8 x tensor bytes / weights.",
-        f"- Answers: {s['n_prompts']} prompts from {Path(s['prompts']).name}, greedy, at most {s['max_new_tokens']} new tokens, "
-        f"embedded with {Path(s['embedder']).name}; cosine to the baseline's answer to the same prompt.",
-        f"- Teacher-forced: the variant reads the baseline's answer tokens; KLD over the top-{s['top_k']} tokens of both "
-        "plus one lumped tail (a lower bound), top-1 = same most likely token.",
-        f"- Text: {sum(s['text_chunks'])} tokens of {Path(s['text']).name} in chunks of {s['chunk_tokens']}; KLD {method}.",
-        f"- Run took {result['seconds']:.0f} s; versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
-    ]
+    method = next((r["text"]["kld_method"] for r in result["types"] if "text" in r), "")
+    lines += ["", f"- Baseline: the model's own 16-bit weights, run by the same backend. Sizes are GGUF file sizes"
+              f"{' (exact, from the conversion plan)' if result['backend'] == 'torch' else ''}; bits/weight = 8 x tensor "
+              "bytes / weights; weight error = RMS of the weight change / RMS of the weights (torch backend)."]
+    if measured:
+        lines += [
+            f"- {NOISE_MARK}: within noise of the row above (the 95% bootstrap interval of the paired mean difference holds 0).",
+            f"- Answers: {s['n_prompts']} prompts from {Path(s['prompts']).name}, greedy, at most {s['max_new_tokens']} new "
+            f"tokens, embedded with {s['embedder']}; cosine to the baseline's answer to the same prompt.",
+            f"- Teacher-forced: the variant reads the baseline's answer tokens; KLD over the top-{s['top_k']} tokens of both "
+            "plus one lumped tail (a lower bound), top-1 = same most likely token.",
+            f"- Text: {sum(s['text_chunks'])} tokens of {Path(s['text']).name} in chunks of {s['chunk_tokens']}; "
+            f"KLD {method}.",
+        ]
+    lines.append(f"- Run took {result['seconds']:.0f} s; versions: "
+                 + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v))
     if result["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     lines += ["", "Tensor types per variant:", ""]

@@ -1,0 +1,30 @@
+"""``quantkit scorecard``: what each quantization of a model costs, against its 16-bit weights."""
+
+import click
+
+from ..eval.report import DEFAULT_TYPES, Settings
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--types", default=",".join(DEFAULT_TYPES), show_default=True,
+              help="Comma-separated GGUF types or llama.cpp presets.")
+@click.option("--imatrix", type=click.Path(), default=None, help="Importance matrix file (quantkit imatrix).")
+@click.option("--prompts", type=click.Path(), default=None, help="Prompts, one per line [default: the shipped set].")
+@click.option("--text", type=click.Path(), default=None, help="Text for the KLD and perplexity [default: calibration text].")
+@click.option("--backend", type=click.Choice(["torch", "llama.cpp"]), default="torch", show_default=True)
+@click.option("--embedder", type=click.Path(), default=None,
+              help="sentence-transformers model folder [default: all-MiniLM-L6-v2].")
+@click.option("--max-new-tokens", type=int, default=Settings.max_new_tokens, show_default=True)
+@click.option("--text-tokens", type=int, default=Settings.text_tokens, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("-o", "--output", "out_dir", default="report", type=click.Path(file_okay=False), show_default=True)
+def scorecard(model_dir, types, imatrix, prompts, text, backend, embedder, max_new_tokens, text_tokens, threads, out_dir):
+    """Quantize MODEL_DIR (a Hugging Face folder) to each type and measure answers, KLD and perplexity
+    against its 16-bit weights; writes scorecard.md, scorecard.json and scorecard.png."""
+    from ..eval import scorecard as run_scorecard
+
+    settings = Settings(max_new_tokens=max_new_tokens, text_tokens=text_tokens)
+    run_scorecard(model_dir, types, out_dir, backend=backend, imatrix=imatrix, prompts=prompts, text=text,
+                  embedder=embedder, settings=settings, threads=threads)
+    click.echo(f"wrote {out_dir}/scorecard.md, scorecard.json, scorecard.png")
