@@ -77,8 +77,13 @@ def edge_rows(n: int) -> np.ndarray:
     spike = np.zeros(n)
     spike[n - 3] = -3.0
     rows.append(spike)
-    for scale in (1e-38, 1e-20, 1e-6, 1e4):
+    for scale in (1e-40, 1e-38, 1e-20, 1e-6, 1e4, 1e30, 1e37):
         rows.append(rng.standard_normal(n) * scale)
+    rows.append(np.full(n, 3e38))  # sums overflow to inf: NaN paths must match C's too
+    extremes = rng.standard_normal(n)
+    extremes[5], extremes[n - 9] = 3.4e38, -3.4e38
+    rows.append(extremes)
+    rows.append(np.where(rng.random(n) < 0.01, 1e20, rng.standard_normal(n)))
     rows += [np.abs(rng.standard_normal(n)), -np.abs(rng.standard_normal(n))]
     rows += [np.abs(rng.standard_normal(n)) + 5, -np.abs(rng.standard_normal(n)) - 5]
     rows.append(rng.integers(-2, 3, n).astype(float))
@@ -91,7 +96,7 @@ def edge_rows(n: int) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-@pytest.mark.parametrize("imatrix_kind", ["none", "random", "zeros", "half_zero"])
+@pytest.mark.parametrize("imatrix_kind", ["none", "random", "zeros", "half_zero", "huge"])
 @pytest.mark.parametrize("name", KTYPES)
 def test_edge_cases_match_llamacpp(name, imatrix_kind):
     n = 512
@@ -100,6 +105,7 @@ def test_edge_cases_match_llamacpp(name, imatrix_kind):
         "random": np.random.default_rng(2).random(n).astype(np.float32),
         "zeros": np.zeros(n, np.float32),
         "half_zero": (np.arange(n) % 2).astype(np.float32),
+        "huge": (np.random.default_rng(3).random(n) * 1e30).astype(np.float32),
     }[imatrix_kind]
     assert_matches_llamacpp(name, edge_rows(n), imatrix)
 
