@@ -147,8 +147,14 @@ def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
     """SentencePiece pieces, scores and types from tokenizer.model, with added tokens on top."""
     from sentencepiece import SentencePieceProcessor
 
+    model_file = folder / "tokenizer.model"
+    if not model_file.is_file():
+        raise SourceError(f"{folder}: no tokenizer.model (this architecture's SentencePiece vocabulary)")
     sp = SentencePieceProcessor()
-    sp.LoadFromFile(str(folder / "tokenizer.model"))
+    try:
+        sp.LoadFromFile(str(model_file))
+    except (OSError, RuntimeError) as e:
+        raise SourceError(f"{model_file}: not a SentencePiece model ({str(e).splitlines()[0]})") from None
     size = config.get("vocab_size") or sp.vocab_size()
     tokens = [f"[PAD{i}]".encode() for i in range(size)]
     scores = [-10000.0] * size

@@ -208,6 +208,7 @@ class Arch:
             kind, name = self.gguf_name(mapped)
             items.append((hf_name, kind, name))
         out = self.extra_tensors() + self.group(items)
+        self.check_embeddings(out)
         present = {t.name for t in out}
         missing = [n for n in self.expected_tensors() if n not in present]
         if missing:
@@ -217,6 +218,18 @@ class Arch:
                 + f" ({self.hf_arch}, {self.block_count} layers)"
             )
         return out
+
+    def check_embeddings(self, out: list[OutTensor]) -> None:
+        """token_embd (and output) must be vocab_size x hidden_size as config.json says."""
+        import gguf
+
+        vocab, hidden = self.config.get("vocab_size"), self.config.get("hidden_size")
+        if vocab is None or hidden is None:
+            return
+        names = {gguf.TENSOR_NAMES[k] + ".weight" for k in (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT)}
+        for t in out:
+            if t.name in names and t.parts:
+                self.check_shape(t.parts[0], t.shape, (vocab, hidden))
 
     def check_shape(self, hf_name: str, shape: tuple, expected: tuple) -> None:
         if tuple(shape) != tuple(expected):

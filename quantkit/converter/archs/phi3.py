@@ -79,6 +79,4 @@ class Phi3Arch(Arch):
         config_file = self.source.folder / "tokenizer_config.json"
         if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class") == "GPT2Tokenizer":
             return set_bpe_vocab(w, self.source.folder, self.config)
-        if not (self.source.folder / "tokenizer.model").is_file():
-            raise SourceError(f"{self.source.folder}: no tokenizer.model (Phi-3 SentencePiece vocabulary)")
         set_sentencepiece_vocab(w, self.source.folder, self.config)

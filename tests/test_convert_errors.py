@@ -1,0 +1,173 @@
+"""Bad input to ``quantkit convert``: one line naming the file and the problem, exit status 2, no
+partial output (not even the temporary file), inputs untouched; the API raises QuantkitError."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from quantkit.cli import main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HIDDEN, VOCAB, LAYERS, HEADS, KV_HEADS, FF = 64, 49152, 1, 4, 2, 128
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FF,
+    "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+    "vocab_size": VOCAB, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def llama_weights() -> dict:
+    rng = np.random.default_rng(0)
+    head_dim = HIDDEN // HEADS
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
+            p + "self_attn.q_proj.weight": (HEADS * head_dim, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (FF, HIDDEN), p + "mlp.up_proj.weight": (FF, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, FF),
+        })
+    return {name: (0.02 * rng.standard_normal(shape)).astype(np.float16) for name, shape in shapes.items()}
+
+
+def make_folder(root: Path, smollm2_dir: Path, weights=None, config=None) -> Path:
+    from safetensors.numpy import save_file
+
+    folder = root / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config or CONFIG))
+    save_file(weights or llama_weights(), str(folder / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_dir / name, folder / name)
+    return folder
+
+
+def run(folder, out, *extra):
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "--type", "Q8_0", *extra])
+    return result
+
+
+def assert_one_line_error(result, *fragments):
+    """Exit 2 and one error line (after the progress bar, if the failure came while writing)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("quantkit: error: "), result.stderr
+    assert not any(line.startswith("quantkit: error: ") for line in lines[:-1])
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+def no_output_left(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.suffix == ".gguf" or ".tmp-" in p.name]
+
+
+@pytest.fixture
+def folder(tmp_path, smollm2_hf_dir):
+    return make_folder(tmp_path, smollm2_hf_dir)
+
+
+def test_valid_folder_converts(folder, tmp_path):
+    result = run(folder, tmp_path / "out.gguf")
+    assert result.exit_code == 0, result.output
+    from quantkit import read_gguf
+
+    with read_gguf(tmp_path / "out.gguf") as f:
+        assert f.tensor("blk.0.attn_q.weight").qtype.name == "Q8_0"
+        assert "bits per weight" in result.stderr
+
+
+def test_missing_config(folder, tmp_path):
+    (folder / "config.json").unlink()
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), str(folder), "no config.json")
+    assert no_output_left(tmp_path)
+
+
+def test_missing_tokenizer(folder, tmp_path):
+    (folder / "tokenizer.json").unlink()
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), str(folder), "no tokenizer")
+    assert no_output_left(tmp_path)
+
+
+def test_missing_tensor(tmp_path, smollm2_hf_dir):
+    weights = llama_weights()
+    del weights["model.layers.0.self_attn.v_proj.weight"]
+    folder = make_folder(tmp_path, smollm2_hf_dir, weights)
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), str(folder), "blk.0.attn_v.weight")
+    assert no_output_left(tmp_path)
+
+
+def test_missing_shard(folder, tmp_path):
+    index = {"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), "model-00002-of-00002.safetensors", "missing")
+
+
+@pytest.mark.parametrize("name, shape, fragment", [
+    ("model.layers.0.self_attn.k_proj.weight", (48, HIDDEN), "attn_k"),
+    ("model.embed_tokens.weight", (1000, HIDDEN), "model.embed_tokens.weight"),
+])
+def test_shape_mismatch(tmp_path, smollm2_hf_dir, name, shape, fragment):
+    weights = llama_weights()
+    weights[name] = np.zeros(shape, dtype=np.float16)
+    folder = make_folder(tmp_path, smollm2_hf_dir, weights)
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), fragment, "config.json")
+    assert no_output_left(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path, smollm2_hf_dir):
+    folder = make_folder(tmp_path, smollm2_hf_dir, config={**CONFIG, "architectures": ["GPTNeoXForCausalLM"]})
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), "GPTNeoXForCausalLM", "not supported",
+                          "LlamaForCausalLM", "Qwen3MoeForCausalLM", "BertModel")
+
+
+def test_pickle_checkpoint_refused(folder, tmp_path):
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), "pytorch_model.bin", "safetensors")
+
+
+def test_existing_output_needs_force(folder, tmp_path):
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"keep me")
+    assert_one_line_error(run(folder, out), str(out), "exists", "--force")
+    assert out.read_bytes() == b"keep me"
+    assert run(folder, out, "--force").exit_code == 0
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_output_equal_to_an_input(folder):
+    before = (folder / "model.safetensors").read_bytes()
+    assert_one_line_error(run(folder, folder / "model.safetensors", "--force"), "also an input")
+    assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_nan_weight_leaves_nothing(tmp_path, smollm2_hf_dir):
+    weights = llama_weights()
+    weights["model.layers.0.mlp.down_proj.weight"][5, 7] = np.nan
+    folder = make_folder(tmp_path, smollm2_hf_dir, weights)
+    assert_one_line_error(run(folder, tmp_path / "out.gguf"), "blk.0.ffn_down.weight", "row 5", "column 7")
+    assert no_output_left(tmp_path)
+
+
+def test_unknown_preset_and_bad_override(folder, tmp_path):
+    assert_one_line_error(run(folder, tmp_path / "a.gguf", "--type", "Q9_9"), "Q9_9")
+    assert_one_line_error(run(folder, tmp_path / "a.gguf", "--tensor-type", "attn_v"), "REGEX=TYPE")
+
+
+def test_api_raises_quantkit_error(folder, tmp_path):
+    import quantkit
+
+    (folder / "config.json").unlink()
+    with pytest.raises(quantkit.QuantkitError, match="no config.json"):
+        quantkit.convert(folder, tmp_path / "out.gguf", "F16", progress=False)
