@@ -28,7 +28,6 @@ from .search import GROUP_MAX_EPS, make_qx_quants
 
 QK_K = 256
 _KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
-_BLOCK_BYTES = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210}
 
 _F0 = np.float32(0.0)
 _I0 = np.int32(0)
