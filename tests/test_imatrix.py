@@ -1,6 +1,7 @@
 """Importance matrices: collection (SmolLM2, tiny dense and MoE models), llama.cpp's GGUF and legacy
 files, their effect on quantized bytes (equal to llama.cpp's quantizer) and on reconstruction error."""
 
+import ctypes
 import shutil
 import struct
 import warnings
@@ -337,3 +338,91 @@ def test_cli(tmp_path, tiny_llama_dir):
     assert short.exit_code == 2
     assert short.output.strip() == ("quantkit: error: the calibration text has 3 tokens, fewer than one chunk of 512 "
                                     "(use a longer text or a smaller --ctx)")
+
+
+# --- against llama.cpp's activations ----------------------------------------------------------
+
+
+class _GGMLTensor(ctypes.Structure):
+    """struct ggml_tensor of ggml.h (llama.cpp as vendored by llama-cpp-python 0.3.36)."""
+
+    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4),
+                ("nb", ctypes.c_size_t * 4), ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16),
+                ("flags", ctypes.c_int32), ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p),
+                ("view_offs", ctypes.c_size_t), ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64),
+                ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8)]
+
+
+def llamacpp_imatrix(gguf_path, token_chunks):
+    """Sums of x^2 and token counts of every ``blk.*`` MUL_MAT input while llama.cpp runs the GGUF
+    over ``token_chunks`` (all logits, cache cleared per chunk): IMatrixCollector::collect_imatrix's
+    dense path, through the eval callback of llama-cpp-python's llama.cpp (CPU)."""
+    import os
+
+    import llama_cpp
+
+    ggml = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    ggml.ggml_op_name.restype = ctypes.c_char_p
+    ggml.ggml_op_name.argtypes = [ctypes.c_int]
+    mul_mat = next(op for op in range(200) if ggml.ggml_op_name(op) == b"MUL_MAT")
+    sums, counts = {}, {}
+
+    def collect(address, ask, _user_data):
+        t = _GGMLTensor.from_address(address)
+        if t.op != mul_mat:
+            return False
+        weight, x = _GGMLTensor.from_address(t.src[0]), _GGMLTensor.from_address(t.src[1])
+        name = weight.name.decode()
+        if ask:
+            return name.startswith("blk.") and x.ne[1] >= 16 and x.type == 0  # F32 input
+        assert x.nb[0] == 4 and x.nb[1] == 4 * x.ne[0] and x.nb[2] == x.nb[1] * x.ne[1]
+        n = x.ne[0] * x.ne[1] * x.ne[2] * x.ne[3]
+        rows = np.ctypeslib.as_array((ctypes.c_float * n).from_address(x.data)).reshape(-1, x.ne[0]).astype(np.float64)
+        sums[name] = sums.get(name, 0) + (rows * rows).sum(0)
+        counts[name] = counts.get(name, 0) + rows.shape[0]
+        return True
+
+    callback = llama_cpp.ggml_backend_sched_eval_callback(collect)
+    llama_cpp.llama_backend_init()
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = False  # ggml's AMX buffers crash this build's Q4_1 products on AMX CPUs
+    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), model_params)
+    params = llama_cpp.llama_context_default_params()
+    n = len(token_chunks[0])
+    params.n_ctx = params.n_batch = params.n_ubatch = n
+    params.cb_eval = callback
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    batch = llama_cpp.llama_batch_init(n, 0, 1)
+    try:
+        for chunk in token_chunks:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            for i, token in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, i, 1, 1
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = n
+            assert llama_cpp.llama_decode(ctx, batch) == 0
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    return sums, counts
+
+
+def test_smollm2_imatrix_matches_llamacpp_activations(smollm2_imatrix, smollm2_hf_dir, smollm2_path):
+    """llama.cpp running the same tokens through the GGUF multiplies the same tensors, as often,
+    with inputs whose x^2 means agree with the Hugging Face model's (Q4_1 and bf16 weights differ
+    slightly, and llama.cpp's dot products quantize activations to 8 bits)."""
+    from transformers import AutoTokenizer
+
+    from quantkit.imatrix import tokenize_chunks
+
+    chunks = tokenize_chunks(AutoTokenizer.from_pretrained(smollm2_hf_dir), CALIBRATION, CTX, CHUNKS)
+    sums, counts = llamacpp_imatrix(smollm2_path, chunks)
+    assert sorted(sums) == sorted(smollm2_imatrix)
+    worst = 0.0
+    for name, total in sums.items():
+        assert counts[name] == smollm2_imatrix.token_count(name) == CHUNKS * CTX
+        theirs = total / counts[name]
+        worst = max(worst, np.linalg.norm(smollm2_imatrix[name] - theirs) / np.linalg.norm(theirs))
+    print(f"largest relative difference of a tensor's imatrix from llama.cpp's: {worst:.4f}")
+    assert worst < 0.05
