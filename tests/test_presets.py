@@ -336,14 +336,18 @@ def test_llamacpp_generates_from_q4_k_m(q4_k_m_files):
 
 
 def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix, tmp_path):
-    """IQ4_XS with an importance matrix: IQ4_XS / IQ4_NL / Q5_K / Q8_0 tensors, the imatrix rules and weights."""
+    """Q4_0 with an importance matrix: weighted searches, and the imatrix-only rule (first ffn_down layers Q4_1).
+
+    (IQ4_XS with this imatrix is byte-identical too, measured once: llama.cpp takes over a minute for it here.)
+    """
     path, imatrix = smollm2_imatrix
     ours, theirs = tmp_path / "quantkit.gguf", tmp_path / "llama.gguf"
-    requantize(smollm2_f16, ours, "IQ4_XS", imatrix=imatrix, progress=False)
-    [result] = llama_quantize([{"src": smollm2_f16, "dst": theirs, "preset": "IQ4_XS", "imatrix": path}])
+    requantize(smollm2_f16, ours, "Q4_0", imatrix=imatrix, progress=False)
+    [result] = llama_quantize([{"src": smollm2_f16, "dst": theirs, "preset": "Q4_0", "imatrix": path}])
     assert result["rc"] == 0, result["error"]
     with read_gguf(ours) as a:
-        assert {t.qtype.name for t in a.tensors} == {"F32", "Q8_0", "IQ4_NL", "IQ4_XS"}
+        types = {t.name: t.qtype.name for t in a.tensors}
+    assert set(types.values()) == {"F32", "Q8_0", "Q4_0", "Q4_1"} and types["blk.2.ffn_down.weight"] == "Q4_1"
     assert ours.read_bytes() == theirs.read_bytes()
 
 
