@@ -87,11 +87,12 @@ def neighbour_tables(type_name: str):
 
 @functools.cache
 def _candidate_slots(type_name: str) -> np.ndarray:
-    """int32 (len(neighbours), 4): for the entry listed at each position of ``neighbours``, its
+    """uint8 (len(neighbours), 4): for the entry listed at each position of ``neighbours``, its
     level of element i plus 8*i: the slot of that element's error in the search's 4x8 table
-    (garbage at the count positions)."""
+    (garbage at the count positions). Unsigned, so Numba indexes with it without the check for
+    negative indices (worth 15% of IQ3's time)."""
     levels, _, neighbours = neighbour_tables(type_name)
-    slots = levels[neighbours.astype(np.int64) % levels.shape[0]].astype(np.int32) + 8 * np.arange(4, dtype=np.int32)
+    slots = levels[neighbours.astype(np.int64) % levels.shape[0]].astype(np.uint8) + 8 * np.arange(4, dtype=np.uint8)
     slots.setflags(write=False)
     return slots
 
@@ -111,7 +112,7 @@ def _best_neighbour(neighbours, slots, start, levels, xval, waux, o, sq, L, tabl
         for level in range(8):
             diff = sq[level] - x
             table[8 * i + level] = w * diff * diff
-    count = np.int64(neighbours[start])
+    count = np.int64(neighbours[np.uint64(start)])
     best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
     best = -1
     for p in range(start + 1, start + 1 + count):
@@ -160,7 +161,7 @@ def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, k
         same = True
         for k in range(8):
             u = Laux[4 * k] | (Laux[4 * k + 1] << 3) | (Laux[4 * k + 2] << 6) | (Laux[4 * k + 3] << 9)
-            gi = np.int64(kmap[u])
+            gi = np.int64(kmap[np.uint64(u)])
             on_grid_aux[k] = gi >= 0
             if gi < 0:
                 gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, sq, Laux, table)
