@@ -3,13 +3,13 @@
 Must show: the same GGUF as llama.cpp's convert_hf_to_gguf.py for f16 and q8_0 (metadata keys, types
 and values including the tokenizer arrays; tensor names, order, types, shapes and bytes); llama.cpp
 running quantkit's files decodes the same greedy tokens as from the peer's; llama.cpp tokenizes like
-the Hugging Face tokenizer.
+the Hugging Face tokenizer; Q4_K_M in one pass equals llama-quantize run on the peer's bf16 file.
 """
 
 import os
 
 import pytest
-from test_convert_support import LlamaServer, gguf_differences, peer_convert, quantkit_convert
+from test_convert_support import LlamaServer, gguf_differences, llama_quantize, peer_convert, quantkit_convert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,6 +26,12 @@ PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start
 def test_same_file_as_llama_cpp_converter(smollm2_hf_dir, preset, outtype):
     ours, theirs = quantkit_convert(smollm2_hf_dir, preset), peer_convert(smollm2_hf_dir, outtype)
     assert gguf_differences(ours, theirs) == []
+
+
+def test_q4_k_m_in_one_pass_equals_llama_quantize(smollm2_hf_dir):
+    """Converting and quantizing at once gives llama-quantize's file of the peer's lossless bf16 GGUF."""
+    assert gguf_differences(quantkit_convert(smollm2_hf_dir, "Q4_K_M"),
+                            llama_quantize(peer_convert(smollm2_hf_dir, "bf16"), "Q4_K_M")) == []
 
 
 def test_metadata_and_types(smollm2_hf_dir):

@@ -4,6 +4,7 @@
   0.3.36 sdist (``pip download`` into quantkit's cache once, then only the converter is extracted).
 - ``peer_convert(model_dir, outtype)`` / ``quantkit_convert(model_dir, preset)``: output paths,
   made once per session.
+- ``llama_quantize(src, dst, preset)``: llama.cpp's own llama_model_quantize (llama-cpp-python).
 - ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
   (names, order, types, shapes, bytes), as readable lines.
 - ``LlamaServer``: a GGUF loaded by llama.cpp (xllamacpp) for greedy tokens, tokenization and
@@ -86,6 +87,28 @@ def quantkit_convert(model_dir: Path, preset: str) -> Path:
 
     out = _WORK / f"quantkit-{Path(model_dir).name}-{preset}.gguf"
     quantkit.convert(model_dir, out, preset, progress=False)
+    return out
+
+
+QUANTIZE_SCRIPT = """
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
+params.nthread = int(sys.argv[4])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
+
+
+def llama_quantize_command(src: Path, dst: Path, preset: str, threads: int) -> list[str]:
+    """The command running llama.cpp's llama_model_quantize(src -> dst, preset) in a fresh process."""
+    return [sys.executable, "-c", QUANTIZE_SCRIPT, str(src), str(dst), preset, str(threads)]
+
+
+@functools.cache
+def llama_quantize(src: Path, preset: str) -> Path:
+    """llama-quantize's ``preset`` file of the GGUF ``src``."""
+    out = _WORK / f"llama-quantize-{Path(src).stem}-{preset}.gguf"
+    subprocess.run(llama_quantize_command(src, out, preset, os.cpu_count() or 1), check=True, capture_output=True)
     return out
 
 

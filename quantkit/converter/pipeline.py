@@ -9,8 +9,10 @@ temporary name and renames on success. Peak memory is one chunk plus the tokeniz
 model size.
 
 Types: the uniform presets F32, F16, BF16 and Q8_0 follow llama.cpp's convert_hf_to_gguf.py (norms,
-1-D tensors and a few kinds stay F32; rows a type cannot take fall back to F16). Every other preset
-(Q4_K_M, ...) is planned by :func:`quantkit.converter.presets.plan_types`, llama-quantize's rules.
+1-D tensors and a few kinds stay F32; rows a type cannot take fall back to F16), in its tensor order.
+Every other preset (Q4_K_M, ...) is planned by :func:`quantkit.converter.presets.plan_types`,
+llama-quantize's rules, and written in llama-quantize's order, so the one-pass file equals
+llama-quantize's output for a lossless (bf16/f32) conversion of the same folder.
 """
 
 from __future__ import annotations
@@ -240,6 +242,10 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
         imatrix = read_imatrix(imatrix)
     types = _tensor_types(preset, out_tensors, metadata, overrides, imatrix)
     planned = [PlannedTensor(t, GGMLQuantizationType(types[t.name])) for t in out_tensors]
+    if preset not in UNIFORM_PRESETS:  # llama-quantize writes its loader's order: by layer, then name
+        from .presets import tensor_sort_key
+
+        planned.sort(key=lambda p: tensor_sort_key(p.name))
     for p in planned:
         quant_type(p.qtype).nbytes(p.shape)  # the row fits the type (ShapeError otherwise)
         if quant_type(p.qtype).requires_imatrix and (imatrix is None or p.name not in imatrix):
