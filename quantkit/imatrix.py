@@ -396,8 +396,11 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
             model(input_ids=torch.tensor([chunk], device=device), use_cache=False, **keep)
             bar.update(ctx)
 
+    # a matrix the forward pass never multiplied by (e.g. used by an op other than F.linear) has no entry
     entries = {
         name: ImatrixEntry(sums.cpu().numpy().astype(np.float32), counts.cpu().numpy().astype(np.int64))
-        for name, (sums, counts) in sorted(accumulators.items())
+        for name, (sums, counts) in sorted(accumulators.items()) if int(counts.sum()) > 0
     }
+    if not entries:
+        raise QuantkitError(f"{model_dir}: the forward pass multiplied no weight matrix through F.linear")
     return Imatrix(entries, [dataset] if dataset else [], len(token_chunks), ctx, str(dataset or model_dir))
