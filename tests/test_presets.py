@@ -340,9 +340,17 @@ def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix,
 
     (IQ4_XS with this imatrix is byte-identical too, measured once: llama.cpp takes over a minute for it here.)
     """
+    from click.testing import CliRunner
+
+    from quantkit.cli import main
+    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+
     path, imatrix = smollm2_imatrix
     ours, theirs = tmp_path / "quantkit.gguf", tmp_path / "llama.gguf"
-    requantize(smollm2_f16, ours, "Q4_0", imatrix=imatrix, progress=False)
+    imatrix_file = write_imatrix(tmp_path / "imatrix.gguf", Imatrix(
+        {name: ImatrixEntry(values.reshape(1, -1), np.ones(1, np.int64)) for name, values in imatrix.items()}))
+    result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(ours), "Q4_0", "--imatrix", str(imatrix_file)])
+    assert result.exit_code == 0, result.output
     [result] = llama_quantize([{"src": smollm2_f16, "dst": theirs, "preset": "Q4_0", "imatrix": path}])
     assert result["rc"] == 0, result["error"]
     with read_gguf(ours) as a:
