@@ -3,7 +3,6 @@ partial output (not even the temporary file), inputs untouched; the API raises Q
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,47 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from quantkit.cli import main
+from test_convert_support import HIDDEN, LLAMA_CONFIG, llama_weights
+from test_convert_support import make_llama_folder as make_folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-HIDDEN, VOCAB, LAYERS, HEADS, KV_HEADS, FF = 64, 49152, 1, 4, 2, 128
-CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FF,
-    "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-    "vocab_size": VOCAB, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-    "tie_word_embeddings": True,
-}
-
-
-def llama_weights() -> dict:
-    rng = np.random.default_rng(0)
-    head_dim = HIDDEN // HEADS
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
-    for i in range(LAYERS):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
-            p + "self_attn.q_proj.weight": (HEADS * head_dim, HIDDEN),
-            p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (FF, HIDDEN), p + "mlp.up_proj.weight": (FF, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, FF),
-        })
-    return {name: (0.02 * rng.standard_normal(shape)).astype(np.float16) for name, shape in shapes.items()}
-
-
-def make_folder(root: Path, smollm2_dir: Path, weights=None, config=None) -> Path:
-    from safetensors.numpy import save_file
-
-    folder = root / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config or CONFIG))
-    save_file(weights or llama_weights(), str(folder / "model.safetensors"))
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smollm2_dir / name, folder / name)
-    return folder
-
 
 def run(folder, out, *extra):
     result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "--type", "Q8_0", *extra])
@@ -127,7 +89,7 @@ def test_shape_mismatch(tmp_path, smollm2_hf_dir, name, shape, fragment):
 
 
 def test_unsupported_architecture(tmp_path, smollm2_hf_dir):
-    folder = make_folder(tmp_path, smollm2_hf_dir, config={**CONFIG, "architectures": ["GPTNeoXForCausalLM"]})
+    folder = make_folder(tmp_path, smollm2_hf_dir, config={**LLAMA_CONFIG, "architectures": ["GPTNeoXForCausalLM"]})
     assert_one_line_error(run(folder, tmp_path / "out.gguf"), "GPTNeoXForCausalLM", "not supported",
                           "LlamaForCausalLM", "Qwen3MoeForCausalLM", "BertModel")
 

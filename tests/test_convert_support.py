@@ -7,6 +7,7 @@
 - ``llama_quantize(src, dst, preset)``: llama.cpp's own llama_model_quantize (llama-cpp-python).
 - ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
   (names, order, types, shapes, bytes), as readable lines.
+- ``make_llama_folder(root, tokenizer_dir)``: a hand-made 1-layer Llama folder (float16 weights).
 - ``LlamaServer``: a GGUF loaded by llama.cpp (xllamacpp) for greedy tokens, tokenization and
   embeddings; its HTTP endpoint serves ``/tokenize`` and ``/completion`` (which returns token ids).
 """
@@ -138,6 +139,49 @@ def gguf_differences(a: Path, b: Path) -> list[str]:
             elif not np.array_equal(np.asarray(t.data), np.asarray(u.data)):
                 diffs.append(f"{t.name}: bytes differ")
     return diffs
+
+
+# a tiny Llama checkpoint written by hand (no transformers), for option and error tests
+HIDDEN, VOCAB, LAYERS, HEADS, KV_HEADS, FF = 64, 49152, 1, 4, 2, 128
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FF,
+    "num_hidden_layers": LAYERS, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
+    "vocab_size": VOCAB, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def llama_weights() -> dict:
+    """Checkpoint tensors (float16, random) of the 1-layer Llama of LLAMA_CONFIG."""
+    rng = np.random.default_rng(0)
+    head_dim = HIDDEN // HEADS
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
+            p + "self_attn.q_proj.weight": (HEADS * head_dim, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (FF, HIDDEN), p + "mlp.up_proj.weight": (FF, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, FF),
+        })
+    return {name: (0.02 * rng.standard_normal(shape)).astype(np.float16) for name, shape in shapes.items()}
+
+
+def make_llama_folder(root: Path, smollm2_dir: Path, weights=None, config=None) -> Path:
+    """``root/model``: LLAMA_CONFIG (or ``config``), model.safetensors, SmolLM2's tokenizer files."""
+    from safetensors.numpy import save_file
+
+    folder = root / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config or LLAMA_CONFIG))
+    save_file(weights or llama_weights(), str(folder / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_dir / name, folder / name)
+    return folder
+
 
 
 class LlamaServer:

@@ -263,9 +263,9 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[b
     def encode(values: np.ndarray, part: int) -> np.ndarray:
         if p.qtype == GGMLQuantizationType.F32:
             return np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1)
-        w = None if weights is None else np.asarray(weights)
-        if w is not None and w.ndim == 2:  # one row of weights per expert
-            w = w[part]
+        w = None
+        if weights is not None:  # (n_cols,), or one row per expert (n_expert, n_cols) or flat
+            w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]
         return quantize(values, p.qtype, imatrix=w, threads=threads, name=p.name).data
 
     if t.values is not None:
