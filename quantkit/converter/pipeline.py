@@ -122,13 +122,13 @@ class ConversionResult:
         return self.plan.bits_per_weight
 
 
-def _ftype(preset: str) -> LlamaFileType:
-    if preset in UNIFORM_PRESETS:
-        return UNIFORM_PRESETS[preset][1]
+def _presets():
+    """quantkit.converter.presets (llama-quantize's rules), imported when a preset needs it."""
     try:
-        return LlamaFileType[f"MOSTLY_{preset}"]
-    except KeyError:
-        raise QuantkitError(f"unknown preset {preset!r}; e.g. F16, BF16, Q8_0, Q4_K_M") from None
+        from . import presets
+    except ImportError:
+        raise QuantkitError("llama-quantize presets are not available (quantkit.converter.presets is missing)") from None
+    return presets
 
 
 def parse_overrides(overrides) -> list[tuple[str, str]]:
@@ -172,12 +172,8 @@ def _tensor_types(preset, tensors, metadata, overrides, imatrix) -> dict[str, GG
                 if match is not None:
                     types[t.name] = quant_type(match).ggml
         return types
-    try:
-        from .presets import plan_types
-    except ImportError:
-        raise QuantkitError(f"preset {preset} is not available yet (quantkit.converter.presets is missing)") from None
     plain = {k: v.value for k, v in metadata.items()}
-    return plan_types(preset, plain, [(t.name, t.shape) for t in tensors], overrides=overrides, imatrix=imatrix)
+    return _presets().plan_types(preset, plain, [(t.name, t.shape) for t in tensors], overrides=overrides, imatrix=imatrix)
 
 
 @contextmanager
@@ -229,8 +225,12 @@ def _add_keys(w, arch, out_tensors, ftype) -> None:
 
 def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=()) -> ConversionPlan:
     """Decide names, shapes, types and metadata of the GGUF made from ``model_dir`` (reads no weights)."""
-    preset = str(preset).upper()
-    ftype = _ftype(preset)
+    preset = str(preset).strip().upper()
+    if preset in UNIFORM_PRESETS:
+        ftype = UNIFORM_PRESETS[preset][1]
+    else:  # Q3_K means Q3_K_M etc., as in llama-quantize
+        preset = _presets().resolve_preset(preset)
+        ftype = _presets().file_type(preset)
     overrides = parse_overrides(tensor_types)
     source = HFSource(model_dir)
     arch = arch_for(source)
@@ -243,9 +243,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
     types = _tensor_types(preset, out_tensors, metadata, overrides, imatrix)
     planned = [PlannedTensor(t, GGMLQuantizationType(types[t.name])) for t in out_tensors]
     if preset not in UNIFORM_PRESETS:  # llama-quantize writes its loader's order: by layer, then name
-        from .presets import tensor_sort_key
-
-        planned.sort(key=lambda p: tensor_sort_key(p.name))
+        planned.sort(key=lambda p: _presets().tensor_sort_key(p.name))
     for p in planned:
         quant_type(p.qtype).nbytes(p.shape)  # the row fits the type (ShapeError otherwise)
         if quant_type(p.qtype).requires_imatrix and (imatrix is None or p.name not in imatrix):
