@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..errors import ImatrixError
 from .codebooks import grid as codebook
-from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, grid_tables, nearest_int, nn_search
+from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_tables, nearest_int, nn_search
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits
 
 IQ1S_DELTA = np.float32(0.125)
@@ -61,23 +61,20 @@ def _sort_index16(xb, n, idx):
 
 
 @njit(inline="always", cache=True)
-def _best_neighbour2(u, tabs, xval, weight, off, scale, xg, L, t, t4):
+def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
     """iq1_find_best_neighbour2: the neighbour of point ``u`` minimizing sum w*(scale*xg[l] - x)^2.
 
     The 24 possible terms are computed with C's float32 operations, then iq2.nn_search scans the
     candidates in C's order and summation order.
     """
-    kmap, nbr_start, nbr_count, nbr, nbr_code, levels = tabs
     for i in range(8):
         wi = weight[off + i]
         xi = xval[off + i]
         for l in range(3):
             diff = scale * xg[l] - xi
             t[3 * i + l] = wi * diff * diff
-    gi = nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4)
-    for i in range(8):
-        L[off + i] = levels[gi, i]
-    return gi
+    c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
+    return code_levels(c, L, off)
 
 
 @njit(cache=True)
@@ -112,7 +109,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
-    kmap, levels = tabs[0], tabs[5]
+    kmap, nbr_list, levels = tabs
     index = np.zeros(bs // 8, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     tqxp = np.zeros(bs + 1, dtype=np.float32)
@@ -230,7 +227,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False
-                    gi = _best_neighbour2(u, tabs, xb, weight, 8 * k, scale, xx, L, t, t4)
+                    gi = _best_neighbour2(u, kmap, nbr_list, xb, weight, 8 * k, scale, xx, L, t, t4)
                 index[k] = gi
             if not all_on_grid:
                 sumqx = F0
@@ -293,7 +290,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
-    kmap, levels = tabs[0], tabs[5]
+    kmap, nbr_list, levels = tabs
     index = np.zeros(2, dtype=np.int32)
     px = np.zeros((2, bs + 1), dtype=np.float32)
     pw = np.zeros((2, bs + 1), dtype=np.float32)
@@ -440,7 +437,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False
-                    gi = _best_neighbour2(u, tabs, xb, weight, 8 * k, scale, xx, L, t, t4)
+                    gi = _best_neighbour2(u, kmap, nbr_list, xb, weight, 8 * k, scale, xx, L, t, t4)
                 index[k] = gi
             if not all_on_grid:
                 sqx = F0

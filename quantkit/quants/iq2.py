@@ -41,29 +41,33 @@ _GRIDS = {256: ("IQ2_XXS", 2), 512: ("IQ2_XS", 2), 1024: ("IQ2_S", 1), 2048: ("I
 
 
 class GridTables(NamedTuple):
-    """llama.cpp's iq2xs_init_impl tables for one codebook.
+    """llama.cpp's iq2xs_init_impl tables for one codebook, in the layout the kernels read.
 
     levels: (G, 8) int8, each element's level 0..2 (the grid value is 2*level + 1).
-    kmap: (KMAP_SIZE,) int32, point index (2 bits per element) -> codebook entry, or -1.
-    nbr_start, nbr_count: (KMAP_SIZE,) int32, where the neighbour list of an off-grid point lies in
-    ``nbr`` (count 0 for on-grid points and points with a level-3 element, which never occur).
-    nbr: int32 codebook entries, each list ordered by (distance, entry), holding every entry whose
-    squared distance is among the point's ``nwant`` smallest distinct distances.
-    nbr_code: int32 per listed entry, its 8 levels packed for the kernels: bits 0-6 the first four
-    levels as one base-3 number (an index into a point's 81 running sums of its first four distance
-    terms), then 2 bits for each of levels 4..7, then 2 bits for each of levels 0..3.
+    kmap: (KMAP_SIZE,) int32, point index (2 bits per element, element 0 lowest) -> codebook entry
+    when the point is in the codebook; otherwise -(offset + 1) of its neighbour list in
+    ``nbr_list`` (as in llama.cpp). Points with a level-3 element are never looked up.
+    nbr_list: int64, per off-grid point its neighbour count, then one code per neighbour: the
+    codebook entries whose squared distance to the point is among its ``nwant`` smallest distinct
+    distances, ordered by (distance, entry) as llama.cpp orders them. A code packs the entry's levels
+    for the kernels: bits 0-6 the first four levels as one base-3 number (index into a search's 81
+    running sums of its first four distance terms), bits 8-15 levels 4..7 (2 bits each), bits 16-23
+    levels 0..3 (2 bits each), bits 32-42 the codebook entry.
     """
 
     levels: np.ndarray
     kmap: np.ndarray
-    nbr_start: np.ndarray
-    nbr_count: np.ndarray
-    nbr: np.ndarray
-    nbr_code: np.ndarray
+    nbr_list: np.ndarray
 
     def kernel_args(self):
         """The arrays the Numba kernels take, in their order."""
-        return self.kmap, self.nbr_start, self.nbr_count, self.nbr, self.nbr_code, self.levels
+        return self.kmap, self.nbr_list, self.levels
+
+    def neighbours(self, u: int) -> np.ndarray:
+        """The codebook entries listed for off-grid point ``u``, in llama.cpp's order."""
+        off = -int(self.kmap[u]) - 1
+        n = int(self.nbr_list[off])
+        return (self.nbr_list[off + 1:off + 1 + n] >> 32).astype(np.int64)
 
 
 def _codebook_levels(grid_size: int) -> np.ndarray:
@@ -98,10 +102,7 @@ def grid_tables(grid_size: int) -> GridTables:
 
     gpos = (2 * levels + 1).astype(np.float64)
     gnorm = (gpos * gpos).sum(axis=1)
-    starts = np.zeros(KMAP_SIZE, dtype=np.int32)
-    counts = np.zeros(KMAP_SIZE, dtype=np.int32)
     lists = []
-    total = 0
     chunk = 1024
     for c0 in range(0, len(points), chunk):
         ppos = (2 * digits[c0:c0 + chunk] + 1).astype(np.float64)
@@ -111,21 +112,37 @@ def grid_tables(grid_size: int) -> GridTables:
         dist = keys // grid_size
         rank = np.zeros(keys.shape, dtype=np.int16)
         np.cumsum(dist[:, 1:] != dist[:, :-1], axis=1, dtype=np.int16, out=rank[:, 1:])
-        keep = rank < nwant
-        n = keep.sum(axis=1).astype(np.int32)
-        pts = points[c0:c0 + chunk]
-        counts[pts] = n
-        starts[pts] = total + np.cumsum(n) - n
-        total += int(n.sum())
-        lists.append((keys % grid_size)[keep].astype(np.int32))  # row-major: lists in point order
-    nbr = np.concatenate(lists)
-    lv = levels[nbr].astype(np.int32)
+        keep = rank < nwant  # a prefix of each sorted row
+        entries = (keys % grid_size).astype(np.int64)
+        counts = keep.sum(axis=1)
+        # each point's block: [count, entry_1, ..., entry_count] (entries as -1 - entry for now)
+        block = np.where(keep, -1 - entries, 0)
+        lists.append((counts, block, keep))
+    pieces = []
+    kmap_off = []
+    total = 0
+    for counts, block, keep in lists:
+        rows = np.concatenate([counts[:, None], block], axis=1)
+        mask = np.concatenate([np.ones((len(counts), 1), dtype=bool), keep], axis=1)
+        flat = rows[mask]
+        sizes = counts + 1
+        kmap_off.append(total + np.cumsum(sizes) - sizes)
+        total += int(sizes.sum())
+        pieces.append(flat)
+    flat = np.concatenate(pieces)
+    kmap[points] = -(np.concatenate(kmap_off) + 1).astype(np.int32)
+    is_entry = flat < 0
+    entry = -1 - flat[is_entry]
+    lv = levels[entry].astype(np.int64)
     code = lv[:, 0] * 27 + lv[:, 1] * 9 + lv[:, 2] * 3 + lv[:, 3]
     for i in range(4, 8):
-        code |= lv[:, i] << (7 + 2 * (i - 4))
+        code |= lv[:, i] << (8 + 2 * (i - 4))
     for i in range(4):
         code |= lv[:, i] << (16 + 2 * i)
-    tables = GridTables(levels, kmap, starts, counts, nbr, code.astype(np.int32))
+    code |= entry << 32
+    nbr_list = flat.copy()
+    nbr_list[is_entry] = code
+    tables = GridTables(levels, kmap, nbr_list)
     for a in tables:
         a.setflags(write=False)
     return tables
@@ -147,19 +164,20 @@ def nearest_int(value):
 
 
 @njit(inline="always", cache=True)
-def nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4):
-    """The entry of off-grid point u's neighbour list with the smallest distance, first on ties.
+def nn_search(off, nbr_list, t, t4):
+    """The code of the entry of a neighbour list with the smallest distance, first on ties.
 
-    ``t[3*i + l]`` is the distance term of element i at level l; a candidate's distance is the
-    float32 sum of its 8 terms in element order, as llama.cpp accumulates it, and the first strict
-    minimum wins, as in llama.cpp's scan. For long lists the running sums of the first four terms
-    are tabulated first (``t4``, 81 floats: the same additions in the same order, shared by the
-    candidates), so that a candidate costs 5 loads instead of 8.
+    ``off`` is where the list starts in ``nbr_list`` (its count, then the codes). ``t[3*i + l]`` is
+    the distance term of element i at level l; a candidate's distance is the float32 sum of its 8
+    terms in element order, as llama.cpp accumulates it, and the first strict minimum wins, as in
+    llama.cpp's scan. For long lists the running sums of the first four terms are tabulated first
+    (``t4``, 81 floats: the same additions in the same order, shared by the candidates), so that a
+    candidate costs 5 loads instead of 8.
     """
-    s = nbr_start[u]
-    n = nbr_count[u]
+    n = nbr_list[off]
+    first = off + 1
     best_d2 = FLT_MAX
-    jbest = s  # kept only if every distance is NaN (llama.cpp aborts there)
+    cbest = nbr_list[first]  # kept only if every distance is NaN (llama.cpp aborts there)
     if n >= 16:
         for a in range(3):
             ta = t[a]
@@ -171,51 +189,57 @@ def nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4):
                     t4[o] = tabc + t[9]
                     t4[o + 1] = tabc + t[10]
                     t4[o + 2] = tabc + t[11]
-        for j in range(s, s + n):
-            c = nbr_code[j]
+        for j in range(first, first + n):
+            c = nbr_list[j]
             d2 = t4[c & 127]
-            d2 += t[12 + ((c >> 7) & 3)]
-            d2 += t[15 + ((c >> 9) & 3)]
-            d2 += t[18 + ((c >> 11) & 3)]
-            d2 += t[21 + ((c >> 13) & 3)]
+            d2 += t[12 + ((c >> 8) & 3)]
+            d2 += t[15 + ((c >> 10) & 3)]
+            d2 += t[18 + ((c >> 12) & 3)]
+            d2 += t[21 + ((c >> 14) & 3)]
             if d2 < best_d2:
                 best_d2 = d2
-                jbest = j
+                cbest = c
     else:
-        for j in range(s, s + n):
-            c = nbr_code[j]
+        for j in range(first, first + n):
+            c = nbr_list[j]
             d2 = t[(c >> 16) & 3]
             d2 += t[3 + ((c >> 18) & 3)]
             d2 += t[6 + ((c >> 20) & 3)]
             d2 += t[9 + ((c >> 22) & 3)]
-            d2 += t[12 + ((c >> 7) & 3)]
-            d2 += t[15 + ((c >> 9) & 3)]
-            d2 += t[18 + ((c >> 11) & 3)]
-            d2 += t[21 + ((c >> 13) & 3)]
+            d2 += t[12 + ((c >> 8) & 3)]
+            d2 += t[15 + ((c >> 10) & 3)]
+            d2 += t[18 + ((c >> 12) & 3)]
+            d2 += t[21 + ((c >> 14) & 3)]
             if d2 < best_d2:
                 best_d2 = d2
-                jbest = j
-    return nbr[jbest]
+                cbest = c
+    return cbest
 
 
 @njit(inline="always", cache=True)
-def _best_neighbour(u, tabs, xval, w, off, scale, L, t, t4):
+def code_levels(c, L, loff):
+    """Write the 8 levels packed in a neighbour code to L[loff:loff+8]; return its codebook entry."""
+    for i in range(4):
+        L[loff + i] = (c >> (16 + 2 * i)) & 3
+        L[loff + 4 + i] = (c >> (8 + 2 * i)) & 3
+    return np.int32(c >> 32)
+
+
+@njit(inline="always", cache=True)
+def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
     """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale.
 
     Each element's term w*(scale*q - x)^2 takes one of 3 values (q = 1, 3, 5): computed once into
     ``t`` with C's float32 operations, then :func:`nn_search` scans the candidates.
     """
-    kmap, nbr_start, nbr_count, nbr, nbr_code, levels = tabs
     for i in range(8):
         wi = w[off + i]
         xi = xval[off + i]
         for l in range(3):
             diff = scale * np.float32(2 * l + 1) - xi
             t[3 * i + l] = wi * diff * diff
-    gi = nn_search(u, nbr_start, nbr_count, nbr, nbr_code, t, t4)
-    for i in range(8):
-        L[off + i] = levels[gi, i]
-    return gi
+    c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
+    return code_levels(c, L, loff)
 
 
 @njit(cache=True)
@@ -254,9 +278,57 @@ def _sums(weight, xval, L, n):
 
 
 @njit(cache=True)
-def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs):
+def _scratch(nis, n):
+    return (np.zeros(nis * n, dtype=np.int32), np.zeros(nis * n // 8, dtype=np.bool_),
+            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
+            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32))
+
+
+@njit(inline="always", cache=True)
+def _trial_scales(nis, denom, n, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4):
+    """The levels and weighted sums of C's trial scales, all trials at once.
+
+    Trial s (is = s - nis//2) uses id = (5 + is*0.1)/denom: levels nearest_int(0.5*(id*x - 1))
+    clamped to 0..2, each group of 8 snapped to its best neighbour (at scale 1/id) when off the
+    grid; then sum w*x*q and sum w*q*q (q = 2*level + 1) in element order, as C accumulates them,
+    with the trials side by side so that Numba vectorizes across them. Scratch: the levels
+    (levels (nis*n), on-grid flags (nis*n/8), ids, scales, sumqx, sumq2).
+    """
+    half = nis // 2
+    for s in range(nis):
+        id_ = (np.float32(5.0) + np.float32(s - half) * np.float32(0.1)) / denom
+        ids[s] = id_
+        scl[s] = F1 / id_
+    for i in range(n):
+        xi = xval[i]
+        for s in range(nis):
+            l = nearest_int(FHALF * (ids[s] * xi - F1))
+            lv[s * n + i] = min(max(l, 0), 2)
+    ng = n // 8
+    for s in range(nis):
+        for k in range(ng):
+            o = s * n + 8 * k
+            u = 0
+            for i in range(8):
+                u |= lv[o + i] << (2 * i)
+            ongrid[s * ng + k] = kmap[u] >= 0
+            if kmap[u] < 0:
+                _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scl[s], lv, o, t, t4)
+    for s in range(nis):
+        sqx[s] = F0
+        sq2[s] = F0
+    for i in range(n):
+        w = weight[i]
+        wx = w * xval[i]
+        for s in range(nis):
+            q = np.float32(2 * lv[s * n + i] + 1)
+            sqx[s] += wx * q
+            sq2[s] += w * q * q
+
+
+@njit(cache=True)
+def _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels):
     """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills L, returns the scale."""
-    kmap = tabs[0]
     vmax = xval[0]
     for i in range(1, 16):
         vmax = vmax if vmax > xval[i] else xval[i]
@@ -266,23 +338,20 @@ def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs):
     scale = vmax / np.float32(5.0)
     on_grid[0] = True
     on_grid[1] = True
-    for is_ in range(-9, 10):
-        id_ = (np.float32(5.0) + np.float32(is_) * np.float32(0.1)) / vmax
-        this_scale = F1 / id_
-        for k in range(2):
-            u = _levels_at(id_, xval, 8 * k, Laux)
-            aux_on[k] = True
-            if kmap[u] < 0:
-                aux_on[k] = False
-                _best_neighbour(u, tabs, xval, waux, 8 * k, this_scale, Laux, t, t4)
-        sumqx, sumq2 = _sums(weight, xval, Laux, 16)
+    _trial_scales(19, vmax, 16, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4)
+    sbest = -1
+    for s in range(19):
+        sumqx = sqx[s]
+        sumq2 = sq2[s]
         if sumq2 > F0 and sumqx * sumqx > best * sumq2:
             scale = sumqx / sumq2
             best = scale * sumqx
-            for i in range(16):
-                L[i] = Laux[i]
-            on_grid[0] = aux_on[0]
-            on_grid[1] = aux_on[1]
+            sbest = s
+    if sbest >= 0:
+        for i in range(16):
+            L[i] = lv[16 * sbest + i]
+        on_grid[0] = ongrid[2 * sbest]
+        on_grid[1] = ongrid[2 * sbest + 1]
     if (not on_grid[0] or not on_grid[1]) and scale > F0:
         id_ = F1 / scale
         for k in range(2):
@@ -290,7 +359,7 @@ def _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs):
                 continue
             u = _levels_at(id_, xval, 8 * k, L)
             if kmap[u] < 0:
-                _best_neighbour(u, tabs, xval, waux, 8 * k, scale, L, t, t4)
+                _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, t, t4)
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -345,12 +414,11 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
     waux = np.zeros(16, dtype=np.float32)
     xval = np.zeros(16, dtype=np.float32)
     L = np.zeros(16, dtype=np.int32)
-    Laux = np.zeros(16, dtype=np.int32)
     on_grid = np.zeros(2, dtype=np.bool_)
-    aux_on = np.zeros(2, dtype=np.bool_)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
-    kmap = tabs[0]
+    kmap, nbr_list, levels = tabs
+    lv, ongrid, ids, scl, sqx, sq2 = _scratch(19, 16)
     signs = np.zeros(2, dtype=np.int32)
     q2 = np.zeros(QK_K // 8, dtype=np.int32)
     for ibl in range(nbl):
@@ -375,7 +443,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
             if vmax < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs)
+            scale = _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -405,12 +473,11 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
     waux = np.zeros(16, dtype=np.float32)
     xval = np.zeros(16, dtype=np.float32)
     L = np.zeros(16, dtype=np.int32)
-    Laux = np.zeros(16, dtype=np.int32)
     on_grid = np.zeros(2, dtype=np.bool_)
-    aux_on = np.zeros(2, dtype=np.bool_)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
-    kmap = tabs[0]
+    kmap, nbr_list, levels = tabs
+    lv, ongrid, ids, scl, sqx, sq2 = _scratch(19, 16)
     signs = np.zeros(2, dtype=np.int32)
     for ibl in range(nbl):
         o = ibl * 82
@@ -445,7 +512,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
             if vmax < GROUP_MAX_EPS_IQ2_S:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, Laux, on_grid, aux_on, t, t4, tabs)
+            scale = _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -544,10 +611,10 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
     waux = np.zeros(32, dtype=np.float32)
     xval = np.zeros(32, dtype=np.float32)
     L = np.zeros(32, dtype=np.int32)
-    Laux = np.zeros(32, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
-    kmap = tabs[0]
+    kmap, nbr_list, levels = tabs
+    lv, ongrid, ids, scl, sqx, sq2 = _scratch(13, 32)
     signs = np.zeros(4, dtype=np.int32)
     q2 = np.zeros(QK_K // 16, dtype=np.uint32)
     for ibl in range(nbl):
@@ -578,25 +645,24 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
                 scales[ib] = F0
                 continue
             best = F0
-            for is_ in range(-6, 7):
-                id_ = (np.float32(5.0) + np.float32(is_) * np.float32(0.1)) / eff_max
-                this_scale = F1 / id_
-                for k in range(4):
-                    u = _levels_at(id_, xval, 8 * k, Laux)
-                    if kmap[u] < 0:
-                        _best_neighbour(u, tabs, xval, waux, 8 * k, this_scale, Laux, t, t4)
-                sumqx, sumq2 = _sums(weight, xval, Laux, 32)
+            _trial_scales(13, eff_max, 32, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4)
+            sbest = -1
+            for s in range(13):
+                sumqx = sqx[s]
+                sumq2 = sq2[s]
                 if sumq2 > F0 and sumqx * sumqx > best * sumq2:
                     scale = sumqx / sumq2
                     best = scale * sumqx
-                    for i in range(32):
-                        L[i] = Laux[i]
+                    sbest = s
+            if sbest >= 0:
+                for i in range(32):
+                    L[i] = lv[32 * sbest + i]
             if scale > F0:
                 id_ = F1 / scale
                 for k in range(4):
                     u = _levels_at(id_, xval, 8 * k, L)
                     if kmap[u] < 0:
-                        _best_neighbour(u, tabs, xval, waux, 8 * k, scale, L, t, t4)
+                        _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, t, t4)
                 sumqx, sumq2 = _sums(weight, xval, L, 32)
                 if sumq2 > F0:
                     scale = sumqx / sumq2
