@@ -188,10 +188,15 @@ def _model(arch, n_layer, layer_tensors, head=(8, 2), extra=(), top=("token_embd
     return metadata, shapes
 
 
-class _Zeros:
-    def __init__(self, name, shape, qtype=GGMLQuantizationType.F16):
-        self.name, self.shape, self.qtype = name, shape, qtype
-        self.data = np.zeros(int(np.prod(shape)) * (4 if len(shape) == 1 else 2), dtype=np.uint8)
+class _Tensor:
+    """A tensor for write_gguf: F32 when 1-D, else F16; zeros, or Gaussian values from ``rng``."""
+
+    def __init__(self, name, shape, rng=None):
+        self.name, self.shape = name, shape
+        self.qtype = GGMLQuantizationType.F32 if len(shape) == 1 else GGMLQuantizationType.F16
+        dtype = np.float32 if len(shape) == 1 else np.float16
+        values = np.zeros(shape, dtype) if rng is None else rng.normal(size=shape).astype(dtype)
+        self.data = values.reshape(-1).view(np.uint8)
 
 
 def _dense(cols=256, ff=1024):
@@ -236,8 +241,7 @@ def synthetic_models(tmp_path_factory):
     for label, make in SYNTHETIC.items():
         metadata, shapes = make()
         path = folder / f"{label}.gguf"
-        write_gguf(path, metadata, [_Zeros(n, s, GGMLQuantizationType.F32 if len(s) == 1 else GGMLQuantizationType.F16)
-                                    for n, s in shapes.items()])
+        write_gguf(path, metadata, [_Tensor(n, s) for n, s in shapes.items()])
         imatrix_path = folder / f"{label}.imatrix.npz"
         imatrix = synthetic_imatrix(imatrix_path, list(shapes.items()))
         models[label] = (path, imatrix_path, imatrix)
@@ -356,6 +360,23 @@ def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix,
     with read_gguf(ours) as a:
         types = {t.name: t.qtype.name for t in a.tensors}
     assert set(types.values()) == {"F32", "Q8_0", "Q4_0", "Q4_1"} and types["blk.2.ffn_down.weight"] == "Q4_1"
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+@pytest.mark.parametrize("preset", ["Q4_K_M", "IQ2_XS"])
+def test_moe_file_with_imatrix_equals_llama_quantize(preset, tmp_path):
+    """A small random MoE (4 experts, 3-D expert tensors): each expert's rows use its own imatrix row."""
+    metadata, shapes = _model("llama", 8, _moe(4, ff=256), n_expert=4)
+    rng = np.random.default_rng(1)
+    source = write_gguf(tmp_path / "moe.gguf", metadata, [_Tensor(n, s, rng) for n, s in shapes.items()])
+    imatrix = synthetic_imatrix(tmp_path / "moe.imatrix.npz", list(shapes.items()), seed=2)
+    ours, theirs = tmp_path / "quantkit.gguf", tmp_path / "llama.gguf"
+    requantize(source, ours, preset, imatrix=imatrix, progress=False)
+    [result] = llama_quantize([{"src": source, "dst": theirs, "preset": preset, "imatrix": tmp_path / "moe.imatrix.npz"}])
+    assert result["rc"] == 0, result["error"]
+    with read_gguf(ours) as f:
+        assert len({t.qtype for t in f.tensors}) >= 4
+        assert f.tensor("blk.3.ffn_down_exps.weight").shape == (4, 4, 256)
     assert ours.read_bytes() == theirs.read_bytes()
 
 
