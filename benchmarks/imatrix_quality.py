@@ -102,9 +102,9 @@ def main() -> None:
 
     print(f"\nimatrix: {args.chunks} x {args.ctx} tokens of the first half of calibration.txt; "
           f"error weighted by {args.heldout_chunks} x {args.ctx} tokens of the second half")
-    header = "| type | tensors | without imatrix | weighted error without | with | ratio |"
+    header = "| type | tensors | baseline imatrix | weighted error, baseline | weighted error, imatrix | ratio |"
     if args.kld:
-        header += " KLD without | KLD with |"
+        header += " KLD, baseline | KLD, imatrix |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for qtype, n, baseline, results in rows:
