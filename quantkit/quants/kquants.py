@@ -24,207 +24,31 @@ import numpy as np
 
 from ..errors import ShapeError
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
-from .search import GROUP_MAX_EPS, make_qx_quants
+from .search import (
+    GROUP_MAX_EPS,
+    ST_FLAT,
+    ST_IS,
+    ST_MN,
+    ST_MX,
+    ST_NST,
+    ST_SC,
+    ST_SL,
+    ST_SL2,
+    ST_TS,
+    absmax_lanes,
+    make_qx_quants,
+    qkx2_lanes,
+    qx_lanes,
+    to_lanes,
+)
 
 QK_K = 256
 _KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
+_BLOCK_BYTES = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210}
 
 _F0 = np.float32(0.0)
 _I0 = np.int32(0)
 _F1 = np.float32(1.0)
-
-
-# ------------------------------------------------------------------------------------------ searches
-# llama.cpp runs its searches one group (sub-block) at a time. Here G groups of n values run side
-# by side: X[i*G + g] is value i of group g, and every loop over the groups is innermost, so LLVM
-# vectorizes across groups while each group's sums still accumulate in C's order (lane g does
-# exactly the float32 operations C does for group g; decisions become per-lane selects).
-# State rows of ``st`` (a (_NST, G) float32 scratch):
-_MN, _MX, _SW, _SX, _IS, _SC, _BEST, _SL, _SL2, _SXL, _TS, _TM, _ERR, _FLAT, _ACC, _BIS, _BMN = range(17)
-_NST = 17
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
-    """make_qkx2_quants (and make_qkx3_quants with weights, the same search) on G groups.
-
-    Levels in [0, nmax] with a min: the range [min(x, 0), max(x)] gives a first scale; then
-    nstep+1 trial inverse scales (rmin + rdelta*k + nmax)/(max - min) each round the values, solve
-    the weighted least squares for scale and min (min clamped to <= 0) and keep the fit with the
-    lowest weighted error (absolute if use_mad, else squared). A better fit's min is used by the
-    following trials, as in C. Results: st[_SC] (scale), st[_MN] (min; C returns -min), L.
-    Requires nstep >= 1.
-    """
-    mn = st[_MN]
-    mx = st[_MX]
-    sum_w = st[_SW]
-    sum_x = st[_SX]
-    iscale = st[_IS]
-    scale = st[_SC]
-    best = st[_BEST]
-    sl = st[_SL]
-    sl2 = st[_SL2]
-    sxl = st[_SXL]
-    ts = st[_TS]
-    tm = st[_TM]
-    err = st[_ERR]
-    flat = st[_FLAT]
-    acc = st[_ACC]
-    best_is = st[_BIS]
-    best_mn = st[_BMN]
-    fnmax = np.float32(nmax)
-    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
-    for g in range(G):
-        mn[g] = X[g]
-        mx[g] = X[g]
-        sum_w[g] = W[g]
-        sum_x[g] = W[g] * X[g]
-    for i in range(1, n):
-        for g in range(G):
-            v = X[i * G + g]
-            mn[g] = v if v < mn[g] else mn[g]
-            mx[g] = v if v > mx[g] else mx[g]
-            w = W[i * G + g]
-            sum_w[g] += w
-            sum_x[g] += w * v
-    for g in range(G):
-        m = _F0 if mn[g] > _F0 else mn[g]
-        mn[g] = m
-        flat[g] = _F1 if mx[g] == m else _F0
-        iscale[g] = fnmax / (mx[g] - m)
-        scale[g] = _F1 / iscale[g]
-        best[g] = _F0
-    for g in range(G):
-        best_is[g] = iscale[g]
-        best_mn[g] = mn[g]
-    for i in range(n):
-        for g in range(G):
-            l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
-            diff = scale[g] * np.float32(l) + mn[g] - X[i * G + g]
-            diff = np.abs(diff) if use_mad else diff * diff
-            best[g] += W[i * G + g] * diff
-    for step in range(nstep + 1):
-        for g in range(G):
-            iscale[g] = (rmin + rdelta * np.float32(step) + fnmax) / (mx[g] - mn[g])
-            sl[g] = _F0
-            sl2[g] = _F0
-            sxl[g] = _F0
-        for i in range(n):
-            for g in range(G):
-                l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
-                Laux[i * G + g] = l
-                fl = np.float32(l)
-                wl = W[i * G + g] * fl
-                sl[g] += wl
-                sl2[g] += wl * fl
-                sxl[g] += wl * X[i * G + g]
-        for g in range(G):
-            D = sum_w[g] * sl2[g] - sl[g] * sl[g]
-            a = (sum_w[g] * sxl[g] - sum_x[g] * sl[g]) / D
-            b = (sl2[g] * sum_x[g] - sl[g] * sxl[g]) / D
-            clamp = b > _F0
-            ts[g] = sxl[g] / sl2[g] if clamp else a
-            tm[g] = _F0 if clamp else b
-            err[g] = _F0
-            acc[g] = _F1 if (D > _F0 and flat[g] == _F0) else _F0
-        for i in range(n):
-            for g in range(G):
-                diff = ts[g] * np.float32(Laux[i * G + g]) + tm[g] - X[i * G + g]
-                diff = np.abs(diff) if use_mad else diff * diff
-                err[g] += W[i * G + g] * diff
-        for g in range(G):
-            ok = (acc[g] != _F0) & (err[g] < best[g])
-            best[g] = err[g] if ok else best[g]
-            scale[g] = ts[g] if ok else scale[g]
-            best_is[g] = iscale[g] if ok else best_is[g]
-            best_mn[g] = mn[g] if ok else best_mn[g]  # the min this trial's levels were rounded with
-            mn[g] = tm[g] if ok else mn[g]
-    # the kept levels, rounded once more the way the winning trial rounded them
-    for i in range(n):
-        for g in range(G):
-            l = max(_I0, min(nmax32, nearest_int(best_is[g] * (X[i * G + g] - best_mn[g]))))
-            L[i * G + g] = _I0 if flat[g] != _F0 else l
-    for g in range(G):
-        scale[g] = _F0 if flat[g] != _F0 else scale[g]
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _absmax_lanes(G, n, X, st):
-    """Per group: st[_MX] = the value of largest magnitude (first on ties), st[_IS] = its magnitude."""
-    mx = st[_MX]
-    amax = st[_IS]
-    for g in range(G):
-        mx[g] = _F0
-        amax[g] = _F0
-    for i in range(n):
-        for g in range(G):
-            v = X[i * G + g]
-            a = np.abs(v)
-            big = a > amax[g]
-            amax[g] = a if big else amax[g]
-            mx[g] = v if big else mx[g]
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _qx_lanes(G, n, nmax, X, W, L, st):
-    """make_qx_quants with rmse_type 1 and weights W (x*x when llama.cpp passes no weights).
-
-    Symmetric levels in [0, 2*nmax): starts from the scale -max/nmax (max = the value of largest
-    magnitude), then tries the 18 inverse scales -(nmax + 0.1*k)/max, k = -9..9, keeping the one
-    whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[_SC];
-    L is rounded once, at the end, with the winning inverse scale (the levels C keeps).
-    """
-    _absmax_lanes(G, n, X, st)
-    mx = st[_MX]
-    amax = st[_IS]
-    flat = st[_FLAT]
-    scale = st[_SC]
-    best = st[_BEST]
-    sumlx = st[_SL]
-    suml2 = st[_SL2]
-    iscale = st[_TS]
-    best_is = st[_TM]
-    fnmax = np.float32(nmax)
-    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
-    lo32 = np.int32(-nmax)
-    hi32 = np.int32(nmax - 1)
-    for g in range(G):
-        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
-    for k in range(-10, 10):  # -10: the starting scale; then k = -9..9 without 0, as in C
-        if k == 0:
-            continue
-        for g in range(G):
-            if k == -10:
-                iscale[g] = -fnmax / mx[g]
-            else:
-                iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
-            sumlx[g] = _F0
-            suml2[g] = _F0
-        for i in range(n):
-            for g in range(G):
-                x = X[i * G + g]
-                fl = np.float32(max(lo32, min(hi32, nearest_int(iscale[g] * x))))
-                w = W[i * G + g]
-                sumlx[g] += w * x * fl
-                suml2[g] += w * fl * fl
-        if k == -10:
-            for g in range(G):
-                scale[g] = sumlx[g] / suml2[g] if suml2[g] != _F0 else _F0
-                best[g] = scale[g] * sumlx[g]
-                best_is[g] = iscale[g]
-        else:
-            for g in range(G):
-                ok = (suml2[g] > _F0) & (sumlx[g] * sumlx[g] > best[g] * suml2[g])
-                s = sumlx[g] / suml2[g]
-                scale[g] = s if ok else scale[g]
-                best[g] = s * sumlx[g] if ok else best[g]
-                best_is[g] = iscale[g] if ok else best_is[g]
-    for i in range(n):
-        for g in range(G):
-            l = max(lo32, min(hi32, nearest_int(best_is[g] * X[i * G + g]))) + nmax32
-            L[i * G + g] = _I0 if flat[g] != _F0 else l
-    for g in range(G):
-        scale[g] = _F0 if flat[g] != _F0 else scale[g]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -234,16 +58,16 @@ def _q3_lanes(G, n, nmax, X, L, st, ist):
     Starts from the scale -max/nmax, then up to 5 passes of coordinate descent: each level in turn
     moves to the value that best fits the current least-squares scale of the others, kept only if
     the fit (sum(wxl)^2/sum(wl^2)) improves; a group stops after a pass without change.
-    Result: st[_SC].
+    Result: st[ST_SC].
     """
-    _absmax_lanes(G, n, X, st)
-    mx = st[_MX]
-    amax = st[_IS]
-    flat = st[_FLAT]
-    scale = st[_SC]
-    sumlx = st[_SL]
-    suml2 = st[_SL2]
-    iscale = st[_TS]
+    absmax_lanes(G, n, X, st)
+    mx = st[ST_MX]
+    amax = st[ST_IS]
+    flat = st[ST_FLAT]
+    scale = st[ST_SC]
+    sumlx = st[ST_SL]
+    suml2 = st[ST_SL2]
+    iscale = st[ST_TS]
     fnmax = np.float32(nmax)
     nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
     lo32 = np.int32(-nmax)
@@ -497,14 +321,6 @@ _CHUNK = 4
 
 
 @numba.njit(inline="always", cache=True)
-def _to_lanes(x, base, G, n, X):
-    """X[i*G + g] = x[base + n*g + i]: the chunk's sub-blocks side by side."""
-    for g in range(G):
-        for i in range(n):
-            X[i * G + g] = x[base + n * g + i]
-
-
-@numba.njit(inline="always", cache=True)
 def _from_lanes(L, G, n, g0, Lb):
     """The levels of one super-block (lanes g0 .. g0 + 256/n - 1) in natural order."""
     for j in range(QK_K // n):
@@ -608,7 +424,7 @@ def _q45_row(x, qw, out, five):
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((_NST, 8 * _CHUNK), dtype=np.float32)
+    st = np.empty((ST_NST, 8 * _CHUNK), dtype=np.float32)
     sw = np.empty(8 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     dq = np.empty(16, dtype=np.float32)
@@ -623,11 +439,11 @@ def _q45_row(x, qw, out, five):
         nbc = min(_CHUNK, nb - c0)
         G = 8 * nbc
         base = c0 * QK_K
-        _to_lanes(x, base, G, 32, X)
+        to_lanes(x, base, G, 32, X)
         if has_w:
             _imatrix_weights(x, qw, base, G, 32, X, W, np.float32(2.0))
             _lane_sums(G, 32, W, sw)
-            _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
+            qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
         else:
             # weights av_x + |x|, av_x = the sub-block's rms
             for g in range(G):
@@ -641,16 +457,16 @@ def _q45_row(x, qw, out, five):
                 for g in range(G):
                     W[i * G + g] = sw[g] + np.abs(X[i * G + g])
             if five:
-                _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, False, st)
+                qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, False, st)
             else:
-                _qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-1.0), np.float32(0.1), 20, False, st)
+                qkx2_lanes(G, 32, nmax, X, W, L, Laux, np.float32(-1.0), np.float32(0.1), 20, False, st)
         for b in range(nbc):
             xb = base + b * QK_K
             ob = (c0 + b) * bb
             _from_lanes(L, G, 32, 8 * b, Lb)
             for j in range(8):
-                scales[j] = st[_SC, 8 * b + j]
-                mins[j] = -st[_MN, 8 * b + j]
+                scales[j] = st[ST_SC, 8 * b + j]
+                mins[j] = -st[ST_MN, 8 * b + j]
             if has_w:
                 d_block = make_qp_quants(8, 63, scales, Ls, sw[8 * b : 8 * b + 8])
                 m_block = make_qp_quants(8, 63, mins, Lm, sw[8 * b : 8 * b + 8])
@@ -699,27 +515,27 @@ def _q6_row(x, qw, out):
     X = np.empty(QK_K * _CHUNK, dtype=np.float32)
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((ST_NST, 16 * _CHUNK), dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     dq = np.empty(16, dtype=np.float32)
     for c0 in range(0, nb, _CHUNK):
         nbc = min(_CHUNK, nb - c0)
         G = 16 * nbc
         base = c0 * QK_K
-        _to_lanes(x, base, G, 16, X)
+        to_lanes(x, base, G, 16, X)
         if has_w:
-            _to_lanes(qw, base, G, 16, W)
+            to_lanes(qw, base, G, 16, W)
         else:
             for k in range(QK_K * nbc):
                 W[k] = X[k] * X[k]
-        _qx_lanes(G, 16, 32, X, W, L, st)
+        qx_lanes(G, 16, 32, X, W, L, st)
         for b in range(nbc):
             xb = base + b * QK_K
             ob = (c0 + b) * 210
             max_scale = _F0
             max_abs_scale = _F0
             for ib in range(16):
-                s = st[_SC, 16 * b + ib]
+                s = st[ST_SC, 16 * b + ib]
                 a = np.abs(s)
                 if a > max_abs_scale:
                     max_abs_scale = a
@@ -732,7 +548,7 @@ def _q6_row(x, qw, out):
             iscale = np.float32(-128.0) / max_scale
             d_stored = _put_fp16(out, ob + 208, _F1 / iscale)
             for ib in range(16):
-                out[ob + 192 + ib] = np.uint8(min(127, nearest_int(iscale * st[_SC, 16 * b + ib])) & 0xFF)
+                out[ob + 192 + ib] = np.uint8(min(127, nearest_int(iscale * st[ST_SC, 16 * b + ib])) & 0xFF)
             for j in range(16):
                 dq[j] = d_stored * np.float32(np.int8(out[ob + 192 + j]))
             _requant_sym(x, xb, Lb, 16, 16, dq, -32)
@@ -792,7 +608,7 @@ def _q3_row(x, qw, out):
     X = np.empty(QK_K * _CHUNK, dtype=np.float32)
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((ST_NST, 16 * _CHUNK), dtype=np.float32)
     ist = np.empty((2, 16 * _CHUNK), dtype=np.int32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
@@ -804,11 +620,11 @@ def _q3_row(x, qw, out):
         nbc = min(_CHUNK, nb - c0)
         G = 16 * nbc
         base = c0 * QK_K
-        _to_lanes(x, base, G, 16, X)
+        to_lanes(x, base, G, 16, X)
         if has_w:
             _imatrix_weights(x, qw, base, G, 16, X, W, np.float32(2.0))
             _lane_sums(G, 16, W, sw)
-            _qx_lanes(G, 16, 4, X, W, L, st)
+            qx_lanes(G, 16, 4, X, W, L, st)
         else:
             _q3_lanes(G, 16, 4, X, L, st, ist)
         for b in range(nbc):
@@ -816,7 +632,7 @@ def _q3_row(x, qw, out):
             ob = (c0 + b) * 110
             _from_lanes(L, G, 16, 16 * b, Lb)
             for j in range(16):
-                scales[j] = st[_SC, 16 * b + j]
+                scales[j] = st[ST_SC, 16 * b + j]
             if has_w:
                 for j in range(16):
                     sw16[j] = sw[16 * b + j]
@@ -878,7 +694,7 @@ def _q2_row(x, qw, out):
     W = np.empty(QK_K * _CHUNK, dtype=np.float32)
     L = np.empty(QK_K * _CHUNK, dtype=np.int32)
     Laux = np.empty(QK_K * _CHUNK, dtype=np.int32)
-    st = np.empty((_NST, 16 * _CHUNK), dtype=np.float32)
+    st = np.empty((ST_NST, 16 * _CHUNK), dtype=np.float32)
     sw = np.empty(16 * _CHUNK, dtype=np.float32)
     Lb = np.empty(QK_K, dtype=np.int32)
     dq = np.empty(16, dtype=np.float32)
@@ -893,22 +709,22 @@ def _q2_row(x, qw, out):
         nbc = min(_CHUNK, nb - c0)
         G = 16 * nbc
         base = c0 * QK_K
-        _to_lanes(x, base, G, 16, X)
+        to_lanes(x, base, G, 16, X)
         if has_w:
             _imatrix_weights(x, qw, base, G, 16, X, W, _F1)
             _lane_sums(G, 16, W, sw)
-            _qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
+            qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
         else:
             for k in range(QK_K * nbc):
                 W[k] = np.abs(X[k])
-            _qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, True, st)
+            qkx2_lanes(G, 16, 3, X, W, L, Laux, np.float32(-0.5), np.float32(0.1), 15, True, st)
         for b in range(nbc):
             xb = base + b * QK_K
             ob = (c0 + b) * 84
             _from_lanes(L, G, 16, 16 * b, Lb)
             for j in range(16):
-                scales[j] = st[_SC, 16 * b + j]
-                mins[j] = -st[_MN, 16 * b + j]
+                scales[j] = st[ST_SC, 16 * b + j]
+                mins[j] = -st[ST_MN, 16 * b + j]
             if has_w:
                 for j in range(16):
                     sw16[j] = sw[16 * b + j]

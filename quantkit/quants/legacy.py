@@ -13,8 +13,9 @@ Q5_1    24     d, m, qh, qs[16]                                    d * q + m
 ======  =====  ==================================================  ==============================
 
 Without an importance matrix, the scale comes straight from the block's (absolute) max, as
-llama.cpp's ``quantize_row_*_ref``. With one, Q4_0/Q5_0 search the scale with
-``make_qx_quants`` and Q4_1/Q5_1 scale and min with ``make_qkx3_quants``, each weight being
+llama.cpp's ``quantize_row_*_ref``. With one, Q4_0/Q5_0 search the scale as
+``make_qx_quants`` and Q4_1/Q5_1 scale and min as ``make_qkx3_quants`` (run on many blocks side by
+side: ``search.qx_lanes`` / ``search.qkx2_lanes``), each weight being
 ``imatrix[j] * sqrt(sigma2 + x[j]^2)`` with sigma2 the row's mean square (llama.cpp's
 ``quantize_row_*_impl``). Q8_0 ignores the imatrix, as llama.cpp does.
 """
@@ -24,12 +25,13 @@ import numpy as np
 
 from .checks import nonfinite_rows
 from .numeric import FP16_TO_FP32, bits_f32, fp32_to_fp16_bits, roundf
-from .search import make_qkx3_quants, make_qx_quants
+from .search import ST_MN, ST_NST, ST_SC, qkx2_lanes, qx_lanes, to_lanes
 
 QK = 32
 # kernel selector per type name
 _KIND = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q5_0": 3, "Q5_1": 4}
 _BLOCK_BYTES = (34, 18, 20, 22, 24)
+LANES = 32  # blocks searched side by side with an imatrix
 
 
 @numba.njit(inline="always", cache=True)
@@ -64,6 +66,21 @@ def _pack_high_bits(L):
     for j in range(QK):
         qh |= np.uint32((L[j] >> 4) & 1) << np.uint32(j)
     return qh
+
+
+@numba.njit(inline="always", cache=True)
+def _put_levels(kind, out, pos, L):
+    """The level bytes of a block whose d (and m) are already written."""
+    if kind == 1:
+        _pack_nibbles(out, pos + 2, L)
+    elif kind == 3:
+        _put_u32(out, pos + 2, _pack_high_bits(L))
+        _pack_nibbles(out, pos + 6, L)
+    elif kind == 2:
+        _pack_nibbles(out, pos + 4, L)
+    else:
+        _put_u32(out, pos + 4, _pack_high_bits(L))
+        _pack_nibbles(out, pos + 8, L)
 
 
 @numba.njit(inline="always", cache=True)
@@ -150,11 +167,7 @@ def _block_ref(kind, x, bits, base, out, pos, L):
         offset = half + np.float32(0.5)
         for j in range(QK):
             L[j] = min(top, np.int32(x[base + j] * inv + offset))
-        if kind == 1:
-            _pack_nibbles(out, pos + 2, L)
-        else:
-            _put_u32(out, pos + 2, _pack_high_bits(L))
-            _pack_nibbles(out, pos + 6, L)
+        _put_levels(kind, out, pos, L)
         return False
     # Q4_1, Q5_1: d = (max - min) / levels, m = min
     mn, mx = _block_min_max(x, bits, base)
@@ -166,37 +179,8 @@ def _block_ref(kind, x, bits, base, out, pos, L):
     _put_fp16(out, pos + 2, mn)
     for j in range(QK):
         L[j] = min(top, np.int32((x[base + j] - mn) * inv + np.float32(0.5)))
-    if kind == 2:
-        _pack_nibbles(out, pos + 4, L)
-    else:
-        _put_u32(out, pos + 4, _pack_high_bits(L))
-        _pack_nibbles(out, pos + 8, L)
+    _put_levels(kind, out, pos, L)
     return False
-
-
-@numba.njit(inline="always", cache=True)
-def _block_weighted(kind, x, base, weights, out, pos, L, Laux):
-    """One block by llama.cpp's imatrix-weighted search (kinds 1-4)."""
-    xb = x[base:base + QK]
-    if kind == 1 or kind == 3:
-        nmax = 8 if kind == 1 else 16
-        d = make_qx_quants(QK, nmax, xb, L, 1, weights)
-        _put_fp16(out, pos, d)
-        if kind == 1:
-            _pack_nibbles(out, pos + 2, L)
-        else:
-            _put_u32(out, pos + 2, _pack_high_bits(L))
-            _pack_nibbles(out, pos + 6, L)
-        return
-    nmax = 15 if kind == 2 else 31
-    d, the_min = make_qkx3_quants(QK, nmax, xb, weights, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-    _put_fp16(out, pos, d)
-    _put_fp16(out, pos + 2, -the_min)
-    if kind == 2:
-        _pack_nibbles(out, pos + 4, L)
-    else:
-        _put_u32(out, pos + 4, _pack_high_bits(L))
-        _pack_nibbles(out, pos + 8, L)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -218,26 +202,48 @@ def _quantize_ref_kernel(rows, bits, kind, block_bytes):
     return out, nonfinite
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_weighted_kernel(rows, kind, block_bytes, imatrix):
+    """imatrix-weighted search (kinds 1-4), LANES blocks of a row side by side (see search.py)."""
     nrows, n = rows.shape
     nblocks = n // QK
     out = np.empty((nrows, nblocks * block_bytes), dtype=np.uint8)
+    lanes = min(LANES, nblocks)
+    symmetric = kind == 1 or kind == 3
+    nmax = (8 if kind == 1 else 16) if symmetric else (15 if kind == 2 else 31)
     for r in numba.prange(nrows):
         x = rows[r]
         o = out[r]
-        L = np.empty(QK, dtype=np.uint8)
-        Laux = np.empty(QK, dtype=np.uint8)
-        weights = np.empty(QK, dtype=np.float32)
+        X = np.empty(QK * lanes, dtype=np.float32)
+        W = np.empty(QK * lanes, dtype=np.float32)
+        L = np.empty(QK * lanes, dtype=np.int32)
+        Laux = np.empty(QK * lanes, dtype=np.int32)
+        st = np.empty((ST_NST, lanes), dtype=np.float32)
+        Lb = np.empty(QK, dtype=np.int32)
         sum_x2 = np.float32(0.0)
         for j in range(n):
             sum_x2 += x[j] * x[j]
         sigma2 = sum_x2 / np.float32(n)
-        for b in range(nblocks):
-            base = b * QK
-            for j in range(QK):
-                weights[j] = imatrix[base + j] * np.sqrt(sigma2 + x[base + j] * x[base + j])
-            _block_weighted(kind, x, base, weights, o, b * block_bytes, L, Laux)
+        for b0 in range(0, nblocks, lanes):
+            G = min(lanes, nblocks - b0)
+            base = b0 * QK
+            to_lanes(x, base, G, QK, X)
+            for i in range(QK):
+                for g in range(G):
+                    v = X[i * G + g]
+                    W[i * G + g] = imatrix[base + QK * g + i] * np.sqrt(sigma2 + v * v)
+            if symmetric:
+                qx_lanes(G, QK, nmax, X, W, L, st)
+            else:
+                qkx2_lanes(G, QK, nmax, X, W, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False, st)
+            for g in range(G):
+                pos = (b0 + g) * block_bytes
+                for i in range(QK):
+                    Lb[i] = L[i * G + g]
+                _put_fp16(o, pos, st[ST_SC, g])
+                if not symmetric:
+                    _put_fp16(o, pos + 2, st[ST_MN, g])
+                _put_levels(kind, o, pos, Lb)
     return out
 
 

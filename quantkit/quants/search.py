@@ -1,9 +1,11 @@
 """Scale searches shared by the quant families (llama.cpp's make_q*_quants), as Numba functions.
 
-Each works on one group of ``n`` values, writes the chosen integer levels into ``L`` and returns
-the scale. Arithmetic is float32 in the C order so that results match llama.cpp bit for bit.
+``make_qx_quants`` works on one group of ``n`` values, writes the chosen integer levels into ``L``
+and returns the scale. The ``*_lanes`` functions run a search on G groups side by side (see the
+comment above them). Arithmetic is float32 in the C order so results match llama.cpp bit for bit.
 """
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -96,77 +98,208 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw):
     return scale
 
 
-@njit(cache=True)
-def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
-    """Asymmetric levels in [0, nmax] with a minimum: returns (scale, -min).
+# ------------------------------------------------------------------------------------------ lanes
+_F0 = np.float32(0.0)
+_I0 = np.int32(0)
+_F1 = np.float32(1.0)
 
-    Starts from the range [min(x, 0), max(x)] and tries nstep+1 scales around nmax/range, each
-    followed by a weighted least-squares fit of scale and min; keeps the lowest weighted error
-    (absolute when use_mad). An empty ``weights`` means x*x.
+
+# ------------------------------------------------------------------------------------------ searches
+# llama.cpp runs its searches one group (sub-block) at a time. Here G groups of n values run side
+# by side: X[i*G + g] is value i of group g, and every loop over the groups is innermost, so LLVM
+# vectorizes across groups while each group's sums still accumulate in C's order (lane g does
+# exactly the float32 operations C does for group g; decisions become per-lane selects).
+# State rows of ``st`` (a (ST_NST, G) float32 scratch):
+ST_MN, ST_MX, ST_SW, ST_SX, ST_IS, ST_SC, ST_BEST, ST_SL, ST_SL2, ST_SXL, ST_TS, ST_TM, ST_ERR, ST_FLAT, ST_ACC, ST_BIS, ST_BMN = range(17)
+ST_NST = 17
+
+
+@numba.njit(cache=True, error_model="numpy")
+def qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
+    """make_qkx2_quants (and make_qkx3_quants with weights, the same search) on G groups.
+
+    Levels in [0, nmax] with a min: the range [min(x, 0), max(x)] gives a first scale; then
+    nstep+1 trial inverse scales (rmin + rdelta*k + nmax)/(max - min) each round the values, solve
+    the weighted least squares for scale and min (min clamped to <= 0) and keep the fit with the
+    lowest weighted error (absolute if use_mad, else squared). A better fit's min is used by the
+    following trials, as in C. Results: st[ST_SC] (scale), st[ST_MN] (min; C returns -min), L.
+    Requires nstep >= 1.
     """
-    has_w = weights.size > 0
-    mn = x[0]
-    mx = x[0]
-    sum_w = weights[0] if has_w else x[0] * x[0]
-    sum_x = sum_w * x[0]
-    for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
-        w = weights[i] if has_w else x[i] * x[i]
-        sum_w += w
-        sum_x += w * x[i]
-    if mn > np.float32(0.0):
-        mn = np.float32(0.0)
-    if mx <= mn:
-        for i in range(n):
-            L[i] = 0
-        return np.float32(0.0), -mn
+    mn = st[ST_MN]
+    mx = st[ST_MX]
+    sum_w = st[ST_SW]
+    sum_x = st[ST_SX]
+    iscale = st[ST_IS]
+    scale = st[ST_SC]
+    best = st[ST_BEST]
+    sl = st[ST_SL]
+    sl2 = st[ST_SL2]
+    sxl = st[ST_SXL]
+    ts = st[ST_TS]
+    tm = st[ST_TM]
+    err = st[ST_ERR]
+    flat = st[ST_FLAT]
+    acc = st[ST_ACC]
+    best_is = st[ST_BIS]
+    best_mn = st[ST_BMN]
     fnmax = np.float32(nmax)
-    iscale = fnmax / (mx - mn)
-    scale = np.float32(1.0) / iscale
-    best_mad = np.float32(0.0)
+    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
+    for g in range(G):
+        mn[g] = X[g]
+        mx[g] = X[g]
+        sum_w[g] = W[g]
+        sum_x[g] = W[g] * X[g]
+    for i in range(1, n):
+        for g in range(G):
+            v = X[i * G + g]
+            mn[g] = v if v < mn[g] else mn[g]
+            mx[g] = v if v > mx[g] else mx[g]
+            w = W[i * G + g]
+            sum_w[g] += w
+            sum_x[g] += w * v
+    for g in range(G):
+        m = _F0 if mn[g] > _F0 else mn[g]
+        mn[g] = m
+        flat[g] = _F1 if mx[g] == m else _F0
+        iscale[g] = fnmax / (mx[g] - m)
+        scale[g] = _F1 / iscale[g]
+        best[g] = _F0
+    for g in range(G):
+        best_is[g] = iscale[g]
+        best_mn[g] = mn[g]
     for i in range(n):
-        l = nearest_int(iscale * (x[i] - mn))
-        L[i] = max(0, min(nmax, l))
-        diff = scale * np.float32(L[i]) + mn - x[i]
-        diff = np.abs(diff) if use_mad else diff * diff
-        w = weights[i] if has_w else x[i] * x[i]
-        best_mad += w * diff
-    if nstep < 1:
-        return scale, -mn
+        for g in range(G):
+            l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
+            diff = scale[g] * np.float32(l) + mn[g] - X[i * G + g]
+            diff = np.abs(diff) if use_mad else diff * diff
+            best[g] += W[i * G + g] * diff
     for step in range(nstep + 1):
-        iscale = (rmin + rdelta * np.float32(step) + fnmax) / (mx - mn)
-        sum_l = np.float32(0.0)
-        sum_l2 = np.float32(0.0)
-        sum_xl = np.float32(0.0)
+        for g in range(G):
+            iscale[g] = (rmin + rdelta * np.float32(step) + fnmax) / (mx[g] - mn[g])
+            sl[g] = _F0
+            sl2[g] = _F0
+            sxl[g] = _F0
         for i in range(n):
-            l = nearest_int(iscale * (x[i] - mn))
-            l = max(0, min(nmax, l))
-            Laux[i] = l
-            w = weights[i] if has_w else x[i] * x[i]
-            fl = np.float32(l)
-            sum_l += w * fl
-            sum_l2 += w * fl * fl
-            sum_xl += w * fl * x[i]
-        D = sum_w * sum_l2 - sum_l * sum_l
-        if D > np.float32(0.0):
-            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-            if this_min > np.float32(0.0):
-                this_min = np.float32(0.0)
-                this_scale = sum_xl / sum_l2
-            mad = np.float32(0.0)
-            for i in range(n):
-                diff = this_scale * np.float32(Laux[i]) + this_min - x[i]
+            for g in range(G):
+                l = max(_I0, min(nmax32, nearest_int(iscale[g] * (X[i * G + g] - mn[g]))))
+                Laux[i * G + g] = l
+                fl = np.float32(l)
+                wl = W[i * G + g] * fl
+                sl[g] += wl
+                sl2[g] += wl * fl
+                sxl[g] += wl * X[i * G + g]
+        for g in range(G):
+            D = sum_w[g] * sl2[g] - sl[g] * sl[g]
+            a = (sum_w[g] * sxl[g] - sum_x[g] * sl[g]) / D
+            b = (sl2[g] * sum_x[g] - sl[g] * sxl[g]) / D
+            clamp = b > _F0
+            ts[g] = sxl[g] / sl2[g] if clamp else a
+            tm[g] = _F0 if clamp else b
+            err[g] = _F0
+            acc[g] = _F1 if (D > _F0 and flat[g] == _F0) else _F0
+        for i in range(n):
+            for g in range(G):
+                diff = ts[g] * np.float32(Laux[i * G + g]) + tm[g] - X[i * G + g]
                 diff = np.abs(diff) if use_mad else diff * diff
-                w = weights[i] if has_w else x[i] * x[i]
-                mad += w * diff
-            if mad < best_mad:
-                for i in range(n):
-                    L[i] = Laux[i]
-                best_mad = mad
-                scale = this_scale
-                mn = this_min
-    return scale, -mn
+                err[g] += W[i * G + g] * diff
+        for g in range(G):
+            ok = (acc[g] != _F0) & (err[g] < best[g])
+            best[g] = err[g] if ok else best[g]
+            scale[g] = ts[g] if ok else scale[g]
+            best_is[g] = iscale[g] if ok else best_is[g]
+            best_mn[g] = mn[g] if ok else best_mn[g]  # the min this trial's levels were rounded with
+            mn[g] = tm[g] if ok else mn[g]
+    # the kept levels, rounded once more the way the winning trial rounded them
+    for i in range(n):
+        for g in range(G):
+            l = max(_I0, min(nmax32, nearest_int(best_is[g] * (X[i * G + g] - best_mn[g]))))
+            L[i * G + g] = _I0 if flat[g] != _F0 else l
+    for g in range(G):
+        scale[g] = _F0 if flat[g] != _F0 else scale[g]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def absmax_lanes(G, n, X, st):
+    """Per group: st[ST_MX] = the value of largest magnitude (first on ties), st[ST_IS] = its magnitude."""
+    mx = st[ST_MX]
+    amax = st[ST_IS]
+    for g in range(G):
+        mx[g] = _F0
+        amax[g] = _F0
+    for i in range(n):
+        for g in range(G):
+            v = X[i * G + g]
+            a = np.abs(v)
+            big = a > amax[g]
+            amax[g] = a if big else amax[g]
+            mx[g] = v if big else mx[g]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def qx_lanes(G, n, nmax, X, W, L, st):
+    """make_qx_quants with rmse_type 1 and weights W (x*x when llama.cpp passes no weights).
+
+    Symmetric levels in [0, 2*nmax): starts from the scale -max/nmax (max = the value of largest
+    magnitude), then tries the 18 inverse scales -(nmax + 0.1*k)/max, k = -9..9, keeping the one
+    whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[ST_SC];
+    L is rounded once, at the end, with the winning inverse scale (the levels C keeps).
+    """
+    absmax_lanes(G, n, X, st)
+    mx = st[ST_MX]
+    amax = st[ST_IS]
+    flat = st[ST_FLAT]
+    scale = st[ST_SC]
+    best = st[ST_BEST]
+    sumlx = st[ST_SL]
+    suml2 = st[ST_SL2]
+    iscale = st[ST_TS]
+    best_is = st[ST_TM]
+    fnmax = np.float32(nmax)
+    nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
+    lo32 = np.int32(-nmax)
+    hi32 = np.int32(nmax - 1)
+    for g in range(G):
+        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
+    for k in range(-10, 10):  # -10: the starting scale; then k = -9..9 without 0, as in C
+        if k == 0:
+            continue
+        for g in range(G):
+            if k == -10:
+                iscale[g] = -fnmax / mx[g]
+            else:
+                iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
+            sumlx[g] = _F0
+            suml2[g] = _F0
+        for i in range(n):
+            for g in range(G):
+                x = X[i * G + g]
+                fl = np.float32(max(lo32, min(hi32, nearest_int(iscale[g] * x))))
+                w = W[i * G + g]
+                sumlx[g] += w * x * fl
+                suml2[g] += w * fl * fl
+        if k == -10:
+            for g in range(G):
+                scale[g] = sumlx[g] / suml2[g] if suml2[g] != _F0 else _F0
+                best[g] = scale[g] * sumlx[g]
+                best_is[g] = iscale[g]
+        else:
+            for g in range(G):
+                ok = (suml2[g] > _F0) & (sumlx[g] * sumlx[g] > best[g] * suml2[g])
+                s = sumlx[g] / suml2[g]
+                scale[g] = s if ok else scale[g]
+                best[g] = s * sumlx[g] if ok else best[g]
+                best_is[g] = iscale[g] if ok else best_is[g]
+    for i in range(n):
+        for g in range(G):
+            l = max(lo32, min(hi32, nearest_int(best_is[g] * X[i * G + g]))) + nmax32
+            L[i * G + g] = _I0 if flat[g] != _F0 else l
+    for g in range(G):
+        scale[g] = _F0 if flat[g] != _F0 else scale[g]
+
+
+@numba.njit(inline="always", cache=True)
+def to_lanes(x, base, G, n, X):
+    """X[i*G + g] = x[base + n*g + i]: the chunk's sub-blocks side by side."""
+    for g in range(G):
+        for i in range(n):
+            X[i * G + g] = x[base + n * g + i]
