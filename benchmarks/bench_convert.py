@@ -60,8 +60,8 @@ def peer_cmd(model: Path, out: Path, outtype: str) -> list[str]:
             "--outfile", str(out)]
 
 
-def make_synthetic_llama(folder: Path, target_gb: float, tokenizer_dir: Path) -> int:
-    """A sharded bf16 Llama of about ``target_gb`` GB in ``folder``; returns its number of layers."""
+def make_synthetic_llama(folder: Path, target_gb: float, tokenizer_dir: Path) -> tuple[int, int]:
+    """A sharded bf16 Llama of about ``target_gb`` GB in ``folder``; returns (layers, shards)."""
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -110,7 +110,23 @@ def make_synthetic_llama(folder: Path, target_gb: float, tokenizer_dir: Path) ->
     (folder / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, folder / name)
-    return layers
+    return layers, len(shard_names)
+
+
+class Table:
+    """The markdown table, each row printed as soon as it is measured."""
+
+    def __init__(self):
+        print("| case | peer | quantkit s | peer s | time ratio | quantkit peak RSS MB | peer peak RSS MB | RSS ratio |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+    def add(self, row):
+        label, peer_label, ours, theirs = row
+        if theirs is None:
+            print(f"| {label} | - | {ours[0]:.1f} | - | - | {ours[1]:.0f} | - | - |", flush=True)
+        else:
+            print(f"| {label} | {peer_label} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | "
+                  f"{ours[1]:.0f} | {theirs[1]:.0f} | {ours[1] / theirs[1]:.2f} |", flush=True)
 
 
 def main():
@@ -124,18 +140,19 @@ def main():
     qk_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     smol = smollm2_hf_dir()
     threads = args.threads or os.cpu_count()
-    rows = []
+    print(f"{os.cpu_count()} CPUs; quantkit threads: {args.threads or 'all'}\n")
+    rows = Table()
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         tmp = Path(tmp)
         run_measured(quantkit_cmd(smol, tmp / "warm.gguf", "F16", args.threads), qk_env)  # Numba cache, page cache
         for preset, outtype in (("F16", "f16"), ("Q8_0", "q8_0")):
             ours = run_measured(quantkit_cmd(smol, tmp / "qk.gguf", preset, args.threads), qk_env)
             theirs = run_measured(peer_cmd(smol, tmp / "peer.gguf", outtype), env)
-            rows.append((f"SmolLM2-135M -> {preset}", f"convert_hf_to_gguf --outtype {outtype}", ours, theirs))
+            rows.add((f"SmolLM2-135M -> {preset}", f"convert_hf_to_gguf --outtype {outtype}", ours, theirs))
         ours = run_measured(quantkit_cmd(smol, tmp / "qk.gguf", "Q4_K_M", args.threads), qk_env)
         step1 = run_measured(peer_cmd(smol, tmp / "peer-f16.gguf", "f16"), env)
         step2 = run_measured(llama_quantize_command(tmp / "peer-f16.gguf", tmp / "peer-q4km.gguf", "Q4_K_M", threads), env)
-        rows.append(("SmolLM2-135M -> Q4_K_M (one pass)", "--outtype f16, then llama_model_quantize Q4_K_M",
+        rows.add(("SmolLM2-135M -> Q4_K_M (one pass)", "--outtype f16, then llama_model_quantize Q4_K_M",
                      ours, (step1[0] + step2[0], max(step1[1], step2[1]))))
         for f in tmp.glob("*.gguf"):
             f.unlink()
@@ -143,27 +160,18 @@ def main():
             sizes = [float(s) for s in args.synthetic_gb.split(",")]
             for gb in sizes:
                 folder = tmp / f"synthetic-{gb}"
-                layers = make_synthetic_llama(folder, gb, smol)
-                label = f"synthetic Llama {gb:g} GB bf16 ({layers} layers, 4 shards max 500 MB) -> F16"
+                layers, shards = make_synthetic_llama(folder, gb, smol)
+                label = f"synthetic Llama {gb:g} GB bf16 ({layers} layers, {shards} shards) -> F16"
                 ours = run_measured(quantkit_cmd(folder, tmp / "qk.gguf", "F16", args.threads), qk_env)
                 theirs = None
                 if gb == max(sizes):
                     (tmp / "qk.gguf").unlink()
                     theirs = run_measured(peer_cmd(folder, tmp / "peer.gguf", "f16"), env)
-                rows.append((label, "convert_hf_to_gguf --outtype f16", ours, theirs))
+                rows.add((label, "convert_hf_to_gguf --outtype f16", ours, theirs))
                 shutil.rmtree(folder)
                 for f in tmp.glob("*.gguf"):
                     f.unlink()
 
-    print(f"\n{os.cpu_count()} CPUs; quantkit threads: {args.threads or 'all'}\n")
-    print("| case | peer | quantkit s | peer s | time ratio | quantkit peak RSS MB | peer peak RSS MB | RSS ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for label, peer_label, ours, theirs in rows:
-        if theirs is None:
-            print(f"| {label} | - | {ours[0]:.1f} | - | - | {ours[1]:.0f} | - | - |")
-        else:
-            print(f"| {label} | {peer_label} | {ours[0]:.1f} | {theirs[0]:.1f} | {ours[0] / theirs[0]:.2f} | "
-                  f"{ours[1]:.0f} | {theirs[1]:.0f} | {ours[1] / theirs[1]:.2f} |")
 
 
 if __name__ == "__main__":
