@@ -43,7 +43,15 @@ for job in jobs:
     params.ftype = job["ftype"]
     params.nthread = 2
     params.dry_run = job["dst"] is None
+    params.pure = job.get("pure", False)
     keep = []
+    if job.get("overrides"):
+        items = (llama_cpp.llama_model_tensor_override * (len(job["overrides"]) + 1))()
+        for i, (pattern, qtype) in enumerate(job["overrides"]):
+            items[i].pattern = pattern.encode()
+            items[i].type = qtype
+        params.tt_overrides = ctypes.cast(items, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep.append(items)
     if job["imatrix"]:
         entries = np.load(job["imatrix"])
         items = (llama_cpp.llama_model_imatrix_data * (len(entries.files) + 1))()
@@ -67,12 +75,15 @@ print("RESULT:" + json.dumps(results))
 
 
 def llama_quantize(jobs: list[dict]) -> list[dict]:
-    """Run llama.cpp's llama_model_quantize for each job {src, dst or None (dry run), preset, imatrix .npz or None}.
+    """Run llama.cpp's llama_model_quantize for each job {src, dst or None (dry run), preset, imatrix .npz or None}
+    (optional: overrides [(pattern, type name)], pure).
 
     Returns per job: rc, types (tensor name -> type name llama.cpp chose), needs_imatrix (dry run's warning).
     """
     payload = [{"src": str(j["src"]), "dst": None if j["dst"] is None else str(j["dst"]),
-                "ftype": int(file_type(j["preset"])), "imatrix": j["imatrix"] and str(j["imatrix"])} for j in jobs]
+                "ftype": int(file_type(j["preset"])), "imatrix": j["imatrix"] and str(j["imatrix"]),
+                "overrides": [(p, int(GGMLQuantizationType[t.upper()])) for p, t in j.get("overrides", ())],
+                "pure": j.get("pure", False)} for j in jobs]
     result = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE], input=json.dumps(payload), capture_output=True,
                             text=True, timeout=1200)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
@@ -388,14 +399,26 @@ def test_preset_names_and_aliases():
         resolve_preset("Q7_7")
 
 
-def test_overrides_and_pure(smollm2_f16_info):
+OVERRIDE_CASES = {
+    # an override skips the rules, so blk.0's attn_v does not count: Q3_K_M's first two Q5_K are blk.1 and blk.2
+    "Q3_K_M": [(r"blk\.0\.attn_v", "q8_0"), ("ffn_down", "iq4_nl")],
+    "Q4_K_M": [("attn_(q|k)", "Q6_K"), ("token_embd", "Q4_K"), ("ffn_up", "F16")],
+}
+
+
+def test_overrides_and_pure_equal_llama_quantize(smollm2_f16, smollm2_f16_info):
     metadata, tensors = smollm2_f16_info
-    plan = plan_types("Q4_K_M", metadata, tensors, overrides=[("attn_v", "q8_0"), (r"ffn_down", "IQ4_NL")])
-    assert plan["blk.7.attn_v.weight"].name == "Q8_0" and plan["blk.7.ffn_down.weight"].name == "IQ4_NL"
-    assert plan["blk.7.attn_q.weight"].name == "Q5_0"  # no override: the preset rule and its 576-wide fallback
+    jobs = [{"src": smollm2_f16, "dst": None, "preset": p, "imatrix": None, "overrides": o}
+            for p, o in OVERRIDE_CASES.items()]
+    jobs += [{"src": smollm2_f16, "dst": None, "preset": p, "imatrix": None, "pure": True} for p in ("Q4_K_M", "IQ4_XS")]
+    for job, theirs in zip(jobs, llama_quantize(jobs)):
+        ours = plan_types(job["preset"], metadata, tensors, overrides=job.get("overrides", ()), pure=job.get("pure", False))
+        assert_same_plan(ours, theirs["types"], str(job))
+    q3 = plan_types("Q3_K_M", metadata, tensors, overrides=OVERRIDE_CASES["Q3_K_M"])
+    assert [q3[f"blk.{i}.attn_v.weight"].name for i in range(4)] == ["Q8_0", "Q5_1", "Q5_1", "Q5_0"]
+    assert q3["blk.7.ffn_down.weight"].name == "IQ4_NL"
     pure = plan_types("Q4_K_M", metadata, tensors, pure=True)
     assert {pure[n].name for n, s, _ in tensors if len(s) == 2} == {"Q4_K", "Q5_0"}  # 1536-wide ffn_down fit Q4_K
-    assert pure["token_embd.weight"].name == "Q5_0"
     with pytest.raises(UnsupportedTypeError):
         plan_types("Q4_K_M", metadata, tensors, overrides=[("attn_v", "Q9_9")])
 
