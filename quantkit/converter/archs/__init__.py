@@ -18,6 +18,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import gguf
 import numpy as np
 
 from ...errors import QuantkitError
@@ -66,8 +67,6 @@ class Arch:
     model_arch = None  # gguf.MODEL_ARCH
 
     def __init__(self, source: HFSource, hf_arch: str):
-        import gguf
-
         self.source = source
         self.hf_arch = hf_arch
         self.config = dict(source.config)
@@ -103,16 +102,12 @@ class Arch:
 
     @property
     def gguf_arch_name(self) -> str:
-        import gguf
-
         return gguf.MODEL_ARCH_NAMES[self.model_arch]
 
     # --- keys -----------------------------------------------------------------------------------
 
     def set_parameters(self, w) -> None:
         """Hyperparameter keys common to text models (llama.cpp's TextModel.set_gguf_parameters)."""
-        import gguf
-
         w.add_block_count(self.block_count)
         if (n_ctx := self.hparam("max_position_embeddings", "n_ctx", "n_positions", default=None)) is not None:
             w.add_context_length(n_ctx)
@@ -188,8 +183,6 @@ class Arch:
 
     def expected_tensors(self) -> list[str]:
         """GGUF names every checkpoint of this architecture must provide (checked before writing)."""
-        import gguf
-
         names = []
         for bid in range(self.block_count):
             for kind in self.required_block_tensors:
@@ -221,8 +214,6 @@ class Arch:
 
     def check_embeddings(self, out: list[OutTensor]) -> None:
         """token_embd (and output) must be vocab_size x hidden_size as config.json says."""
-        import gguf
-
         vocab, hidden = self.config.get("vocab_size"), self.config.get("hidden_size")
         if vocab is None or hidden is None:
             return
