@@ -71,8 +71,11 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     source = read_gguf(src)
     try:
         tensors = sorted(source.tensors, key=lambda t: tensor_sort_key(t.name))
-        targets = plan_types(name, source.metadata, [(t.name, t.shape, t.qtype) for t in tensors],
-                             overrides=overrides, imatrix=imatrix, pure=pure)
+        try:
+            targets = plan_types(name, source.metadata, [(t.name, t.shape, t.qtype) for t in tensors],
+                                 overrides=overrides, imatrix=imatrix, pure=pure)
+        except QuantkitError as e:
+            raise type(e)(f"{src}: {e}") from None
         plans = [TensorPlan(t.name, tuple(t.shape), t.qtype, targets[t.name]) for t in tensors]
         for p in plans:
             if p.source != p.target:

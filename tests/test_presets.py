@@ -286,6 +286,9 @@ def test_synthetic_models_types_equal_llama_quantize(label, synthetic_models, sy
                                  f"{label} {preset} imatrix={with_imatrix}")
                 checked += 1
     assert checked >= 40
+    typed_metadata, shapes = SYNTHETIC[label]()  # metadata as written (typed values)
+    assert_same_plan(plan_types("Q4_K_M", typed_metadata, tensors),
+                     synthetic_llama_plans[(label, "Q4_K_M", False)]["types"], f"{label} typed metadata")
 
 
 def test_synthetic_models_exercise_the_rules(synthetic_llama_plans):

@@ -114,10 +114,6 @@ _ATTN_V_LIKE = {"attn_v", "attn_qkv", "attn_kv_b"}
 _LAYER = re.compile(r"blk\.([+-]?\d+)")  # sscanf(name, "blk.%d.")
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
 def resolve_preset(name: str) -> str:
     """The canonical preset name for ``name`` (any case; Q3_K/Q4_K/Q5_K mean their _M presets)."""
     key = str(name).strip().upper()
@@ -205,12 +201,16 @@ class ModelInfo:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelInfo:
-        arch = metadata.get("general.architecture")
+        def plain(key, default=None):  # values may be ggufio.typed(...) wrappers
+            value = metadata.get(key, default)
+            return getattr(value, "value", value)
+
+        arch = plain("general.architecture")
         if not isinstance(arch, str):
             raise QuantkitError("metadata has no general.architecture: cannot apply a preset")
 
-        def first(key, default):
-            value = metadata.get(f"{arch}.{key}", default)
+        def first(key, default):  # a per-layer array counts by its first layer, as llama.cpp's n_head() does
+            value = plain(f"{arch}.{key}", default)
             return int(np.asarray(value).ravel()[0]) if np.size(value) else default
 
         n_layer = first("block_count", 0)
