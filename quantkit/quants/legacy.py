@@ -85,30 +85,34 @@ def _put_levels(kind, out, pos, L):
 
 @numba.njit(inline="always", cache=True)
 def _scan_block(bits, base):
-    """One pass over a block's float32 bit patterns: (largest |x| bits, non-finite seen).
+    """One pass over a block's float32 bit patterns: (key, non-finite seen).
 
-    Integer max/or reductions vectorize where float ones (without fast-math) do not; for finite
-    floats the order of |x| equals the order of its bits.
+    key = |x| bits << 5 | (31 - j), maximised: its high part is the largest |x| (for finite floats
+    the order of |x| equals the order of its bits) and, among equal magnitudes, it picks the first
+    index, as C's strict "amax < fabsf(v)" loop does. Integer max/or reductions vectorize where
+    float ones (without fast-math) do not.
     """
-    amax_bits = np.uint32(0)
+    key = np.int64(0)
     special = np.uint32(0)
     for j in range(QK):
         a = bits[base + j] & np.uint32(0x7FFFFFFF)
-        amax_bits = max(amax_bits, a)
+        key = max(key, (np.int64(a) << 5) | np.int64(QK - 1 - j))
         special |= np.uint32(a >= np.uint32(0x7F800000))
-    return amax_bits, special != 0
+    return key, special != 0
 
 
 @numba.njit(inline="always", cache=True)
-def _first_with_abs_bits(x, bits, base, amax_bits):
-    """C's "if (amax < fabsf(v)) { amax = ..; max = v; }": the first value of largest magnitude (+0 if all 0)."""
-    if amax_bits == 0:
+def _key_abs_bits(key):
+    return np.uint32(key >> 5)
+
+
+@numba.njit(inline="always", cache=True)
+def _key_signed_max(x, base, key):
+    """The first value of largest magnitude, with its sign (+0 when the block is all zeros, as C's
+    loop leaves it)."""
+    if (key >> 5) == 0:
         return np.float32(0.0)
-    first = QK
-    for j in range(QK):
-        if (bits[base + j] & np.uint32(0x7FFFFFFF)) == amax_bits:
-            first = min(first, j)
-    return x[base + first]
+    return x[base + QK - 1 - np.int64(key & (QK - 1))]
 
 
 @numba.njit(inline="always", cache=True)
@@ -146,13 +150,33 @@ def _block_min_max(x, bits, base):
 
 
 @numba.njit(inline="always", cache=True)
-def _block_ref(kind, x, bits, base, out, pos, L):
+def _ref_level(v, inv, shift, offset, top):
+    """C's "(uint8)MIN(top, (int)((v - shift) * id + offset))" (shift 0 for the symmetric types)."""
+    return min(top, np.int32((v - shift) * inv + offset))
+
+
+@numba.njit(inline="always", cache=True)
+def _put_ref_levels(kind, x, base, out, pos, inv, shift, offset, top):
+    """Levels of a block straight into its bytes: nibbles (and qh) from values j and j+16."""
+    qs = pos + (2, 2, 4, 6, 8)[kind]
+    qh = np.uint32(0)
+    for j in range(QK // 2):
+        lo = _ref_level(x[base + j], inv, shift, offset, top)
+        hi = _ref_level(x[base + j + QK // 2], inv, shift, offset, top)
+        out[qs + j] = np.uint8((lo & 0x0F) | ((hi & 0x0F) << 4))
+        qh |= (np.uint32((lo >> 4) & 1) << np.uint32(j)) | (np.uint32((hi >> 4) & 1) << np.uint32(j + QK // 2))
+    if kind >= 3:
+        _put_u32(out, qs - 4, qh)
+
+
+@numba.njit(inline="always", cache=True)
+def _block_ref(kind, x, bits, base, out, pos):
     """One block by llama.cpp's reference rule (no imatrix); returns True on NaN/Inf."""
-    amax_bits, special = _scan_block(bits, base)
+    key, special = _scan_block(bits, base)
     if special:
         return True
     if kind == 0:  # Q8_0
-        d = bits_f32(amax_bits) / np.float32(127.0)
+        d = bits_f32(_key_abs_bits(key)) / np.float32(127.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
         _put_fp16(out, pos, d)
         for j in range(QK):
@@ -160,26 +184,18 @@ def _block_ref(kind, x, bits, base, out, pos, L):
         return False
     if kind == 1 or kind == 3:  # Q4_0, Q5_0: symmetric, d = max / -(half range)
         half = np.float32(8.0) if kind == 1 else np.float32(16.0)
-        top = 15 if kind == 1 else 31
-        d = _first_with_abs_bits(x, bits, base, amax_bits) / -half
+        d = _key_signed_max(x, base, key) / -half
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
         _put_fp16(out, pos, d)
-        offset = half + np.float32(0.5)
-        for j in range(QK):
-            L[j] = min(top, np.int32(x[base + j] * inv + offset))
-        _put_levels(kind, out, pos, L)
+        _put_ref_levels(kind, x, base, out, pos, inv, np.float32(0.0), half + np.float32(0.5), 15 if kind == 1 else 31)
         return False
     # Q4_1, Q5_1: d = (max - min) / levels, m = min
     mn, mx = _block_min_max(x, bits, base)
-    levels = np.float32(15.0) if kind == 2 else np.float32(31.0)
-    top = 15 if kind == 2 else 255
-    d = (mx - mn) / levels
+    d = (mx - mn) / (np.float32(15.0) if kind == 2 else np.float32(31.0))
     inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
     _put_fp16(out, pos, d)
     _put_fp16(out, pos + 2, mn)
-    for j in range(QK):
-        L[j] = min(top, np.int32((x[base + j] - mn) * inv + np.float32(0.5)))
-    _put_levels(kind, out, pos, L)
+    _put_ref_levels(kind, x, base, out, pos, inv, mn, np.float32(0.5), 15 if kind == 2 else 255)
     return False
 
 
@@ -194,9 +210,8 @@ def _quantize_ref_kernel(rows, bits, kind, block_bytes):
         x = rows[r]
         xb = bits[r]
         o = out[r]
-        L = np.empty(QK, dtype=np.int32)
         for b in range(nblocks):
-            if _block_ref(kind, x, xb, b * QK, o, b * block_bytes, L):
+            if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
                 nonfinite[r] = True
                 break
     return out, nonfinite
