@@ -394,6 +394,30 @@ def test_moe_file_with_imatrix_equals_llama_quantize(preset, tmp_path):
     assert ours.read_bytes() == theirs.read_bytes()
 
 
+@pytest.fixture(scope="module")
+def small_dense_llama_files(tmp_path_factory):
+    """A small random Llama (8 layers, 256-wide rows, GQA 4, untied output) and llama-quantize's file for every
+    preset, with an importance matrix."""
+    folder = tmp_path_factory.mktemp("dense")
+    metadata, shapes = _model("llama", 8, _dense(256, 512))
+    rng = np.random.default_rng(3)
+    source = write_gguf(folder / "dense.gguf", metadata, [_Tensor(n, s, rng) for n, s in shapes.items()])
+    imatrix = synthetic_imatrix(folder / "dense.imatrix.npz", list(shapes.items()), seed=4)
+    jobs = [{"src": source, "dst": folder / f"llama.{p}.gguf", "preset": p, "imatrix": folder / "dense.imatrix.npz"}
+            for p in PRESETS]
+    for job, result in zip(jobs, llama_quantize(jobs)):
+        assert result["rc"] == 0, (job["preset"], result["error"])
+    return source, imatrix, folder
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_file_equals_llama_quantize(preset, small_dense_llama_files):
+    source, imatrix, folder = small_dense_llama_files
+    ours = folder / f"quantkit.{preset}.gguf"
+    requantize(source, ours, preset, imatrix=imatrix, progress=False)
+    assert ours.read_bytes() == (folder / f"llama.{preset}.gguf").read_bytes()
+
+
 # --- rules and errors without llama.cpp -------------------------------------------------------------------
 
 def test_preset_names_and_aliases():
