@@ -2,27 +2,28 @@
 
 Two backends, one interface (:class:`TorchBackend`, :class:`LlamaCppBackend`):
 
-- ``prepare(name)`` makes the variant ``name`` (``BASELINE`` = the model's own 16-bit weights, or
-  a type/preset such as ``Q4_K_M``), caching what is expensive, loads it, and returns its
-  :class:`Variant` (size, bits per weight, quantize time, notes);
+- ``prepare(name)`` loads the variant ``name`` (``BASELINE`` = the model's own 16-bit weights, or
+  a type/preset such as ``Q4_K_M``) and returns its :class:`Variant` (file size, bits per weight,
+  quantize time, tensor types);
 - ``generate(prompts, max_new_tokens)``: greedy answers, token ids per prompt;
 - ``score(sequences, top_k, full)``: teacher-forced next-token distributions. A sequence is
   ``(token_ids, start)``; positions ``start..len-1`` are scored: the distribution the model gives
   for token ``i`` from tokens ``0..i-1``.
 
-The torch backend measures weight quantization alone: the Hugging Face model in float32 with each
-weight matrix replaced by ``dequantize(quantize(w, type))``. The llama.cpp backend runs the GGUF
-``quantkit.convert`` writes, through xllamacpp's in-process server, whose completions give the
-top-k log-probabilities of a position (``n_probs``), not the full vocabulary.
+Both start from the same GGUF file per variant, made once by ``quantkit.convert`` (llama.cpp's
+preset rules and fallbacks, e.g. for 576-wide rows) and kept in the cache folder. The torch
+backend measures weight quantization alone: the Hugging Face model in float32 with each weight
+matrix replaced by the dequantized GGUF tensor (``dequantize(quantize(w, type))``, mapped back
+through the converter's row permutations). The llama.cpp backend runs the GGUF through
+xllamacpp's in-process server, whose completions give the top-k log-probabilities of a position
+(``n_probs``), not the full vocabulary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +32,18 @@ from ..errors import QuantkitError
 from .metrics import TopK, top_k
 
 BASELINE = "baseline"
-# preset suffixes llama.cpp's file types add to a tensor type (Q4_K_M is mostly Q4_K)
-_PRESET_SUFFIX = re.compile(r"^(?P<base>.+_K)_(?:S|M|L)$")
 
 
 @dataclass
 class Variant:
-    """One model variant as evaluated: what it costs in bytes and time, and what was kept."""
+    """One model variant as evaluated: what it costs in bytes and time, and which tensor types it has."""
 
     name: str
-    size_bytes: int  # weights bytes (torch) or the GGUF file size (llama.cpp)
-    bits_per_weight: float
-    quantize_seconds: float | None
-    tensor_types: dict  # type name -> number of tensors
-    notes: list = field(default_factory=list)
-    weight_error: float | None = None  # sqrt(sum (w_q - w)^2 / sum w^2) over the quantized matrices
+    size_bytes: int  # the GGUF file's size
+    bits_per_weight: float  # 8 x tensor bytes / weights
+    quantize_seconds: float | None  # the conversion's (None for the baseline)
+    tensor_types: dict  # GGUF type name -> number of tensors
+    weight_error: float | None = None  # sqrt(sum (w_q - w)^2 / sum w^2) over the matrices (torch)
 
 
 @dataclass
@@ -57,81 +55,105 @@ class Scored:
     full: np.ndarray | None = None  # (positions, vocab) float32 log-probabilities, torch only
 
 
-# --- which type each tensor gets ------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """What a variant quantizes: Hugging Face tensor name -> (type name, importance weights or None)."""
-
-    types: dict
-    size_bytes: int  # the GGUF file's size (exact, from the converter) or the weights' bytes
-    bits_per_weight: float
-    tensor_types: dict  # GGUF type name -> number of tensors
-    notes: list
+# --- the GGUF of each variant, shared by both backends ----------------------------------------------
 
 
 def stored_16bit(model_dir: Path) -> str:
     """BF16 or F16: the 16-bit type of the model's weights as stored (F16 for float32 models)."""
-    return "BF16" if "BF16" in set(stored_dtypes(model_dir).values()) else "F16"
+    from safetensors import safe_open
+
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt") as f:
+            if any(f.get_slice(n).get_dtype() == "BF16" for n in f.keys()):
+                return "BF16"
+    return "F16"
 
 
-def plan_variant(model_dir: Path, name: str, imatrix=None) -> Plan:
-    """The per-tensor types of type or preset ``name`` (``BASELINE``: the stored 16-bit type).
+def preset_of(model_dir: Path, name: str) -> str:
+    return stored_16bit(model_dir) if name == BASELINE else name
 
-    With the converter installed, its plan (llama.cpp's preset rules and fallbacks, keyed by GGUF
-    names, mapped back to the Hugging Face tensors each GGUF tensor is made of); otherwise
-    :func:`plan_uniform`.
+
+def check_variant(model_dir: Path, name: str, imatrix=None) -> None:
+    """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix)."""
+    from ..converter import plan_conversion
+
+    plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
+
+
+class VariantFiles:
+    """``<cache>/<model>.<name>[.<imatrix tag>].gguf`` made by ``quantkit.convert`` once, reused after.
+
+    The conversion's seconds are kept next to the file (``.seconds``) so that a reused file still
+    reports its quantize time.
     """
-    from collections import Counter
 
-    preset = stored_16bit(model_dir) if name == BASELINE else name
-    try:
-        from ..converter import plan_conversion
-    except ImportError:
-        return plan_uniform(model_dir, preset)
-    plan = plan_conversion(model_dir, preset, imatrix=imatrix)
-    types = {}
-    for p in plan.tensors:
-        if len(p.shape) < 2 or p.qtype.name == "F32":
-            continue
-        weights = None if plan.imatrix is None or p.name not in plan.imatrix else np.asarray(plan.imatrix[p.name])
-        for part, hf_name in enumerate(p.tensor.parts):
-            row = weights[part] if weights is not None and weights.ndim == 2 else weights
-            types[hf_name] = (p.qtype.name, row)
-    counts = Counter(p.qtype.name for p in plan.tensors)
-    return Plan(types, plan.expected_file_size(), plan.bits_per_weight, dict(counts.most_common()), [])
+    def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True):
+        self.model_dir, self.cache_dir = Path(model_dir), Path(cache_dir)
+        self.imatrix, self.threads, self.progress = imatrix, threads, progress
+
+    def path(self, name: str) -> Path:
+        tag = "" if self.imatrix is None or name == BASELINE else "." + hashlib.sha256(
+            Path(self.imatrix).read_bytes()).hexdigest()[:8]
+        return self.cache_dir / f"{self.model_dir.name}.{name}{tag}.gguf"
+
+    def get(self, name: str) -> Variant:
+        """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
+        from collections import Counter
+
+        from ..converter import convert
+        from ..ggufio import read_gguf
+
+        path = self.path(name)
+        seconds_file = path.with_name(path.name + ".seconds")
+        if not path.exists() or not seconds_file.exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            result = convert(self.model_dir, path, preset_of(self.model_dir, name),
+                             imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
+                             overwrite=True, progress=self.progress)
+            seconds_file.write_text(f"{result.seconds:.3f}\n")
+        with read_gguf(path) as f:
+            counts = Counter(t.qtype.name for t in f.tensors)
+            elements = sum(int(np.prod(t.shape)) for t in f.tensors)
+            tensor_bytes = sum(t.nbytes for t in f.tensors)
+        seconds = None if name == BASELINE else float(seconds_file.read_text())
+        return Variant(name, path.stat().st_size, 8.0 * tensor_bytes / elements, seconds, dict(counts.most_common()))
 
 
-def plan_uniform(model_dir: Path, preset: str) -> Plan:
-    """Without the converter: ``preset``'s base type (Q4_K_M -> Q4_K) for every weight matrix.
+def _source_rows(t, rows: int) -> np.ndarray | None:
+    """For a converter tensor with a row transform: ``order`` with GGUF row i = checkpoint row order[i].
 
-    1-D tensors (norms, biases) stay as stored; so does a matrix whose rows are not whole blocks of
-    the type (a note says which).
+    Found by sending row numbers through the transform; only row permutations can be mapped back.
     """
-    from collections import Counter
+    if t.transform is None:
+        return None
+    order = np.asarray(t.transform(np.arange(rows, dtype=np.float32).reshape(rows, 1))).reshape(-1)
+    if order.shape != (rows,) or not np.array_equal(np.sort(order), np.arange(rows)):
+        raise QuantkitError(f"{t.name}: the converter's transform of {t.parts[0]} is not a row permutation; "
+                            "the torch backend cannot map it back (use --backend llama.cpp)")
+    return order.astype(np.int64)
 
-    from ..types import quant_type
 
-    match = _PRESET_SUFFIX.match(preset.strip().upper())
-    qt = quant_type(match.group("base") if match else preset)
-    shapes, dtypes = stored_shapes(model_dir), stored_dtypes(model_dir)
-    types, kept, counts, size = {}, [], Counter(), 0
-    for hf_name, shape in shapes.items():
-        fits = len(shape) >= 2 and hf_name.endswith(".weight") and shape[-1] % qt.block_size == 0
-        if len(shape) >= 2 and hf_name.endswith(".weight") and not fits:
-            kept.append(hf_name)
-        if fits:
-            types[hf_name] = (qt.name, None)
-        kind = qt.name if fits else dtypes[hf_name]
-        counts[kind] += 1
-        size += qt.nbytes(shape) if fits else int(np.prod(shape)) * _DTYPE_BYTES.get(kind, 4)
-    notes = []
-    if kept:
-        notes.append(f"{len(kept)} weight matrices kept {'/'.join(sorted({dtypes[n] for n in kept}))}: rows of "
-                     f"{sorted({shapes[n][-1] for n in kept})} are not whole {qt.name} blocks of {qt.block_size}")
-    elements = sum(int(np.prod(s)) for s in shapes.values())
-    return Plan(types, size, 8.0 * size / elements, dict(counts.most_common()), notes)
+def checkpoint_tensors(model_dir: Path, name: str, path: Path, imatrix=None):
+    """(checkpoint name, float32 values) of every non-F32 tensor of a variant's GGUF, dequantized and
+    mapped back to the Hugging Face layout (expert stacks split, row permutations undone)."""
+    from ..converter import plan_conversion
+    from ..ggufio import read_gguf
+
+    plan = plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
+    made_of = {p.name: p.tensor for p in plan.tensors}
+    with read_gguf(path) as f:
+        for g in f.tensors:
+            t = made_of.get(g.name)
+            if g.qtype.name == "F32" or t is None or not t.parts:
+                continue
+            values = g.dequantize().reshape(len(t.parts), *t.sources[0].shape)
+            for hf_name, part in zip(t.parts, values):
+                order = _source_rows(t, part.shape[0])
+                if order is not None:
+                    restored = np.empty_like(part)
+                    restored[order] = part
+                    part = restored
+                yield hf_name, part
 
 
 # --- the torch backend ----------------------------------------------------------------------------
@@ -142,33 +164,6 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     if not files:
         raise QuantkitError(f"{model_dir}: no *.safetensors files (a Hugging Face model folder is needed)")
     return files
-
-
-def stored_shapes(model_dir: Path) -> dict:
-    """name -> shape of every tensor in the folder's safetensors files (reads headers only)."""
-    from safetensors import safe_open
-
-    shapes = {}
-    for path in safetensors_files(model_dir):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-    return shapes
-
-
-_DTYPE_BYTES = {"F32": 4, "BF16": 2, "F16": 2}
-
-
-def stored_dtypes(model_dir: Path) -> dict:
-    """name -> safetensors dtype (F32, BF16, F16, ...) of each stored tensor."""
-    from safetensors import safe_open
-
-    out = {}
-    for path in safetensors_files(model_dir):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                out[name] = f.get_slice(name).get_dtype()
-    return out
 
 
 def _stored_tensors(model_dir: Path):
@@ -182,7 +177,7 @@ def _stored_tensors(model_dir: Path):
 
 
 class TorchBackend:
-    """The Hugging Face model in float32; variants swap dequantized weights in and out."""
+    """The Hugging Face model in float32; a variant's dequantized matrices are swapped in."""
 
     name = "torch"
 
@@ -191,10 +186,7 @@ class TorchBackend:
         import transformers
 
         self.model_dir = Path(model_dir)
-        self.cache_dir = Path(cache_dir)
-        self.imatrix = imatrix
-        self.threads = threads
-        self.progress = progress
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
         if threads:
             torch.set_num_threads(threads)
         config = transformers.AutoConfig.from_pretrained(self.model_dir)
@@ -206,66 +198,29 @@ class TorchBackend:
             self.params = dict(self.model.named_parameters())
             self.eos_ids = _eos_ids(self.model.generation_config)
 
-    def _cache_path(self, name: str) -> Path:
-        key = hashlib.sha256(f"{self.model_dir.resolve()}|{name}|{self.imatrix}".encode()).hexdigest()[:12]
-        return self.cache_dir / f"{self.model_dir.name}.{name}.{key}.tensors.gguf"
-
-    def quantized(self, name: str, plan: Plan) -> tuple[Path, float]:
-        """The variant's quantized tensors (Hugging Face names) in a GGUF cache file made once, and
-        the seconds quantizing took when it was made."""
-        from gguf import GGUFValueType
-        from tqdm import tqdm
-
-        from ..ggufio import read_gguf, typed, write_gguf
-        from ..quants import quantize
-
-        path = self._cache_path(name)
-        if path.exists():
-            with read_gguf(path) as f:
-                return path, float(f.metadata[_SECONDS_KEY])
-        tensors, seconds = [], 0.0
-        stored = tqdm(_stored_tensors(self.model_dir), total=len(stored_shapes(self.model_dir)),
-                      desc=f"quantize {name}", disable=not self.progress, leave=False)
-        for hf_name, values in stored:
-            if hf_name not in plan.types:
-                continue
-            qtype, weights = plan.types[hf_name]
-            begin = time.perf_counter()
-            q = quantize(values, qtype, imatrix=weights, threads=self.threads, name=hf_name)
-            seconds += time.perf_counter() - begin
-            tensors.append(_Named(hf_name, q.qtype, q.shape, q.data))
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        metadata = {"general.architecture": "quantkit-eval-cache", _SECONDS_KEY: typed(seconds, GGUFValueType.FLOAT64)}
-        write_gguf(path, metadata, tensors, overwrite=True)
-        return path, seconds
-
     def prepare(self, name: str) -> Variant:
+        """Load the stored weights, then (not for the baseline) the variant's matrices over them."""
         import torch
 
-        from ..ggufio import read_gguf
-
-        plan = plan_variant(self.model_dir, name, self.imatrix)
-        seconds = error = None
+        variant = self.files.get(name)
         stored = {}
         with torch.no_grad():
             for hf_name, values in _stored_tensors(self.model_dir):
-                if self.model is not None:  # start from the stored weights; a variant replaces its matrices
+                if self.model is not None:
                     self._param(hf_name).copy_(values)
-                if hf_name in plan.types and name != BASELINE:
-                    stored[hf_name] = values
-            if name != BASELINE:
-                path, seconds = self.quantized(name, plan)
-                squared_error = squared = 0.0
-                with read_gguf(path) as f:
-                    for t in f.tensors:
-                        values = torch.from_numpy(t.dequantize())
-                        original = stored.pop(t.name).double()
-                        squared_error += float(((values.double() - original) ** 2).sum())
-                        squared += float((original ** 2).sum())
-                        if self.model is not None:
-                            self._param(t.name).copy_(values)
-                error = (squared_error / squared) ** 0.5 if squared else 0.0
-        return Variant(name, plan.size_bytes, plan.bits_per_weight, seconds, plan.tensor_types, plan.notes, error)
+                stored[hf_name] = values
+            if name == BASELINE:
+                return variant
+            squared_error = squared = 0.0
+            for hf_name, values in checkpoint_tensors(self.model_dir, name, self.files.path(name), self.files.imatrix):
+                original = stored[hf_name].double()
+                restored = torch.from_numpy(values)
+                squared_error += float(((restored.double() - original) ** 2).sum())
+                squared += float((original ** 2).sum())
+                if self.model is not None:
+                    self._param(hf_name).copy_(restored)
+        variant.weight_error = (squared_error / squared) ** 0.5 if squared else 0.0
+        return variant
 
     def _param(self, name: str):
         param = self.params.get(name)
@@ -306,19 +261,6 @@ class TorchBackend:
         self.model = None
 
 
-_SECONDS_KEY = "quantkit.eval.quantize_seconds"
-
-
-@dataclass(frozen=True)
-class _Named:
-    """A quantized tensor with its name, as write_gguf takes it."""
-
-    name: str
-    qtype: object
-    shape: tuple
-    data: np.ndarray
-
-
 def _eos_ids(generation_config) -> list:
     eos = generation_config.eos_token_id
     if eos is None:
@@ -356,38 +298,16 @@ class LlamaCppBackend:
             raise QuantkitError("the llama.cpp backend needs quantkit.convert, which this install does not have yet; "
                                 "use --backend torch")
         self.model_dir = Path(model_dir)
-        self.cache_dir = Path(cache_dir)
-        self.imatrix = imatrix
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
         self.threads = threads or os.cpu_count()
-        self.progress = progress
         self.n_ctx = n_ctx
         self.server = None
         self.can_generate = True
 
-    def gguf_path(self, name: str) -> Path:
-        tag = "" if self.imatrix is None else "." + hashlib.sha256(str(self.imatrix).encode()).hexdigest()[:8]
-        return self.cache_dir / f"{self.model_dir.name}.{name}{tag}.gguf"
-
     def prepare(self, name: str) -> Variant:
-        from collections import Counter
-
-        from ..converter import convert
-        from ..ggufio import read_gguf
-
-        preset = stored_16bit(self.model_dir) if name == BASELINE else name
-        path = self.gguf_path(name)
-        if not path.exists():
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            result = convert(self.model_dir, path, preset, imatrix=self.imatrix, threads=self.threads,
-                             progress=self.progress)
-            _seconds_path(path).write_text(f"{result.seconds:.3f}\n")
-        with read_gguf(path) as f:
-            counts = Counter(t.qtype.name for t in f.tensors)
-            elements = sum(int(np.prod(t.shape)) for t in f.tensors)
-            tensor_bytes = sum(t.nbytes for t in f.tensors)
-        self._start(path)
-        seconds = None if name == BASELINE else float(_seconds_path(path).read_text())
-        return Variant(name, path.stat().st_size, 8.0 * tensor_bytes / elements, seconds, dict(counts.most_common()))
+        variant = self.files.get(name)
+        self._start(self.files.path(name))
+        return variant
 
     def _start(self, path: Path):
         import xllamacpp
@@ -437,11 +357,6 @@ class LlamaCppBackend:
 
     def close(self):
         self.server = None
-
-
-def _seconds_path(path: Path) -> Path:
-    """Where the seconds a cached GGUF's conversion took are kept, next to it."""
-    return path.with_name(path.name + ".seconds")
 
 
 def make_backend(kind: str, model_dir, cache_dir, imatrix=None, threads=None, progress=True):

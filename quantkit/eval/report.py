@@ -3,7 +3,7 @@
 Layout of a report folder::
 
     scorecard.md  scorecard.json  scorecard.png
-    files/        quantized weights (torch: Hugging Face names in a GGUF container; llama.cpp: the GGUFs)
+    files/        the GGUF of each type, made by quantkit.convert once and used by both backends
     cache/        one JSON of results per type and settings, reused by later runs
 
 Per type, with the baseline run the same way on the same backend:
@@ -215,7 +215,6 @@ def _variant_fields(variant) -> dict:
         "quantize_seconds": None if variant.quantize_seconds is None else round(variant.quantize_seconds, 2),
         "weight_error": None if variant.weight_error is None else round(variant.weight_error, 6),
         "tensor_types": variant.tensor_types,
-        "notes": variant.notes,
     }
 
 
@@ -298,8 +297,6 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     runner.close()
     ordered = sorted(rows.values(), key=lambda r: -r["size_bytes"])
     _mark_noise(ordered, settings.seed)
-    for row in ordered:
-        notes.extend(f"{row['type']}: {n}" for n in row["notes"])
     result = {
         "model": str(model_dir),
         "backend": backend,
@@ -326,10 +323,10 @@ def _parse_types(types) -> list[str]:
 
 def _check_types(model_dir: Path, names: list[str], imatrix) -> None:
     """Plan every type before any work, so an unknown type or a missing imatrix fails at once."""
-    from .backends import plan_variant
+    from .backends import check_variant
 
     for name in names:
-        plan_variant(model_dir, name, imatrix)
+        check_variant(model_dir, name, imatrix)
 
 
 def _mark_noise(rows: list[dict], seed: int) -> None:
