@@ -67,12 +67,11 @@ def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
     The 24 possible terms are computed with C's float32 operations, then iq2.nn_search scans the
     candidates in C's order and summation order.
     """
-    for i in range(8):
-        wi = weight[off + i]
-        xi = xval[off + i]
-        for l in range(3):
-            diff = scale * xg[l] - xi
-            t[3 * i + l] = wi * diff * diff
+    for l in range(3):
+        sq = scale * xg[l]
+        for i in range(8):
+            diff = sq - xval[off + i]
+            t[8 * l + i] = weight[off + i] * diff * diff
     c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
     return code_levels(c, L, off)
 

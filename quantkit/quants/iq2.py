@@ -37,6 +37,9 @@ GROUP_MAX_EPS = np.float32(1e-15)
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 
 # grid size -> (type whose codebook it is, nearest distances kept per off-grid point)
+# where a neighbour code keeps element i's distance-term index (8*level + i, 5 bits)
+_TERM_SHIFT = (28, 33, 38, 43, 8, 13, 18, 23)
+
 _GRIDS = {256: ("IQ2_XXS", 2), 512: ("IQ2_XS", 2), 1024: ("IQ2_S", 1), 2048: ("IQ1_S", 3)}
 
 
@@ -51,8 +54,8 @@ class GridTables(NamedTuple):
     codebook entries whose squared distance to the point is among its ``nwant`` smallest distinct
     distances, ordered by (distance, entry) as llama.cpp orders them. A code packs the entry's levels
     for the kernels: bits 0-6 the first four levels as one base-3 number (index into a search's 81
-    running sums of its first four distance terms), bits 8-15 levels 4..7 (2 bits each), bits 16-23
-    levels 0..3 (2 bits each), bits 32-42 the codebook entry.
+    running sums of its first four distance terms); for elements 4..7 then 0..3, 5 bits each from
+    bit 8, the index 8*level + element of the element's distance term; bits 48-58 the entry.
     """
 
     levels: np.ndarray
@@ -67,7 +70,7 @@ class GridTables(NamedTuple):
         """The codebook entries listed for off-grid point ``u``, in llama.cpp's order."""
         off = -int(self.kmap[u]) - 1
         n = int(self.nbr_list[off])
-        return (self.nbr_list[off + 1:off + 1 + n] >> 32).astype(np.int64)
+        return (self.nbr_list[off + 1:off + 1 + n] >> 48).astype(np.int64)
 
 
 def _codebook_levels(grid_size: int) -> np.ndarray:
@@ -135,11 +138,9 @@ def grid_tables(grid_size: int) -> GridTables:
     entry = -1 - flat[is_entry]
     lv = levels[entry].astype(np.int64)
     code = lv[:, 0] * 27 + lv[:, 1] * 9 + lv[:, 2] * 3 + lv[:, 3]
-    for i in range(4, 8):
-        code |= lv[:, i] << (8 + 2 * (i - 4))
-    for i in range(4):
-        code |= lv[:, i] << (16 + 2 * i)
-    code |= entry << 32
+    for i in range(8):
+        code |= (8 * lv[:, i] + i) << _TERM_SHIFT[i]
+    code |= entry << 48
     nbr_list = flat.copy()
     nbr_list[is_entry] = code
     tables = GridTables(levels, kmap, nbr_list)
@@ -167,7 +168,7 @@ def nearest_int(value):
 def nn_search(off, nbr_list, t, t4):
     """The code of the entry of a neighbour list with the smallest distance, first on ties.
 
-    ``off`` is where the list starts in ``nbr_list`` (its count, then the codes). ``t[3*i + l]`` is
+    ``off`` is where the list starts in ``nbr_list`` (its count, then the codes). ``t[8*l + i]`` is
     the distance term of element i at level l; a candidate's distance is the float32 sum of its 8
     terms in element order, as llama.cpp accumulates it, and the first strict minimum wins, as in
     llama.cpp's scan. For long lists the running sums of the first four terms are tabulated first
@@ -180,36 +181,36 @@ def nn_search(off, nbr_list, t, t4):
     cbest = nbr_list[first]  # kept only if every distance is NaN (llama.cpp aborts there)
     if n >= 16:
         for a in range(3):
-            ta = t[a]
+            ta = t[8 * a]
             for b in range(3):
-                tab = ta + t[3 + b]
+                tab = ta + t[8 * b + 1]
                 for c in range(3):
-                    tabc = tab + t[6 + c]
+                    tabc = tab + t[8 * c + 2]
                     o = 27 * a + 9 * b + 3 * c
-                    t4[o] = tabc + t[9]
-                    t4[o + 1] = tabc + t[10]
-                    t4[o + 2] = tabc + t[11]
+                    t4[o] = tabc + t[3]
+                    t4[o + 1] = tabc + t[11]
+                    t4[o + 2] = tabc + t[19]
         for j in range(first, first + n):
             c = nbr_list[j]
             d2 = t4[c & 127]
-            d2 += t[12 + ((c >> 8) & 3)]
-            d2 += t[15 + ((c >> 10) & 3)]
-            d2 += t[18 + ((c >> 12) & 3)]
-            d2 += t[21 + ((c >> 14) & 3)]
+            d2 += t[(c >> 8) & 31]
+            d2 += t[(c >> 13) & 31]
+            d2 += t[(c >> 18) & 31]
+            d2 += t[(c >> 23) & 31]
             if d2 < best_d2:
                 best_d2 = d2
                 cbest = c
     else:
         for j in range(first, first + n):
             c = nbr_list[j]
-            d2 = t[(c >> 16) & 3]
-            d2 += t[3 + ((c >> 18) & 3)]
-            d2 += t[6 + ((c >> 20) & 3)]
-            d2 += t[9 + ((c >> 22) & 3)]
-            d2 += t[12 + ((c >> 8) & 3)]
-            d2 += t[15 + ((c >> 10) & 3)]
-            d2 += t[18 + ((c >> 12) & 3)]
-            d2 += t[21 + ((c >> 14) & 3)]
+            d2 = t[(c >> 28) & 31]
+            d2 += t[(c >> 33) & 31]
+            d2 += t[(c >> 38) & 31]
+            d2 += t[(c >> 43) & 31]
+            d2 += t[(c >> 8) & 31]
+            d2 += t[(c >> 13) & 31]
+            d2 += t[(c >> 18) & 31]
+            d2 += t[(c >> 23) & 31]
             if d2 < best_d2:
                 best_d2 = d2
                 cbest = c
@@ -220,9 +221,9 @@ def nn_search(off, nbr_list, t, t4):
 def code_levels(c, L, loff):
     """Write the 8 levels packed in a neighbour code to L[loff:loff+8]; return its codebook entry."""
     for i in range(4):
-        L[loff + i] = (c >> (16 + 2 * i)) & 3
-        L[loff + 4 + i] = (c >> (8 + 2 * i)) & 3
-    return np.int32(c >> 32)
+        L[loff + i] = ((c >> (28 + 5 * i)) & 31) >> 3
+        L[loff + 4 + i] = ((c >> (8 + 5 * i)) & 31) >> 3
+    return np.int32(c >> 48)
 
 
 @njit(inline="always", cache=True)
@@ -232,12 +233,11 @@ def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
     Each element's term w*(scale*q - x)^2 takes one of 3 values (q = 1, 3, 5): computed once into
     ``t`` with C's float32 operations, then :func:`nn_search` scans the candidates.
     """
-    for i in range(8):
-        wi = w[off + i]
-        xi = xval[off + i]
-        for l in range(3):
-            diff = scale * np.float32(2 * l + 1) - xi
-            t[3 * i + l] = wi * diff * diff
+    for l in range(3):
+        sq = scale * np.float32(2 * l + 1)
+        for i in range(8):
+            diff = sq - xval[off + i]
+            t[8 * l + i] = w[off + i] * diff * diff
     c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
     return code_levels(c, L, loff)
 
