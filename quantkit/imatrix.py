@@ -39,6 +39,7 @@ KEY_CHUNK_SIZE = "imatrix.chunk_size"
 SUMS_SUFFIX = ".in_sum2"
 COUNTS_SUFFIX = ".counts"
 
+
 @dataclass
 class ImatrixEntry:
     """One matrix: ``sums`` float32 (n_mat, n_cols) of x^2 per input column, ``counts`` int64 (n_mat,) tokens."""
@@ -153,7 +154,8 @@ class _F32:
     def __init__(self, name: str, values: np.ndarray):
         from gguf import GGMLQuantizationType
 
-        self.name, self.qtype, self.shape, self.data = name, GGMLQuantizationType.F32, values.shape, values.view(np.uint8)
+        self.name, self.qtype = name, GGMLQuantizationType.F32
+        self.shape, self.data = values.shape, values.view(np.uint8)
 
 
 def read_imatrix(path) -> Imatrix:
@@ -182,10 +184,12 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
                 if t.name.endswith(suffix):
                     if t.qtype != GGMLQuantizationType.F32:
                         raise ImatrixError(f"{path}: tensor {t.name} is {t.qtype.name}, an imatrix holds F32")
-                    pairs.setdefault(t.name[: -len(suffix)], {})[suffix] = np.array(t.data).view(np.float32).reshape(t.shape)
+                    values = np.array(t.data).view(np.float32).reshape(t.shape)
+                    pairs.setdefault(t.name[: -len(suffix)], {})[suffix] = values
         if not pairs:
             kind = meta.get(KEY_TYPE, "not set")
-            raise ImatrixError(f"{path}: not an imatrix: no {SUMS_SUFFIX}/{COUNTS_SUFFIX} tensors (general.type is {kind!r})")
+            raise ImatrixError(f"{path}: not an imatrix: no {SUMS_SUFFIX}/{COUNTS_SUFFIX} tensors "
+                               f"(general.type is {kind!r})")
         missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in meta]
         if missing:
             raise ImatrixError(f"{path}: imatrix metadata missing: {', '.join(missing)}")
@@ -193,7 +197,8 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
         for name, pair in sorted(pairs.items()):
             if len(pair) != 2:
                 have = next(iter(pair))
-                raise ImatrixError(f"{path}: {name} has {name}{have} but no {name}{({SUMS_SUFFIX, COUNTS_SUFFIX} - {have}).pop()}")
+                lacking = COUNTS_SUFFIX if have == SUMS_SUFFIX else SUMS_SUFFIX
+                raise ImatrixError(f"{path}: {name} has {name}{have} but no {name}{lacking}")
             sums, counts = pair[SUMS_SUFFIX], pair[COUNTS_SUFFIX].reshape(-1)
             sums = sums.reshape(-1, sums.shape[-1])
             if counts.size != sums.shape[0]:

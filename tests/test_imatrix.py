@@ -263,6 +263,39 @@ def test_bad_files(tmp_path, smollm2_imatrix, smollm2_path):
         read_imatrix(tmp_path / "missing.gguf")
 
 
+def _gguf_file(path, tensors: dict, keys=True):
+    """A GGUF written by gguf-py holding ``tensors`` (name -> array) and, with ``keys``, the imatrix keys."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("general.type", "imatrix")
+    if keys:
+        writer.add_array("imatrix.datasets", ["d.txt"])
+        writer.add_uint32("imatrix.chunk_count", 1)
+        writer.add_uint32("imatrix.chunk_size", 4)
+    for name, values in tensors.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_bad_gguf_imatrices(tmp_path):
+    sums, counts = np.ones((1, 8), dtype=np.float32), np.full((1, 1), 4, dtype=np.float32)
+    ok = read_imatrix(_gguf_file(tmp_path / "ok.gguf", {"a.weight.in_sum2": sums, "a.weight.counts": counts}))
+    np.testing.assert_array_equal(ok["a.weight"], np.full(8, 0.25, dtype=np.float32))
+    with pytest.raises(ImatrixError, match=r"half\.gguf: a\.weight has a\.weight\.in_sum2 but no a\.weight\.counts"):
+        read_imatrix(_gguf_file(tmp_path / "half.gguf", {"a.weight.in_sum2": sums}))
+    with pytest.raises(ImatrixError, match=r"f16\.gguf: tensor a\.weight\.in_sum2 is F16, an imatrix holds F32"):
+        read_imatrix(_gguf_file(tmp_path / "f16.gguf", {"a.weight.in_sum2": sums.astype(np.float16), "a.weight.counts": counts}))
+    with pytest.raises(ImatrixError, match=r"keys\.gguf: imatrix metadata missing: imatrix\.datasets, imatrix\.chunk_count"):
+        read_imatrix(_gguf_file(tmp_path / "keys.gguf", {"a.weight.in_sum2": sums, "a.weight.counts": counts}, keys=False))
+    with pytest.raises(ImatrixError, match=r"rows\.gguf: a\.weight has 2 matrices of sums but 1 counts"):
+        read_imatrix(_gguf_file(tmp_path / "rows.gguf", {"a.weight.in_sum2": np.ones((2, 8), np.float32), "a.weight.counts": counts}))
+
+
 # --- use by the quantizers --------------------------------------------------------------------
 
 
