@@ -4,7 +4,8 @@ The reference is llama.cpp's own ``llama_model_quantize`` (llama-cpp-python 0.3.
 the llama.cpp whose src/llama-quant.cpp presets.py follows), run in a child process:
 * with ``dry_run`` it logs each tensor's chosen type without quantizing (fast: every preset on
   SmolLM2 and on small synthetic MoE / 70B / Falcon / Qwen2 files whose data is never read);
-* for real, its output file is compared with quantkit's byte for byte.
+* for real, its output file is compared with quantkit's byte for byte (SmolLM2 Q4_K_M, SmolLM2 Q4_0 with
+  an imatrix file through the CLI, a small random MoE, and every preset on a small random Llama).
 """
 
 import json
@@ -94,7 +95,7 @@ def llama_quantize(jobs: list[dict]) -> list[dict]:
 def synthetic_imatrix(path, tensors, seed=0):
     """A positive importance matrix for every weight llama-imatrix would see (all 2-D+ weights but token_embd).
 
-    Saved flat to ``path`` (.npz, for llama.cpp); returned as name -> (n_cols,) or (n_expert, n_cols).
+    Saved to ``path`` (.npz, flattened for llama.cpp); returned as name -> (n_cols,) or (n_expert, n_cols).
     """
     rng = np.random.default_rng(seed)
     entries = {}
