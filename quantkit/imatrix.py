@@ -105,6 +105,28 @@ class Imatrix(Mapping):
                                f"{got_mat} (an imatrix made for another model?)")
         return mean
 
+    def quantize_metadata(self, file: str, n_entries: int | None = None) -> dict:
+        """The keys llama-quantize adds to a model quantized with this imatrix, in its order.
+
+        ``file`` is the imatrix path as the user gave it; ``n_entries`` the entries used (default:
+        all). Strings are cut to 127 bytes and the counts are uint32, as quantize.cpp's kv
+        overrides write them; the dataset is the first one, the chunk count only when positive.
+        """
+        from gguf import GGUFValueType
+
+        from .ggufio import typed
+
+        def cut(text: str) -> str:
+            return text.encode("utf-8")[:127].decode("utf-8", "ignore")
+
+        keys = {"quantize.imatrix.file": cut(file)}
+        if self.datasets:
+            keys["quantize.imatrix.dataset"] = cut(self.datasets[0])
+        keys["quantize.imatrix.entries_count"] = typed(len(self) if n_entries is None else n_entries, GGUFValueType.UINT32)
+        if self.chunk_count > 0:
+            keys["quantize.imatrix.chunks_count"] = typed(self.chunk_count, GGUFValueType.UINT32)
+        return keys
+
 
 def check_coverage(imatrix: Imatrix, tensor_names, requiring_imatrix: set) -> list[str]:
     """Names in ``tensor_names`` the imatrix has no entry for; warns listing them.

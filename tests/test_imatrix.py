@@ -313,6 +313,20 @@ def test_coverage_and_shape_checks(smollm2_imatrix):
         smollm2_imatrix.weights_for("blk.2.ffn_down.weight", (576, 2048))
 
 
+def test_quantize_metadata_as_llama_quantize_writes_it(tmp_path, smollm2_imatrix):
+    from gguf import GGUFValueType
+
+    path = write_imatrix(tmp_path / "imatrix.gguf", smollm2_imatrix)
+    keys = read_imatrix(path).quantize_metadata(str(path))
+    assert list(keys) == ["quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                          "quantize.imatrix.chunks_count"]
+    assert keys["quantize.imatrix.file"] == str(path)[:127]
+    assert keys["quantize.imatrix.dataset"] == "calibration.txt"
+    counts = keys["quantize.imatrix.entries_count"], keys["quantize.imatrix.chunks_count"]
+    assert [(c.value, c.vtype) for c in counts] == [(210, GGUFValueType.UINT32), (CHUNKS, GGUFValueType.UINT32)]
+    assert Imatrix({}, ["é" * 100]).quantize_metadata("x")["quantize.imatrix.dataset"] == "é" * 63
+
+
 QUANT_CASES = [  # tensor, type, rows used
     ("blk.0.attn_q.weight", "Q4_0", 96),
     ("blk.4.ffn_down.weight", "Q4_K", 64),
