@@ -122,7 +122,8 @@ class Imatrix(Mapping):
         keys = {"quantize.imatrix.file": cut(file)}
         if self.datasets:
             keys["quantize.imatrix.dataset"] = cut(self.datasets[0])
-        keys["quantize.imatrix.entries_count"] = typed(len(self) if n_entries is None else n_entries, GGUFValueType.UINT32)
+        n_entries = len(self) if n_entries is None else n_entries
+        keys["quantize.imatrix.entries_count"] = typed(n_entries, GGUFValueType.UINT32)
         if self.chunk_count > 0:
             keys["quantize.imatrix.chunks_count"] = typed(self.chunk_count, GGUFValueType.UINT32)
         return keys
