@@ -1,9 +1,10 @@
-"""A Hugging Face model folder, read lazily: config, safetensors weights (single or sharded), tokenizer.
+"""A Hugging Face model folder, read lazily: config.json and safetensors weights (single or sharded).
 
 ``HFSource(folder)`` reads ``config.json`` and the safetensors headers only. Tensor data is read on
 demand, whole or as a range of rows (``read(name, start, stop)``), as float32 numpy arrays. Each read
 opens the shard with safetensors' ``safe_open`` and closes it again, so the mmap of a multi-GB shard
 never stays resident: memory is the rows asked for. Weights must be float32, float16 or bfloat16.
+(The tokenizer files are read by :mod:`quantkit.converter.vocab`.)
 
 Sharded checkpoints are ``model.safetensors.index.json`` (its ``weight_map``: tensor -> shard file)
 next to the shards; single ones are ``model.safetensors``. Pickle checkpoints
@@ -25,7 +26,6 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 WEIGHT_DTYPES = ("F32", "F16", "BF16")  # what a converted tensor may be stored as
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt")
 
 
 class SourceError(QuantkitError):
@@ -94,11 +94,6 @@ class HFSource:
             raise SourceError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
         self.config = _read_json(config_path)
         self.tensors = self._index()
-
-    @property
-    def files(self) -> list[Path]:
-        """The weight files (shards) this model reads."""
-        return sorted({t.path for t in self.tensors.values()})
 
     def _shards(self) -> tuple[list[Path], dict | None]:
         index_path = self.folder / INDEX_FILE
@@ -171,6 +166,3 @@ class HFSource:
         with safe_open(str(info.path), framework="pt") as f:
             part = f.get_slice(name)[start:stop] if info.shape else f.get_tensor(name)
             return part.to(torch.float32).numpy()
-
-    def tokenizer_files(self) -> list[str]:
-        return [name for name in TOKENIZER_FILES if (self.folder / name).is_file()]
