@@ -64,7 +64,7 @@ def test_heavy_tailed(qtype):
 
 @pytest.mark.parametrize("qtype", TYPES)
 def test_edge_rows(qtype):
-    """Zero rows and groups, constants, ties, tiny/large scales, sparse rows, zero importances."""
+    """Zero rows and groups, constants, ties, tiny/huge scales, sparse rows, zero/tiny/huge importances."""
     rng = np.random.default_rng(5)
     n = 512
     z = rng.standard_normal(n)
@@ -83,11 +83,13 @@ def test_edge_rows(qtype):
         spikes,
         np.where(rng.random(n) < 0.9, 0, rng.standard_normal(n)),
     ]
+    rows += [rng.standard_normal(n) * scale for scale in (1e-20, 1e-12, 1e-7, 1e-6, 1e6, 1e9)]
     x = np.array(rows, dtype=np.float32)
     with_zeros = random_imatrix(rng, n)
     with_zeros[:64] = 0
     with_zeros[200:260] = 0
-    for imatrix in imatrices(qtype, rng, n) + [with_zeros]:
+    tiny, huge = random_imatrix(rng, n) * 1e-6, random_imatrix(rng, n) * 1e6
+    for imatrix in imatrices(qtype, rng, n) + [with_zeros, tiny, huge]:
         check_exact(qtype, x, imatrix)
 
 
