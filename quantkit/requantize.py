@@ -56,11 +56,13 @@ def _row_chunks(tensor, rows_per_chunk: int):
 
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
-               progress: bool = True, overrides=(), pure: bool = False) -> list[TensorPlan]:
+               progress: bool = True, overrides=(), pure: bool = False, output_type=None,
+               token_embedding_type=None) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
-    ``overrides``: (pattern, type name) pairs like llama-quantize's --tensor-type; ``pure``: --pure.
+    ``overrides``: (pattern, type name) pairs like llama-quantize's --tensor-type; ``pure``: --pure;
+    ``output_type`` / ``token_embedding_type``: --output-tensor-type / --token-embedding-type.
     Returns the per-tensor plan that was carried out, in output order.
     """
     from tqdm import tqdm
@@ -73,7 +75,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         tensors = sorted(source.tensors, key=lambda t: tensor_sort_key(t.name))
         try:
             targets = plan_types(name, source.metadata, [(t.name, t.shape, t.qtype) for t in tensors],
-                                 overrides=overrides, imatrix=imatrix, pure=pure)
+                                 overrides=overrides, imatrix=imatrix, pure=pure, output_type=output_type,
+                                 token_embedding_type=token_embedding_type)
         except QuantkitError as e:
             raise type(e)(f"{src}: {e}") from None
         plans = [TensorPlan(t.name, tuple(t.shape), t.qtype, targets[t.name]) for t in tensors]

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 import llamacpp_ref as ref
 from quantkit import read_gguf, write_gguf
 from quantkit.converter.presets import PRESETS, file_type, plan_types, resolve_preset
-from quantkit.errors import ImatrixError, QuantkitError, UnsupportedTypeError
+from quantkit.errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
 from quantkit.ggufio import typed
 from quantkit.requantize import requantize
 
@@ -45,6 +45,8 @@ for job in jobs:
     params.nthread = 2
     params.dry_run = job["dst"] is None
     params.pure = job.get("pure", False)
+    params.output_tensor_type = job.get("output_type", params.output_tensor_type)
+    params.token_embedding_type = job.get("token_embedding_type", params.token_embedding_type)
     keep = []
     if job.get("overrides"):
         items = (llama_cpp.llama_model_tensor_override * (len(job["overrides"]) + 1))()
@@ -77,14 +79,16 @@ print("RESULT:" + json.dumps(results))
 
 def llama_quantize(jobs: list[dict]) -> list[dict]:
     """Run llama.cpp's llama_model_quantize for each job {src, dst or None (dry run), preset, imatrix .npz or None}
-    (optional: overrides [(pattern, type name)], pure).
+    (optional: overrides [(pattern, type name)], pure, output_type, token_embedding_type).
 
     Returns per job: rc, types (tensor name -> type name llama.cpp chose), needs_imatrix (dry run's warning).
     """
     payload = [{"src": str(j["src"]), "dst": None if j["dst"] is None else str(j["dst"]),
                 "ftype": int(file_type(j["preset"])), "imatrix": j["imatrix"] and str(j["imatrix"]),
                 "overrides": [(p, int(GGMLQuantizationType[t.upper()])) for p, t in j.get("overrides", ())],
-                "pure": j.get("pure", False)} for j in jobs]
+                "pure": j.get("pure", False),
+                **{k: int(GGMLQuantizationType[j[k].upper()]) for k in ("output_type", "token_embedding_type") if k in j}}
+               for j in jobs]
     result = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE], input=json.dumps(payload), capture_output=True,
                             text=True, timeout=1200)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
@@ -434,21 +438,39 @@ OVERRIDE_CASES = {
 }
 
 
-def test_overrides_and_pure_equal_llama_quantize(smollm2_f16, smollm2_f16_info):
-    metadata, tensors = smollm2_f16_info
+EXPLICIT_CASES = [  # (model, preset, options)
+    ("smollm2", "Q4_K_M", {"output_type": "q6_k"}),  # tied: token_embd takes it through the rules -> Q8_0 fallback
+    ("smollm2", "Q3_K_M", {"token_embedding_type": "Q5_0"}),
+    ("llama70b", "F16", {"output_type": "Q8_0"}),  # applied even by the float presets
+    ("llama70b", "IQ4_XS", {"output_type": "Q5_K", "token_embedding_type": "Q4_0"}),
+    ("llama70b", "Q2_K", {"token_embedding_type": "IQ4_NL", "pure": True}),
+]
+
+
+def test_overrides_pure_and_explicit_types_equal_llama_quantize(smollm2_f16, smollm2_f16_info, synthetic_models):
+    files = {"smollm2": smollm2_f16, "llama70b": synthetic_models["llama70b"][0]}
     jobs = [{"src": smollm2_f16, "dst": None, "preset": p, "imatrix": None, "overrides": o}
             for p, o in OVERRIDE_CASES.items()]
     jobs += [{"src": smollm2_f16, "dst": None, "preset": p, "imatrix": None, "pure": True} for p in ("Q4_K_M", "IQ4_XS")]
+    jobs += [{"src": files[model], "dst": None, "preset": p, "imatrix": None, **options}
+             for model, p, options in EXPLICIT_CASES]
     for job, theirs in zip(jobs, llama_quantize(jobs)):
-        ours = plan_types(job["preset"], metadata, tensors, overrides=job.get("overrides", ()), pure=job.get("pure", False))
-        assert_same_plan(ours, theirs["types"], str(job))
+        with read_gguf(job["src"]) as f:
+            metadata, tensors = f.metadata.copy(), [(t.name, t.shape, t.qtype) for t in f.tensors]
+        options = {k: job[k] for k in ("overrides", "pure", "output_type", "token_embedding_type") if k in job}
+        assert_same_plan(plan_types(job["preset"], metadata, tensors, **options), theirs["types"], str(job))
+    metadata, tensors = smollm2_f16_info
     q3 = plan_types("Q3_K_M", metadata, tensors, overrides=OVERRIDE_CASES["Q3_K_M"])
     assert [q3[f"blk.{i}.attn_v.weight"].name for i in range(4)] == ["Q8_0", "Q5_1", "Q5_1", "Q5_0"]
     assert q3["blk.7.ffn_down.weight"].name == "IQ4_NL"
     pure = plan_types("Q4_K_M", metadata, tensors, pure=True)
     assert {pure[n].name for n, s, _ in tensors if len(s) == 2} == {"Q4_K", "Q5_0"}  # 1536-wide ffn_down fit Q4_K
+    # tied embeddings are not output.weight: the float presets leave them alone
+    assert plan_types("F16", metadata, tensors, output_type="Q8_0")["token_embd.weight"].name == "F16"
     with pytest.raises(UnsupportedTypeError):
         plan_types("Q4_K_M", metadata, tensors, overrides=[("attn_v", "Q9_9")])
+    with pytest.raises(ShapeError, match="token_embd.weight: rows of 576 do not split into Q4_K blocks of 256"):
+        plan_types("Q4_K_M", metadata, tensors, token_embedding_type="Q4_K")
 
 
 def test_imatrix_errors(smollm2_f16_info, smollm2_imatrix):
@@ -475,11 +497,13 @@ def test_cli_quantize_preset(smollm2_f16, tmp_path):
     from quantkit.cli import main
 
     out = tmp_path / "out.gguf"
-    result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(out), "q8_0", "--tensor-type", "ffn_down=q6_k"])
+    result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(out), "q8_0", "--tensor-type", "ffn_down=q6_k",
+                                       "--token-embedding-type", "q4_0"])
     assert result.exit_code == 0, result.output
     with read_gguf(out) as f:
         types = {t.name: t.qtype.name for t in f.tensors}
     assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.0.ffn_up.weight"] == "Q8_0"
+    assert types["token_embd.weight"] == "Q4_0"
     for args, message in [(["Q4_K_Z"], "unknown preset"), (["Q4_K_M", "--tensor-type", "attn_v"], "PATTERN=TYPE"),
                           (["IQ1_S"], "needs an importance matrix")]:
         result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(tmp_path / "x.gguf"), *args])

@@ -12,9 +12,12 @@ import click
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
               help="Type for tensors whose name matches the regex PATTERN (repeatable; first match wins).")
 @click.option("--pure", is_flag=True, help="Give every quantizable tensor the preset's default type.")
+@click.option("--output-tensor-type", "output_type", default=None, metavar="TYPE", help="Type for output.weight.")
+@click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type for token_embd.weight.")
 @click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def quantize(source, output, preset, imatrix_path, tensor_types, pure, threads, force):
+def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_type, token_embedding_type, threads,
+             force):
     """Quantize SOURCE.gguf into OUTPUT.gguf with PRESET, choosing each tensor's type as llama-quantize does.
 
     PRESET: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
@@ -32,4 +35,4 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, threads, 
 
         imatrix = read_imatrix(imatrix_path)
     requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,
-               pure=pure)
+               pure=pure, output_type=output_type, token_embedding_type=token_embedding_type)

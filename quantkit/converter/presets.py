@@ -236,8 +236,11 @@ class _Planner:
     """The state llama_tensor_get_type_impl keeps while it walks the tensors (quantize_state_impl)."""
 
     def __init__(self, ftype: LlamaFileType, model: ModelInfo, has_imatrix: bool, tied_embeddings: bool,
-                 n_attention_wv: int):
+                 n_attention_wv: int, output_type: GGMLQuantizationType | None,
+                 token_embedding_type: GGMLQuantizationType | None):
         self.ftype = ftype
+        self.output_type = output_type
+        self.token_embedding_type = token_embedding_type
         self.model = model
         self.has_imatrix = has_imatrix
         self.tied_embeddings = tied_embeddings
@@ -265,12 +268,16 @@ class _Planner:
             if new not in (T.F32, T.BF16, T.F16):
                 return T.Q8_0
         if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
+            if self.output_type is not None:
+                return self.output_type
             if model.arch == "falcon" or int(shape[-1]) % _block_size(new) != 0:
                 return T.Q8_0
             if ftype in _OUTPUT_Q5_K:
                 return T.Q5_K
             return new if new == T.Q8_0 else T.Q6_K
         if cat == "token_embd":
+            if self.token_embedding_type is not None:
+                return self.token_embedding_type
             if ftype in (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
                 return T.Q2_K
             if ftype in (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS):
@@ -440,8 +447,29 @@ def tensor_imatrix(imatrix: Mapping[str, Any] | None, name: str, shape: Sequence
     return weights.reshape(n_expert, n_cols) if len(shape) >= 3 else weights.reshape(n_cols)
 
 
+def _explicit_type(name, shape, patterns, output_type, token_embedding_type) -> GGMLQuantizationType | None:
+    """--token-embedding-type / --output-tensor-type, which llama.cpp applies as given (no fallback).
+
+    per_layer_token_embd.weight follows --token-embedding-type unless a --tensor-type pattern names it.
+    """
+    cat = category(name)
+    if token_embedding_type is not None and cat == "token_embd":
+        if name != "per_layer_token_embd.weight" or not any(regex.search(name) for regex, _ in patterns):
+            chosen = token_embedding_type
+        else:
+            return None
+    elif output_type is not None and cat == "output":
+        chosen = output_type
+    else:
+        return None
+    if int(shape[-1]) % _block_size(chosen):
+        raise ShapeError(f"{name}: rows of {shape[-1]} do not split into {chosen.name} blocks of {_block_size(chosen)}")
+    return chosen
+
+
 def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple], overrides=(),
-               imatrix: Mapping[str, Any] | None = None, *, pure: bool = False) -> dict[str, GGMLQuantizationType]:
+               imatrix: Mapping[str, Any] | None = None, *, pure: bool = False, output_type=None,
+               token_embedding_type=None) -> dict[str, GGMLQuantizationType]:
     """llama-quantize's type for every tensor, in the order given.
 
     ``tensors``: (GGUF name, numpy-order shape) or (name, shape, source type); a tensor llama-quantize
@@ -450,6 +478,8 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
     is found in the name wins and skips the preset rules. ``imatrix``: name -> importance weights, or None;
     whether one is given changes some choices, and presets whose tensors need one raise ImatrixError
     without it. ``pure``: every quantizable tensor gets the preset's default type (``--pure``).
+    ``output_type`` / ``token_embedding_type``: type names for output.weight / token_embd.weight
+    (``--output-tensor-type`` / ``--token-embedding-type``; tied embeddings take the output type).
     """
     ftype, default = PRESETS[resolve_preset(preset)]
     model = ModelInfo.from_metadata(metadata)
@@ -457,8 +487,11 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
     entries = [(str(t[0]), tuple(int(d) for d in t[1]), known_type(t[2]).ggml if len(t) > 2 else T.F32)
                for t in tensors]
     names = [name for name, _, _ in entries]
+    output_type = None if output_type is None else known_type(output_type).ggml
+    token_embedding_type = None if token_embedding_type is None else known_type(token_embedding_type).ggml
     planner = _Planner(ftype, model, has_imatrix=imatrix is not None, tied_embeddings=_OUTPUT not in names,
-                       n_attention_wv=sum(category(n) in _ATTN_V_LIKE for n in names))
+                       n_attention_wv=sum(category(n) in _ATTN_V_LIKE for n in names), output_type=output_type,
+                       token_embedding_type=token_embedding_type)
     if imatrix is not None:
         for key, values in imatrix.items():
             if not np.all(np.isfinite(np.asarray(values, dtype=np.float32))):
@@ -468,14 +501,16 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
         if not allows_quantization(name, shape, model.arch):
             chosen[name] = source
             continue
-        new = default
-        if _is_quantized(default):
-            manual = next((qtype for regex, qtype in patterns if regex.search(name)), None)
-            if manual is not None:
-                new = manual
-            elif not pure:
-                new = planner.choose(name, shape, category(name), new)
-            new = fallback_type(new, shape[-1])
+        new = _explicit_type(name, shape, patterns, output_type, token_embedding_type)
+        if new is None:
+            new = default
+            if _is_quantized(default):
+                manual = next((qtype for regex, qtype in patterns if regex.search(name)), None)
+                if manual is not None:
+                    new = manual
+                elif not pure:
+                    new = planner.choose(name, shape, category(name), default)
+                new = fallback_type(new, shape[-1])
         chosen[name] = new
         # llama.cpp: without an imatrix any such tensor is refused; with one, those it requantizes need an entry
         # (and every requantized tensor's entry must have the right size)
