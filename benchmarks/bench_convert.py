@@ -39,14 +39,14 @@ HIDDEN, FF, HEADS, KV_HEADS, VOCAB = 2048, 5632, 16, 4, 49152
 
 def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of a child process; raises if it fails."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])}... failed:\n{stderr[-2000:]}")
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd[:3])}... failed:\n{log.read().decode(errors='replace')[-2000:]}")
     return seconds, usage.ru_maxrss / 1024
 
 

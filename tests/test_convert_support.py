@@ -151,23 +151,25 @@ LLAMA_CONFIG = {
 }
 
 
-def llama_weights() -> dict:
-    """Checkpoint tensors (float16, random) of the 1-layer Llama of LLAMA_CONFIG."""
+def llama_weights(config: dict = LLAMA_CONFIG) -> dict:
+    """Checkpoint tensors (float16, random) of the Llama ``config`` describes."""
     rng = np.random.default_rng(0)
-    head_dim = HIDDEN // HEADS
-    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
-    for i in range(LAYERS):
+    hidden, ff, heads, kv_heads = (config[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                       "num_key_value_heads"))
+    head_dim = hidden // heads
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], hidden), "model.norm.weight": (hidden,)}
+    for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         shapes.update({
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,),
-            p + "self_attn.q_proj.weight": (HEADS * head_dim, HIDDEN),
-            p + "self_attn.k_proj.weight": (KV_HEADS * head_dim, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV_HEADS * head_dim, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (FF, HIDDEN), p + "mlp.up_proj.weight": (FF, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, FF),
+            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+            p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.o_proj.weight": (hidden, hidden),
+            p + "mlp.gate_proj.weight": (ff, hidden), p + "mlp.up_proj.weight": (ff, hidden),
+            p + "mlp.down_proj.weight": (hidden, ff),
         })
-    return {name: (0.02 * rng.standard_normal(shape)).astype(np.float16) for name, shape in shapes.items()}
+    return {name: (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16) for name, shape in shapes.items()}
 
 
 def make_llama_folder(root: Path, smollm2_dir: Path, weights=None, config=None) -> Path:
@@ -175,13 +177,12 @@ def make_llama_folder(root: Path, smollm2_dir: Path, weights=None, config=None) 
     from safetensors.numpy import save_file
 
     folder = root / "model"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config or LLAMA_CONFIG))
     save_file(weights or llama_weights(), str(folder / "model.safetensors"))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(smollm2_dir / name, folder / name)
     return folder
-
 
 
 class LlamaServer:
