@@ -12,7 +12,8 @@ import click
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
               help="Give tensors whose name matches REGEX the type TYPE (repeatable; first match wins).")
 @click.option("--dry-run", is_flag=True, help="Print the per-tensor plan and the expected size; write nothing.")
-@click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
+@click.option("--threads", type=int, default=None,
+              help="Threads for the kernels (default: the idle cores, i.e. cores minus the load average).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
