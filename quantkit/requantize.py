@@ -57,12 +57,14 @@ def _row_chunks(tensor, rows_per_chunk: int):
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
                progress: bool = True, overrides=(), pure: bool = False, output_type=None,
-               token_embedding_type=None) -> list[TensorPlan]:
+               token_embedding_type=None, extra_metadata=None) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
     ``overrides``: (pattern, type name) pairs like llama-quantize's --tensor-type; ``pure``: --pure;
     ``output_type`` / ``token_embedding_type``: --output-tensor-type / --token-embedding-type.
+    ``extra_metadata``: keys set last, after general.file_type (llama-quantize's kv overrides, e.g. the
+    ``quantize.imatrix.*`` keys its tool adds; see Imatrix.quantize_metadata).
     Returns the per-tensor plan that was carried out, in output order.
     """
     from tqdm import tqdm
@@ -89,6 +91,9 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             metadata.pop(key, None)
         metadata["general.quantization_version"] = typed(QUANTIZATION_VERSION, GGUFValueType.UINT32)
         metadata["general.file_type"] = typed(int(PRESETS[name][0]), GGUFValueType.UINT32)
+        for key, value in (extra_metadata or {}).items():
+            metadata.pop(key, None)
+            metadata[key] = value
         infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
         start = time.perf_counter()
         with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src]) as writer, tqdm(

@@ -66,6 +66,16 @@ for job in jobs:
             items[i].size = values.size
         params.imatrix = ctypes.cast(items, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
         keep.append(items)
+    if job.get("kv"):
+        items = (llama_cpp.llama_model_kv_override * (len(job["kv"]) + 1))()
+        for i, (key, value) in enumerate(job["kv"]):
+            items[i].key = key.encode()
+            if isinstance(value, str):
+                items[i].tag, items[i].value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()
+            else:
+                items[i].tag, items[i].value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
+        params.kv_overrides = ctypes.cast(items, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+        keep.append(items)
     log.clear()
     rc = llama_cpp.llama_model_quantize(job["src"].encode(), (job["dst"] or job["src"] + ".unused").encode(),
                                         ctypes.byref(params))
@@ -79,14 +89,14 @@ print("RESULT:" + json.dumps(results))
 
 def llama_quantize(jobs: list[dict]) -> list[dict]:
     """Run llama.cpp's llama_model_quantize for each job {src, dst or None (dry run), preset, imatrix .npz or None}
-    (optional: overrides [(pattern, type name)], pure, output_type, token_embedding_type).
+    (optional: overrides [(pattern, type name)], pure, output_type, token_embedding_type, kv [(key, str or int)]).
 
     Returns per job: rc, types (tensor name -> type name llama.cpp chose), needs_imatrix (dry run's warning).
     """
     payload = [{"src": str(j["src"]), "dst": None if j["dst"] is None else str(j["dst"]),
                 "ftype": int(file_type(j["preset"])), "imatrix": j["imatrix"] and str(j["imatrix"]),
                 "overrides": [(p, int(GGMLQuantizationType[t.upper()])) for p, t in j.get("overrides", ())],
-                "pure": j.get("pure", False),
+                "pure": j.get("pure", False), "kv": j.get("kv", []),
                 **{k: int(GGMLQuantizationType[j[k].upper()]) for k in ("output_type", "token_embedding_type") if k in j}}
                for j in jobs]
     result = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE], input=json.dumps(payload), capture_output=True,
@@ -374,10 +384,13 @@ def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix,
         {name: ImatrixEntry(values.reshape(1, -1), np.ones(1, np.int64)) for name, values in imatrix.items()}))
     result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(ours), "Q4_0", "--imatrix", str(imatrix_file)])
     assert result.exit_code == 0, result.output
-    [result] = llama_quantize([{"src": smollm2_f16, "dst": theirs, "preset": "Q4_0", "imatrix": path}])
+    # the keys llama-quantize (the tool) passes as kv overrides when given an imatrix
+    kv = [("quantize.imatrix.file", str(imatrix_file)), ("quantize.imatrix.entries_count", len(imatrix))]
+    [result] = llama_quantize([{"src": smollm2_f16, "dst": theirs, "preset": "Q4_0", "imatrix": path, "kv": kv}])
     assert result["rc"] == 0, result["error"]
     with read_gguf(ours) as a:
         types = {t.name: t.qtype.name for t in a.tensors}
+        assert list(a.metadata.items())[-4:] == [("general.quantization_version", 2), ("general.file_type", 2), *kv]
     assert set(types.values()) == {"F32", "Q8_0", "Q4_0", "Q4_1"} and types["blk.2.ffn_down.weight"] == "Q4_1"
     assert ours.read_bytes() == theirs.read_bytes()
 

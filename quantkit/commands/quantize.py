@@ -29,10 +29,12 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_ty
 
     resolve_preset(preset)  # an unknown preset fails before the imatrix is read
     overrides = [parse_override(text) for text in tensor_types]
-    imatrix = None
+    imatrix = extra_metadata = None
     if imatrix_path is not None:
         from ..imatrix import read_imatrix
 
         imatrix = read_imatrix(imatrix_path)
+        extra_metadata = imatrix.quantize_metadata(imatrix_path)  # the quantize.imatrix.* keys llama-quantize adds
     requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,
-               pure=pure, output_type=output_type, token_embedding_type=token_embedding_type)
+               pure=pure, output_type=output_type, token_embedding_type=token_embedding_type,
+               extra_metadata=extra_metadata)
