@@ -285,7 +285,6 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     shifts = np.zeros(QK_K // bs, dtype=np.int32)
     weight = np.zeros(bs, dtype=np.float32)
     idx = np.zeros(bs, dtype=np.int32)
-    rank = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)

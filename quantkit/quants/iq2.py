@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -36,10 +35,10 @@ FHALF = np.float32(0.5)
 GROUP_MAX_EPS = np.float32(1e-15)
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 
-# grid size -> (type whose codebook it is, nearest distances kept per off-grid point)
 # where a neighbour code keeps element i's distance-term index (8*level + i, 5 bits)
 _TERM_SHIFT = (28, 33, 38, 43, 8, 13, 18, 23)
 
+# grid size -> (type whose codebook it is, nearest distances kept per off-grid point)
 _GRIDS = {256: ("IQ2_XXS", 2), 512: ("IQ2_XS", 2), 1024: ("IQ2_S", 1), 2048: ("IQ1_S", 3)}
 
 
