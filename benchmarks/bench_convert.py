@@ -38,7 +38,11 @@ HIDDEN, FF, HEADS, KV_HEADS, VOCAB = 2048, 5632, 16, 4, 49152
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a child process; raises if it fails."""
+    """(wall seconds, peak RSS in MB) of a child process; raises if it fails.
+
+    Linux's ru_maxrss of a child starts at this process's RSS when it forks: keep this process small
+    (the synthetic models are made in a child of their own).
+    """
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -134,7 +138,12 @@ def main():
     parser.add_argument("--synthetic-gb", default="0.5,2", help="sizes of the synthetic models (GB of bf16)")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="quantkit --threads and llama-quantize nthread")
+    parser.add_argument("--make-synthetic", nargs=2, metavar=("FOLDER", "GB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_synthetic:  # in a child, so that this process stays small (see run_measured)
+        layers, shards = make_synthetic_llama(Path(args.make_synthetic[0]), float(args.make_synthetic[1]), smollm2_hf_dir())
+        print(json.dumps([layers, shards]))
+        return
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(peer_dir() / "gguf-py")}
     qk_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
@@ -160,7 +169,9 @@ def main():
             sizes = [float(s) for s in args.synthetic_gb.split(",")]
             for gb in sizes:
                 folder = tmp / f"synthetic-{gb}"
-                layers, shards = make_synthetic_llama(folder, gb, smol)
+                made = subprocess.run([sys.executable, __file__, "--make-synthetic", str(folder), str(gb)],
+                                      check=True, capture_output=True, text=True, env=qk_env)
+                layers, shards = json.loads(made.stdout.splitlines()[-1])
                 label = f"synthetic Llama {gb:g} GB bf16 ({layers} layers, {shards} shards) -> F16"
                 ours = run_measured(quantkit_cmd(folder, tmp / "qk.gguf", "F16", args.threads), qk_env)
                 theirs = None
