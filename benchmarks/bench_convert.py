@@ -1,7 +1,7 @@
 """Convert wall time and peak memory: ``quantkit convert`` vs llama.cpp's convert_hf_to_gguf.py.
 
-Each run is a fresh process (imports included, as a user runs it); peak RSS is the child's
-``ru_maxrss`` from ``wait4``. Cases, all measured in the same run on the same machine:
+Each run is a fresh process (imports included, as a user runs it); peak RSS is its VmHWM, polled
+(``run_measured`` in tests/test_convert_support.py). Cases, all measured in the same run on the same machine:
 
 - SmolLM2-135M (bf16 folder) to F16 and to Q8_0: quantkit vs the peer's ``--outtype f16/q8_0``;
 - SmolLM2-135M to Q4_K_M: quantkit in one pass vs the peer's f16 conversion followed by
@@ -24,34 +24,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_convert_support import llama_quantize_command, peer_dir  # noqa: E402
+from test_convert_support import llama_quantize_command, peer_dir, run_measured  # noqa: E402
 
 from quantkit.models import smollm2_hf_dir  # noqa: E402
 
 # synthetic Llama geometry (Llama-3.2-1B-like width, SmolLM2's 49152-token vocabulary)
 HIDDEN, FF, HEADS, KV_HEADS, VOCAB = 2048, 5632, 16, 4, 49152
-
-
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a child process; raises if it fails.
-
-    Linux's ru_maxrss of a child starts at this process's RSS when it forks: keep this process small
-    (the synthetic models are made in a child of their own).
-    """
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            log.seek(0)
-            raise RuntimeError(f"{' '.join(cmd[:3])}... failed:\n{log.read().decode(errors='replace')[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
 
 
 def quantkit_cmd(model: Path, out: Path, preset: str, threads: int | None) -> list[str]:
@@ -140,7 +122,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="quantkit --threads and llama-quantize nthread")
     parser.add_argument("--make-synthetic", nargs=2, metavar=("FOLDER", "GB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.make_synthetic:  # in a child, so that this process stays small (see run_measured)
+    if args.make_synthetic:  # in a child: this process stays small
         layers, shards = make_synthetic_llama(Path(args.make_synthetic[0]), float(args.make_synthetic[1]), smollm2_hf_dir())
         print(json.dumps([layers, shards]))
         return

@@ -8,6 +8,7 @@
 - ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
   (names, order, types, shapes, bytes), as readable lines.
 - ``make_llama_folder(root, tokenizer_dir)``: a hand-made 1-layer Llama folder (float16 weights).
+- ``run_measured(cmd, env)``: wall time and the peak RSS of a command's own process.
 - ``LlamaServer``: a GGUF loaded by llama.cpp (xllamacpp) for greedy tokens, tokenization and
   embeddings; its HTTP endpoint serves ``/tokenize`` and ``/completion`` (which returns token ids).
 """
@@ -139,6 +140,39 @@ def gguf_differences(a: Path, b: Path) -> list[str]:
             elif not np.array_equal(np.asarray(t.data), np.asarray(u.data)):
                 diffs.append(f"{t.name}: bytes differ")
     return diffs
+
+
+def _hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def run_measured(cmd: list[str], env: dict | None = None, poll_s: float = 0.02) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of ``cmd``, which must succeed.
+
+    The peak is the process's VmHWM, polled until it exits (it only grows): unlike ru_maxrss, which
+    on Linux starts at the RSS of the parent that forked the child, it is the command's own.
+    """
+    import time
+
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _hwm_mb(proc.pid) or 0.0)
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(map(str, cmd[:4]))}... failed:\n{log.read().decode(errors='replace')[-2000:]}")
+    return seconds, peak
 
 
 # a tiny Llama checkpoint written by hand (no transformers), for option and error tests
