@@ -245,20 +245,40 @@ class TorchBackend:
             answers.extend(_cut_at_eos(row, self.eos_ids) for row in out[:, width:].tolist())
         return answers
 
-    def score(self, sequences: list, k: int, full: bool = False) -> list:
+    def score(self, sequences: list, k: int, full: bool = False, batch_tokens: int = 2048) -> list:
+        """Right-padded batches of about ``batch_tokens`` tokens (padding after a token cannot change
+        a causal model's output at that token)."""
         import torch
 
         out = []
-        for ids, start in sequences:
+        for batch in _batches(sequences, batch_tokens):
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([list(s) + [0] * (width - len(s)) for s, _ in batch])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in batch])
             with torch.no_grad():
-                logits = self.model(input_ids=torch.tensor([list(ids)])).logits[0, start - 1:len(ids) - 1]
-            lp = torch.log_softmax(logits.double(), dim=-1).numpy()
-            targets = lp[np.arange(len(lp)), np.asarray(ids[start:])]
-            out.append(Scored(top_k(lp, k), targets, lp.astype(np.float32) if full else None))
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            for row, (seq, start) in zip(logits, batch):
+                lp = torch.log_softmax(row[start - 1:len(seq) - 1].double(), dim=-1).numpy()
+                targets = lp[np.arange(len(lp)), np.asarray(seq[start:])]
+                out.append(Scored(top_k(lp, k), targets, lp.astype(np.float32) if full else None))
         return out
 
     def close(self):
         self.model = None
+
+
+def _batches(sequences: list, batch_tokens: int):
+    """Consecutive groups of sequences whose count x longest length stays within ``batch_tokens``."""
+    batch, width = [], 0
+    for seq in sequences:
+        longer = max(width, len(seq[0]))
+        if batch and longer * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch, longer = [], len(seq[0])
+        batch.append(seq)
+        width = longer
+    if batch:
+        yield batch
 
 
 def _eos_ids(generation_config) -> list:
