@@ -17,8 +17,8 @@ from numba import njit, prange
 
 from ..errors import ImatrixError
 from .codebooks import grid as codebook
-from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_tables, nearest_int, nn_search
-from .numeric import FP16_TO_FP32, fp32_to_fp16_bits
+from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_tables, nn_search
+from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 IQ1S_DELTA = np.float32(0.125)
 IQ1M_DELTA = np.float32(0.125)

@@ -23,7 +23,8 @@ from numba import njit, prange
 
 from ..errors import ImatrixError
 from .codebooks import grid as codebook
-from .numeric import FP16_TO_FP32, f32_bits, fp32_to_fp16_bits
+from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+from .search import GROUP_MAX_EPS, make_qp_quants
 
 QK_K = 256
 KMAP_SIZE = 43692  # 2 bits per element of an 8-element point, levels 0..2: max index 0xAAAA, + 2
@@ -32,7 +33,6 @@ FLT_MAX = np.float32(np.finfo(np.float32).max)
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 FHALF = np.float32(0.5)
-GROUP_MAX_EPS = np.float32(1e-15)
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 
 # where a neighbour code keeps element i's distance-term index (8*level + i, 5 bits)
@@ -150,17 +150,6 @@ def grid_tables(grid_size: int) -> GridTables:
 
 # ------------------------------------------------------------------------------------------------
 # Numba kernels
-
-
-@njit(inline="always", cache=True)
-def nearest_int(value):
-    """ggml's nearest_int, bit for bit, also outside its valid range (|x| > 4194303, inf, NaN).
-
-    make_qp_quants can feed it huge quotients (tiny denominators under extreme importance weights);
-    the C trick (add 1.5*2^23, keep the low 23 mantissa bits) then wraps, and so must we.
-    """
-    bits = f32_bits(np.float32(value) + np.float32(12582912.0))
-    return np.int32(bits & np.uint32(0x007FFFFF)) - np.int32(0x00400000)
 
 
 @njit(inline="always", cache=True)
@@ -536,73 +525,6 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
 
 
 @njit(cache=True)
-def _make_qp_quants(n, nmax, x, L, w):
-    """llama.cpp's make_qp_quants: a scale for x on levels 0..nmax.
-
-    L is uint8 in C: a negative level (IQ2_XXS passes one negated value per odd-sign group) is
-    stored as 256 + l and read back that way, so L here keeps ``l & 255``.
-    """
-    vmax = F0
-    for i in range(n):
-        vmax = vmax if vmax > x[i] else x[i]
-    if vmax < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return F0
-    fnmax = np.float32(nmax)
-    iscale = fnmax / vmax
-    for i in range(n):
-        L[i] = nearest_int(iscale * x[i]) & 255
-    scale = F1 / iscale
-    best_mse = F0
-    for i in range(n):
-        diff = x[i] - scale * np.float32(L[i])
-        best_mse += w[i] * diff * diff
-    for is_ in range(-4, 5):
-        if is_ == 0:
-            continue
-        iscale_is = (np.float32(0.1) * np.float32(is_) + fnmax) / vmax
-        scale_is = F1 / iscale_is
-        mse = F0
-        for i in range(n):
-            l = min(nmax, nearest_int(iscale_is * x[i]))
-            diff = x[i] - scale_is * np.float32(l)
-            mse += w[i] * diff * diff
-        if mse < best_mse:
-            best_mse = mse
-            iscale = iscale_is
-    sumlx = F0
-    suml2 = F0
-    for i in range(n):
-        l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l & 255
-        fl = np.float32(l)
-        sumlx += w[i] * x[i] * fl
-        suml2 += w[i] * fl * fl
-    for itry in range(5):
-        n_changed = 0
-        for i in range(n):
-            wi = w[i]
-            fl = np.float32(L[i])
-            slx = sumlx - wi * x[i] * fl
-            sl2 = suml2 - wi * fl * fl
-            if slx > F0 and sl2 > F0:
-                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != L[i]:
-                    fn = np.float32(new_l)
-                    slx += wi * x[i] * fn
-                    sl2 += wi * fn * fn
-                    if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l & 255
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return sumlx / suml2 if suml2 > F0 else F0
-
-
-@njit(cache=True)
 def _quantize_row_iq2_xxs(x, qw, out, tabs):
     nbl = x.shape[0] // QK_K
     scales = np.zeros(QK_K // 32, dtype=np.float32)
@@ -610,6 +532,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
     waux = np.zeros(32, dtype=np.float32)
     xval = np.zeros(32, dtype=np.float32)
     L = np.zeros(32, dtype=np.int32)
+    Lqp = np.zeros(32, dtype=np.uint8)  # uint8 as in C: a negative level wraps to 256 + l
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
     kmap, nbr_list, levels = tabs
@@ -638,7 +561,9 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
             if vmax < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
-            scale = _make_qp_quants(32, 4, xval, L, weight)
+            scale = make_qp_quants(32, 4, xval, Lqp, weight)
+            for i in range(32):
+                L[i] = Lqp[i]
             eff_max = scale * np.float32(3.0)
             if eff_max <= F0:
                 scales[ib] = F0

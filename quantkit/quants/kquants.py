@@ -36,6 +36,7 @@ from .search import (
     ST_SL2,
     ST_TS,
     absmax_lanes,
+    make_qp_quants,
     make_qx_quants,
     qkx2_lanes,
     qx_lanes,
@@ -164,76 +165,6 @@ def _q3_lanes(G, n, nmax, X, L, st, ist):
             L[i * G + g] = _I0 if flat[g] != _F0 else L[i * G + g] + nmax32
     for g in range(G):
         scale[g] = sumlx[g] / suml2[g] if (flat[g] == _F0 and suml2[g] > _F0) else _F0
-
-
-@numba.njit(cache=True, error_model="numpy")
-def make_qp_quants(n, nmax, x, L, quant_weights):
-    """llama.cpp's make_qp_quants: levels in [0, nmax] for non-negative ``x`` (sub-block scales or
-    mins) under weights; ``L`` is uint8 as in C (where a negative level would wrap too).
-
-    Tries nmax/max and 8 nearby inverse scales (weighted squared error), then up to 5 passes of
-    coordinate descent on single levels; returns the least-squares scale sum(wxl)/sum(wl^2).
-    """
-    mx = _F0
-    for i in range(n):
-        mx = max(mx, x[i])
-    if mx < GROUP_MAX_EPS:
-        for i in range(n):
-            L[i] = 0
-        return _F0
-    fnmax = np.float32(nmax)
-    iscale = fnmax / mx
-    for i in range(n):
-        L[i] = nearest_int(iscale * x[i])
-    scale = _F1 / iscale
-    best_mse = _F0
-    for i in range(n):
-        diff = x[i] - scale * np.float32(L[i])
-        best_mse += quant_weights[i] * diff * diff
-    for step in range(-4, 5):
-        if step == 0:
-            continue
-        iscale_is = (np.float32(0.1) * np.float32(step) + fnmax) / mx
-        scale_is = _F1 / iscale_is
-        mse = _F0
-        for i in range(n):
-            l = min(nmax, nearest_int(iscale_is * x[i]))
-            diff = x[i] - scale_is * np.float32(l)
-            mse += quant_weights[i] * diff * diff
-        if mse < best_mse:
-            best_mse = mse
-            iscale = iscale_is
-    sumlx = _F0
-    suml2 = _F0
-    for i in range(n):
-        l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l
-        lv = np.float32(l)  # C sums the int level here, not the uint8 it stored
-        w = quant_weights[i]
-        sumlx += w * x[i] * lv
-        suml2 += w * lv * lv
-    for itry in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = quant_weights[i]
-            li = np.int64(L[i])
-            fli = np.float32(li)
-            slx = sumlx - w * x[i] * fli
-            sl2 = suml2 - w * fli * fli
-            if slx > _F0 and sl2 > _F0:
-                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != li:
-                    fnl = np.float32(new_l)
-                    slx += w * x[i] * fnl
-                    sl2 += w * fnl * fnl
-                    if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return sumlx / suml2 if suml2 > _F0 else _F0
 
 
 # ----------------------------------------------------------------------------------- byte helpers
