@@ -252,7 +252,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
 
 
 def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[bytes, int]]:
-    """(GGUF bytes, source bytes consumed) of ``p``, one row chunk at a time."""
+    """(GGUF bytes as a uint8 array, checkpoint bytes consumed) of ``p``, one row chunk at a time."""
     from ..quants import quantize
 
     t = p.tensor
