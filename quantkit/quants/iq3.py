@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import NonFiniteError, ShapeError
 from .codebooks import grid, ksigns
-from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+from .numeric import FP16_TO_FP32, nearest_int, put_fp16
 
 QK_K = 256
 BLOCK_BYTES = {"IQ3_XXS": 98, "IQ3_S": 110}
@@ -241,13 +241,6 @@ def _sigma2(xbl):
     return np.float32(2.0) * sumx2 / np.float32(QK_K)
 
 
-@numba.njit(inline="always", cache=True)
-def _put_fp16(out, pos, value):
-    bits = fp32_to_fp16_bits(value)
-    out[pos] = np.uint8(bits & np.uint16(0xFF))
-    out[pos + 1] = np.uint8(bits >> np.uint16(8))
-
-
 @numba.njit(parallel=True, cache=True)
 def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
     nrows, n = rows.shape
@@ -334,7 +327,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
             if max_scale == np.float32(0.0):
                 continue  # d = 0 and all-zero quants: the block stays zero
             d = max_scale / np.float32(31.0)
-            _put_fp16(y, 0, d * np.float32(1.0125))
+            put_fp16(y, 0, d * np.float32(1.0125))
             inv = np.float32(1.0) / d
             for ib in range(8):
                 l = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))
@@ -425,7 +418,7 @@ def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
             if max_scale == np.float32(0.0):
                 continue
             d = max_scale / np.float32(31.0)
-            _put_fp16(y, 0, d * np.float32(1.033))
+            put_fp16(y, 0, d * np.float32(1.033))
             inv = np.float32(1.0) / d
             for ib in range(0, 8, 2):
                 l1 = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))

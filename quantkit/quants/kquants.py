@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from ..errors import ShapeError
-from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+from .numeric import get_fp16, nearest_int, put_fp16
 from .search import (
     GROUP_MAX_EPS,
     ST_FLAT,
@@ -168,19 +168,6 @@ def _q3_lanes(G, n, nmax, X, L, st, ist):
 
 
 # ----------------------------------------------------------------------------------- byte helpers
-
-
-@numba.njit(inline="always", cache=True)
-def _put_fp16(out, pos, value):
-    h = fp32_to_fp16_bits(value)
-    out[pos] = np.uint8(h & 0xFF)
-    out[pos + 1] = np.uint8(h >> 8)
-    return FP16_TO_FP32[np.int64(h)]  # the value as stored (later steps re-read it)
-
-
-@numba.njit(inline="always", cache=True)
-def _get_fp16(data, pos):
-    return FP16_TO_FP32[np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8)]
 
 
 @numba.njit(inline="always", cache=True)
@@ -422,8 +409,8 @@ def _q45_row(x, qw, out, five):
                 d_block = max_scale / np.float32(63.0)
                 m_block = max_min / np.float32(63.0)
             _pack_scale_min_k4(out, ob + 4, ls, lm)
-            d_stored = _put_fp16(out, ob, d_block)
-            m_stored = _put_fp16(out, ob + 2, m_block)
+            d_stored = put_fp16(out, ob, d_block)
+            m_stored = put_fp16(out, ob + 2, m_block)
             _finish_q45(x, xb, out, ob, Lb, d_stored, m_stored, nmax, five, dq, mq)
 
 
@@ -477,7 +464,7 @@ def _q6_row(x, qw, out):
                 continue
             _from_lanes(L, G, 16, 16 * b, Lb)
             iscale = np.float32(-128.0) / max_scale
-            d_stored = _put_fp16(out, ob + 208, _F1 / iscale)
+            d_stored = put_fp16(out, ob + 208, _F1 / iscale)
             for ib in range(16):
                 out[ob + 192 + ib] = np.uint8(min(127, nearest_int(iscale * st[ST_SC, 16 * b + ib])) & 0xFF)
             for j in range(16):
@@ -513,7 +500,7 @@ def _quantize_q6_kernel(rows, qw):
 @numba.njit(inline="always", cache=True)
 def _finish_q3(x, xb, out, ob, Lb, dq):
     """Requantize with the stored scales (d at 108, scales at 96) and pack hmask and qs."""
-    d_all = _get_fp16(out, ob + 108)
+    d_all = get_fp16(out, ob + 108)
     for j in range(16):
         dq[j] = d_all * np.float32(_unpack_scale_q3(out, ob + 96, j))
     _requant_sym(x, xb, Lb, 16, 16, dq, -4)
@@ -569,7 +556,7 @@ def _q3_row(x, qw, out):
                     sw16[j] = sw[16 * b + j]
                 d_block = make_qx_quants(16, 32, scales, Ls, 1, sw16)
                 _pack_scales_q3(out, ob + 96, Ls)
-                _put_fp16(out, ob + 108, d_block)
+                put_fp16(out, ob + 108, d_block)
             else:
                 max_scale = _F0
                 amax = _F0
@@ -584,11 +571,11 @@ def _q3_row(x, qw, out):
                         l = np.int64(np.int8(nearest_int(iscale * scales[j]) & 0xFF))
                         Ls[j] = max(-32, min(31, l)) + 32
                     _pack_scales_q3(out, ob + 96, Ls)
-                    _put_fp16(out, ob + 108, _F1 / iscale)
+                    put_fp16(out, ob + 108, _F1 / iscale)
                 else:
                     for k in range(12):
                         out[ob + 96 + k] = 0
-                    _put_fp16(out, ob + 108, _F0)
+                    put_fp16(out, ob + 108, _F0)
             _finish_q3(x, xb, out, ob, Lb, dq)
 
 
@@ -607,8 +594,8 @@ def _quantize_q3_kernel(rows, qw):
 @numba.njit(inline="always", cache=True)
 def _finish_q2(x, xb, out, ob, Lb, dq, mq):
     """Requantize with the stored scale/min nibbles (d at 80, dmin at 82) and pack qs at 16."""
-    d_all = _get_fp16(out, ob + 80)
-    m_all = _get_fp16(out, ob + 82)
+    d_all = get_fp16(out, ob + 80)
+    m_all = get_fp16(out, ob + 82)
     for j in range(16):
         sc = np.int64(out[ob + j])
         dq[j] = d_all * np.float32(sc & 0xF)
@@ -661,8 +648,8 @@ def _q2_row(x, qw, out):
                     sw16[j] = sw[16 * b + j]
                 dm = make_qp_quants(16, 15, scales, Ls, sw16)
                 mm = make_qp_quants(16, 15, mins, Lm, sw16)
-                _put_fp16(out, ob + 80, dm)
-                _put_fp16(out, ob + 82, mm)
+                put_fp16(out, ob + 80, dm)
+                put_fp16(out, ob + 82, mm)
                 for j in range(16):
                     out[ob + j] = np.uint8((np.int64(Ls[j]) | (np.int64(Lm[j]) << 4)) & 0xFF)
             else:
@@ -677,19 +664,19 @@ def _q2_row(x, qw, out):
                     iscale = q4scale / max_scale
                     for j in range(16):
                         out[ob + j] = np.uint8(nearest_int(iscale * scales[j]) & 0xFF)
-                    _put_fp16(out, ob + 80, max_scale / q4scale)
+                    put_fp16(out, ob + 80, max_scale / q4scale)
                 else:
                     for j in range(16):
                         out[ob + j] = 0
-                    _put_fp16(out, ob + 80, _F0)
+                    put_fp16(out, ob + 80, _F0)
                 if max_min > _F0:
                     iscale = q4scale / max_min
                     for j in range(16):
                         l = np.int64(nearest_int(iscale * mins[j]))
                         out[ob + j] = np.uint8((np.int64(out[ob + j]) | (l << 4)) & 0xFF)
-                    _put_fp16(out, ob + 82, max_min / q4scale)
+                    put_fp16(out, ob + 82, max_min / q4scale)
                 else:
-                    _put_fp16(out, ob + 82, _F0)
+                    put_fp16(out, ob + 82, _F0)
             _finish_q2(x, xb, out, ob, Lb, dq, mq)
 
 
@@ -716,8 +703,8 @@ def _dequantize_kernel(data, kind, n_per_row):
             b = data[r, bb * i : bb * (i + 1)]
             o = y[r, QK_K * i : QK_K * (i + 1)]
             if kind == 2:
-                d = _get_fp16(b, 80)
-                mn = _get_fp16(b, 82)
+                d = get_fp16(b, 80)
+                mn = get_fp16(b, 82)
                 k = 0
                 isc = 0
                 for n in range(0, QK_K, 128):
@@ -733,7 +720,7 @@ def _dequantize_kernel(data, kind, n_per_row):
                                 o[k] = dl * np.float32(v) - ml
                                 k += 1
             elif kind == 3:
-                d_all = _get_fp16(b, 108)
+                d_all = get_fp16(b, 108)
                 k = 0
                 isc = 0
                 m = 1
@@ -751,8 +738,8 @@ def _dequantize_kernel(data, kind, n_per_row):
                                 k += 1
                         m <<= 1
             elif kind == 4 or kind == 5:
-                d = _get_fp16(b, 0)
-                mn = _get_fp16(b, 2)
+                d = get_fp16(b, 0)
+                mn = get_fp16(b, 2)
                 qs = 16 if kind == 4 else 48
                 u1 = 1
                 u2 = 2
@@ -782,7 +769,7 @@ def _dequantize_kernel(data, kind, n_per_row):
                     u1 <<= 2
                     u2 <<= 2
             else:
-                d = _get_fp16(b, 208)
+                d = get_fp16(b, 208)
                 for n in range(2):
                     ql = 64 * n
                     qh = 128 + 32 * n

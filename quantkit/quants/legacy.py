@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from .checks import nonfinite_rows
-from .numeric import FP16_TO_FP32, bits_f32, fp32_to_fp16_bits, roundf
+from .numeric import bits_f32, get_fp16, put_fp16, roundf
 from .search import ST_MN, ST_NST, ST_SC, qkx2_lanes, qx_lanes, to_lanes
 
 QK = 32
@@ -32,18 +32,6 @@ QK = 32
 _KIND = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q5_0": 3, "Q5_1": 4}
 _BLOCK_BYTES = (34, 18, 20, 22, 24)
 LANES = 32  # blocks searched side by side with an imatrix
-
-
-@numba.njit(inline="always", cache=True)
-def _put_fp16(out, pos, value):
-    h = fp32_to_fp16_bits(value)
-    out[pos] = np.uint8(h & 0xFF)
-    out[pos + 1] = np.uint8(h >> 8)
-
-
-@numba.njit(inline="always", cache=True)
-def _get_fp16(data, pos):
-    return FP16_TO_FP32[np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8)]
 
 
 @numba.njit(inline="always", cache=True)
@@ -178,7 +166,7 @@ def _block_ref(kind, x, bits, base, out, pos):
     if kind == 0:  # Q8_0
         d = bits_f32(_key_abs_bits(key)) / np.float32(127.0)
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_fp16(out, pos, d)
+        put_fp16(out, pos, d)
         for j in range(QK):
             out[pos + 2 + j] = np.uint8(np.int32(roundf(x[base + j] * inv)) & 0xFF)
         return False
@@ -186,15 +174,15 @@ def _block_ref(kind, x, bits, base, out, pos):
         half = np.float32(8.0) if kind == 1 else np.float32(16.0)
         d = _key_signed_max(x, base, key) / -half
         inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-        _put_fp16(out, pos, d)
+        put_fp16(out, pos, d)
         _put_ref_levels(kind, x, base, out, pos, inv, np.float32(0.0), half + np.float32(0.5), 15 if kind == 1 else 31)
         return False
     # Q4_1, Q5_1: d = (max - min) / levels, m = min
     mn, mx = _block_min_max(x, bits, base)
     d = (mx - mn) / (np.float32(15.0) if kind == 2 else np.float32(31.0))
     inv = np.float32(1.0) / d if d != 0 else np.float32(0.0)
-    _put_fp16(out, pos, d)
-    _put_fp16(out, pos + 2, mn)
+    put_fp16(out, pos, d)
+    put_fp16(out, pos + 2, mn)
     _put_ref_levels(kind, x, base, out, pos, inv, mn, np.float32(0.5), 15 if kind == 2 else 255)
     return False
 
@@ -255,9 +243,9 @@ def _quantize_weighted_kernel(rows, kind, block_bytes, imatrix):
                 pos = (b0 + g) * block_bytes
                 for i in range(QK):
                     Lb[i] = L[i * G + g]
-                _put_fp16(o, pos, st[ST_SC, g])
+                put_fp16(o, pos, st[ST_SC, g])
                 if not symmetric:
-                    _put_fp16(o, pos + 2, st[ST_MN, g])
+                    put_fp16(o, pos + 2, st[ST_MN, g])
                 _put_levels(kind, o, pos, Lb)
     return out
 
@@ -274,13 +262,13 @@ def _dequantize_kernel(data, kind, n):
         for b in range(nblocks):
             pos = b * block_bytes
             base = b * QK
-            d = _get_fp16(src, pos)
+            d = get_fp16(src, pos)
             if kind == 0:
                 for j in range(QK):
                     y[base + j] = np.float32(np.int8(src[pos + 2 + j])) * d
                 continue
             has_min = kind == 2 or kind == 4
-            m = _get_fp16(src, pos + 2) if has_min else np.float32(0.0)
+            m = get_fp16(src, pos + 2) if has_min else np.float32(0.0)
             qh = np.uint32(0)
             qs = pos + (4 if has_min else 2)
             if kind >= 3:

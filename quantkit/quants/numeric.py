@@ -77,3 +77,19 @@ def roundf(value):
     if np.abs(value - t) >= np.float32(0.5):
         t += np.float32(1.0) if value > np.float32(0.0) else np.float32(-1.0)
     return t
+
+
+@njit(inline="always", cache=True)
+def put_fp16(out, pos, value):
+    """Store ``value`` as little-endian fp16 at out[pos:pos+2]; returns the value as stored
+    (llama.cpp's later steps often re-read the rounded scale)."""
+    h = fp32_to_fp16_bits(np.float32(value))
+    out[pos] = np.uint8(h & 0xFF)
+    out[pos + 1] = np.uint8(h >> 8)
+    return FP16_TO_FP32[np.int64(h)]
+
+
+@njit(inline="always", cache=True)
+def get_fp16(data, pos):
+    """The float32 value of the little-endian fp16 at data[pos:pos+2]."""
+    return FP16_TO_FP32[np.int64(data[pos]) | (np.int64(data[pos + 1]) << 8)]
