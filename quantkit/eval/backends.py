@@ -166,6 +166,14 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def can_generate(model_dir: Path) -> bool:
+    """Whether config.json names a causal language model (``...ForCausalLM``) that can answer prompts."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
 def _stored_tensors(model_dir: Path):
     """(name, torch tensor as stored) over the folder's safetensors files, one at a time."""
     from safetensors import safe_open
@@ -189,8 +197,7 @@ class TorchBackend:
         self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
         if threads:
             torch.set_num_threads(threads)
-        config = transformers.AutoConfig.from_pretrained(self.model_dir)
-        self.can_generate = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        self.can_generate = can_generate(self.model_dir)
         self.model = None
         if self.can_generate:
             self.model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
@@ -322,11 +329,12 @@ class LlamaCppBackend:
         self.threads = threads or os.cpu_count()
         self.n_ctx = n_ctx
         self.server = None
-        self.can_generate = True
+        self.can_generate = can_generate(self.model_dir)
 
     def prepare(self, name: str) -> Variant:
         variant = self.files.get(name)
-        self._start(self.files.path(name))
+        if self.can_generate:
+            self._start(self.files.path(name))
         return variant
 
     def _start(self, path: Path):
