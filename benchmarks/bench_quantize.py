@@ -1,7 +1,9 @@
 """Quantize speed: quantkit (Numba) vs llama.cpp's C (ggml_quantize_chunk) vs gguf-py's numpy.
 
 For each type: MB/s of float32 input on a Gaussian tensor (default 4096x4096), single-threaded and
-on all threads, median of --repeats runs, and the ratio to C measured in the same run. llama.cpp's
+on all threads, median of --repeats runs, and the ratio to C measured in the same run. Single-thread
+runs are timed in process CPU time (robust on a shared machine: both run on the calling thread);
+all-thread runs in wall time. llama.cpp's
 C runs multi-threaded the way llama-quantize does: row chunks on a thread pool (ctypes releases the
 GIL). Types whose C quantizer is slow (< 100 MB/s) use fewer rows (--slow-rows) to keep runs short;
 the table says how many rows each type used.
@@ -33,13 +35,13 @@ from quantkit.types import quant_type, supported_names  # noqa: E402
 SLOW_C_TYPES = {"Q2_K", "Q4_K", "Q5_K", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"}
 
 
-def median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int, clock=time.perf_counter) -> float:
     fn()  # warm-up (compilation, page faults)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return float(np.median(times))
 
 
@@ -80,8 +82,8 @@ def main(argv=None) -> int:
         needs_imatrix = imatrix if imatrix is not None or not qt.requires_imatrix else rng.random(args.cols).astype(np.float32) + 0.01
         x = full[: args.slow_rows] if name in SLOW_C_TYPES else full
         mb = x.nbytes / 1e6
-        ours_1 = median_seconds(lambda: quantize(x, name, needs_imatrix, threads=1), args.repeats)
-        c_1 = median_seconds(lambda: c_quantize(x, name, needs_imatrix, 1), args.repeats)
+        ours_1 = median_seconds(lambda: quantize(x, name, needs_imatrix, threads=1), args.repeats, time.process_time)
+        c_1 = median_seconds(lambda: c_quantize(x, name, needs_imatrix, 1), args.repeats, time.process_time)
         ours_n = median_seconds(lambda: quantize(x, name, needs_imatrix, threads=all_threads), args.repeats)
         c_n = median_seconds(lambda: c_quantize(x, name, needs_imatrix, all_threads), args.repeats)
         try:
