@@ -41,6 +41,7 @@ DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_PROMPTS = DATA_DIR / "prompts.txt"
 DEFAULT_TEXT = DATA_DIR / "calibration.txt"
 NOISE_MARK = "≈"
+KLD_FLOOR = 1e-5  # a mean KLD at or below this is drawn at the plot's floor as "~ 0"
 
 
 @dataclass(frozen=True)
@@ -434,16 +435,22 @@ def plot(result: dict) -> bytes:
         ax.set_xlabel("bits per weight")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    for r in rows:
-        x = r["bits_per_weight"]
-        kld = max(r["text"]["kld"]["mean"], 1e-7)
-        left.scatter(x, kld, color="tab:blue")
-        left.annotate(r["type"], (x, kld), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    measurable = [r["text"]["kld"]["mean"] for r in rows if r["text"]["kld"]["mean"] > KLD_FLOOR]
+    floor = min(measurable, default=KLD_FLOOR * 10) / 3
+    for i, r in enumerate(rows):
+        x, offset = r["bits_per_weight"], (4, 4 if i % 2 == 0 else -11)
+        kld = r["text"]["kld"]["mean"]
+        below = kld <= KLD_FLOOR  # e.g. F16: drawn at the bottom, labelled as zero
+        left.scatter(x, max(kld, floor), color="tab:blue", marker="v" if below else "o")
+        left.annotate(r["type"] + (" (KLD ~ 0)" if below else ""), (x, max(kld, floor)), textcoords="offset points",
+                      xytext=offset, fontsize=8)
         sim = r["answers"]["similarity"]
         right.errorbar(x, sim["mean"], yerr=[[sim["mean"] - sim["lo"]], [sim["hi"] - sim["mean"]]], fmt="o",
                        color="tab:orange", capsize=3)
-        right.annotate(r["type"], (x, sim["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    left.set_yscale("log")
+        right.annotate(r["type"], (x, sim["mean"]), textcoords="offset points", xytext=offset, fontsize=8)
+    if rows:
+        left.set_yscale("log")
+        left.set_ylim(bottom=floor / 2)
     right.scatter(base["bits_per_weight"], 1.0, marker="*", s=160, color="black", zorder=3, label=f"baseline ({_16bit(base)})")
     left.annotate(f"baseline ({_16bit(base)})", (base["bits_per_weight"], 0.05), xycoords=("data", "axes fraction"),
                   rotation=90, fontsize=8, ha="right")
