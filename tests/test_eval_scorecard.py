@@ -16,7 +16,7 @@ from quantkit.eval import Settings, scorecard
 from quantkit.eval.report import DEFAULT_PROMPTS, read_prompts
 from quantkit.types import quant_type
 
-SETTINGS = Settings(max_new_tokens=20, text_tokens=96, chunk_tokens=96)
+SETTINGS = Settings(max_new_tokens=20, text_tokens=96)
 TYPES = ["F16", "Q8_0", "Q4_K_M", "Q2_K"]
 
 
@@ -100,6 +100,16 @@ def test_cached_run_is_reused(torch_run, smollm2_hf_dir, report_dir, prompts_fil
     again = scorecard(smollm2_hf_dir, TYPES, report_dir, prompts=prompts_file, settings=SETTINGS, progress=False, threads=1)
     assert again["types"] == torch_run["types"]
     assert again["seconds"] < 30
+    # the command line with the same settings finds the same cached results
+    (report_dir / "scorecard.md").unlink()
+    args = ["scorecard", str(smollm2_hf_dir), "--types", ",".join(TYPES), "--prompts", str(prompts_file),
+            "--max-new-tokens", str(SETTINGS.max_new_tokens), "--text-tokens", str(SETTINGS.text_tokens),
+            "--threads", "1", "-o", str(report_dir)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "scorecard.md" in result.output
+    assert json.loads((report_dir / "scorecard.json").read_text())["types"] == json.loads(json.dumps(torch_run["types"]))
+    assert "| Q4_K_M | 105.5 | 6.17 |" in (report_dir / "scorecard.md").read_text()
 
 
 def test_backends_agree_on_kld(torch_run, llama_run):

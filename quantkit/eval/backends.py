@@ -235,7 +235,7 @@ class TorchBackend:
             raise QuantkitError(f"{self.model_dir}: stored tensor {name} is no parameter of the transformers model")
         return param.data
 
-    def generate(self, prompts: list, max_new_tokens: int, batch_size: int = 16) -> list:
+    def generate(self, prompts: list, max_new_tokens: int, batch_size: int = 64) -> list:
         """Greedy answers (token ids, up to and including an end-of-sequence token), batched with left padding."""
         import torch
 
