@@ -278,8 +278,9 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     run = Run(runner, tokenizer, prompt_ids(tokenizer, prompt_texts) if runner.can_generate else [],
               text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
               _load_embedder(embedder_path) if runner.can_generate else None, settings)
+    imatrix_digest = None if imatrix is None else hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()
     key = _digest(str(model_dir.resolve()), backend, prompt_texts, text_content, asdict(settings),
-                  str(embedder_path), str(imatrix), _versions()["quantkit"])
+                  str(embedder_path), imatrix_digest, _versions()["quantkit"])
     cache = out / "cache"
     cached = {name: cache / f"{backend}.{name}.{key}.json" for name in [BASELINE, *names]}
     started = time.perf_counter()
