@@ -7,29 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import llamacpp_ref as ref
+from quant_checks import check
 import quantkit
 from quantkit.errors import ShapeError
 from quantkit.quants import dequantize, quantize
 from quantkit.types import quant_type
 
 TYPES = ["TQ1_0", "TQ2_0"]
-
-
-def assert_same_blocks(ours: np.ndarray, theirs: np.ndarray, qtype: str) -> None:
-    size = quant_type(qtype).type_size
-    ours = np.asarray(ours).view(np.uint8).reshape(-1)
-    theirs = np.asarray(theirs).view(np.uint8).reshape(-1)
-    assert ours.size == theirs.size
-    bad = np.flatnonzero((ours.reshape(-1, size) != theirs.reshape(-1, size)).any(axis=1))
-    assert bad.size == 0, f"{qtype}: {bad.size} of {ours.size // size} blocks differ, first {bad[:5].tolist()}"
-
-
-def check(x: np.ndarray, qtype: str, imatrix=None) -> None:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    q = quantize(x, qtype, imatrix=imatrix)
-    expected = ref.quantize(x, qtype, imatrix)
-    assert_same_blocks(q.data, expected, qtype)
-    np.testing.assert_array_equal(dequantize(q).reshape(-1), ref.dequantize(expected, qtype, x.size))
 
 
 @pytest.mark.parametrize("shape", [(1, 256), (3, 768), (64, 2048)], ids=["1x256", "3x768", "64x2048"])
