@@ -522,3 +522,20 @@ def test_cli_quantize_preset(smollm2_f16, tmp_path):
         result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(tmp_path / "x.gguf"), *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("preset", ["IQ4_XS", "IQ2_XS"])
+def test_llamacpp_generates_from_iq_presets(preset, smollm2_f16, smollm2_imatrix, tmp_path):
+    """SmolLM2 with IQ4_XS (no imatrix) and IQ2_XS (imatrix) weights loads in llama.cpp and generates."""
+    from test_requantize import llamacpp_answer
+
+    out = tmp_path / f"smollm2.{preset}.gguf"
+    requantize(smollm2_f16, out, preset, imatrix=smollm2_imatrix[1] if preset == "IQ2_XS" else None, progress=False)
+    with read_gguf(out) as f:
+        types = {t.qtype.name for t in f.tensors}
+    assert preset in types, types
+    answer = llamacpp_answer(out)
+    if preset == "IQ4_XS":
+        assert len(answer.split()) >= 2 and sum(c.isalpha() for c in answer) >= 5, answer
+    else:  # 2-bit weights of a 135M model with a synthetic imatrix: llama.cpp runs it, the answer is poor
+        assert answer.strip(), answer
