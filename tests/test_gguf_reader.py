@@ -89,6 +89,20 @@ def test_f32_dequantize(smollm2):
     assert np.array_equal(values, t.data.view("<f4"))
 
 
+def test_every_tensor_dequantizes_as_gguf_py_and_llamacpp(smollm2, peer):
+    """All 272 tensors (Q4_1, Q8_0, F32): quantkit's dequantization == gguf-py's == llama.cpp's."""
+    import llamacpp_ref
+    from gguf.quants import dequantize as gguf_dequantize
+
+    for ours, theirs in zip(smollm2.tensors, peer.tensors):
+        values = ours.dequantize()
+        assert values.shape == ours.shape and values.dtype == np.float32
+        expected = gguf_dequantize(np.asarray(theirs.data), theirs.tensor_type).reshape(ours.shape)
+        np.testing.assert_array_equal(values, expected, err_msg=ours.name)
+        np.testing.assert_array_equal(values.reshape(-1), llamacpp_ref.dequantize(ours.data, ours.qtype, values.size))
+    assert len(smollm2.tensors) == 272
+
+
 def test_unsupported_type_dequantize_raises(tmp_path):
     from quantkit import write_gguf
     from quantkit.quants import QuantizedTensor
