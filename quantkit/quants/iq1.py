@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..errors import ImatrixError
 from .codebooks import grid as codebook
-from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_tables, nn_search
+from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_point, grid_tables, nn_search
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 IQ1S_DELTA = np.float32(0.125)
@@ -74,14 +74,6 @@ def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
             t[8 * l + i] = weight[off + i] * diff * diff
     c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
     return code_levels(c, L, off)
-
-
-@njit(cache=True)
-def _point(L, off):
-    u = 0
-    for i in range(8):
-        u |= np.int32(L[off + i]) << (2 * i)
-    return u
 
 
 @njit(cache=True)
@@ -222,7 +214,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
             xx = x_p if best_shift == 1 else x_m
             all_on_grid = True
             for k in range(bs // 8):
-                u = _point(L, 8 * k)
+                u = grid_point(L, 8 * k)
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False
@@ -431,7 +423,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                     xx = x_p if best_k < 2 else x_m
                 else:
                     xx = x_p if best_k % 2 == 0 else x_m
-                u = _point(L, 8 * k)
+                u = grid_point(L, 8 * k)
                 gi = kmap[u]
                 if gi < 0:
                     all_on_grid = False

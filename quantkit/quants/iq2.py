@@ -231,7 +231,8 @@ def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
 
 
 @njit(cache=True)
-def _point(L, off):
+def grid_point(L, off):
+    """The index of 8 levels (2 bits each, level i at bits 2i) in the 3^8-point lattice map."""
     u = 0
     for i in range(8):
         u |= np.int32(L[off + i]) << (2 * i)
@@ -437,7 +438,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
                 for k in range(2):
                     signs[k] = (~signs[k]) & 127
             for k in range(2):
-                q2[2 * ib + k] = kmap[_point(L, 8 * k)] | (signs[k] << 9)
+                q2[2 * ib + k] = kmap[grid_point(L, 8 * k)] | (signs[k] << 9)
             scales[ib] = scale
             max_scale = max_scale if max_scale > scale else scale
         if max_scale == F0:
@@ -506,7 +507,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
                 for k in range(2):
                     signs[k] = (~signs[k]) & 255
             for k in range(2):
-                gi = kmap[_point(L, 8 * k)]
+                gi = kmap[grid_point(L, 8 * k)]
                 i8 = 2 * ib + k
                 out[o + 2 + i8] = np.uint8(gi & 255)
                 out[o + 66 + i8 // 4] |= np.uint8((gi >> 8) << (2 * (i8 % 4)))
@@ -595,7 +596,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
                 for k in range(4):
                     signs[k] = (~signs[k]) & 127
             for k in range(4):
-                gi = kmap[_point(L, 8 * k)]
+                gi = kmap[grid_point(L, 8 * k)]
                 q2[2 * ib] |= np.uint32(gi) << np.uint32(8 * k)
                 q2[2 * ib + 1] |= np.uint32(signs[k]) << np.uint32(7 * k)
             scales[ib] = scale
