@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .converter.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
@@ -117,20 +116,3 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         size = Path(dst).stat().st_size
         print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return plans
-
-
-def relative_rmse(reference, candidate) -> float:
-    """sqrt(sum (a-b)^2 / sum a^2) over all weights a of ``reference`` and b of ``candidate`` (GGUF paths)."""
-    err = ref = 0.0
-    with read_gguf(reference) as a, read_gguf(candidate) as b:
-        for ta in a.tensors:
-            tb = b.tensor(ta.name)
-            if ta.qtype == tb.qtype and np.array_equal(ta.data, tb.data):
-                ref += float(np.sum(ta.dequantize().astype(np.float64) ** 2))
-                continue
-            va = ta.dequantize().astype(np.float64)
-            err += float(np.sum((va - tb.dequantize()) ** 2))
-            ref += float(np.sum(va**2))
-    if ref == 0:
-        raise QuantkitError(f"{reference}: all weights are zero")
-    return float(np.sqrt(err / ref))
