@@ -155,7 +155,7 @@ class HFSource:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
-        import torch
+        import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' numpy reader needs)
         from safetensors import safe_open
 
         info = self.weight(name)
@@ -163,9 +163,8 @@ class HFSource:
         stop = rows if stop is None else stop
         if not 0 <= start <= stop <= rows:
             raise ShapeError(f"{info.path.name}: tensor {name!r}: rows {start}:{stop} out of range (it has {rows})")
-        with safe_open(str(info.path), framework="pt") as f:
+        with safe_open(str(info.path), framework="np") as f:
             part = f.get_slice(name)[start:stop] if info.shape else f.get_tensor(name)
-            if part.dtype == torch.bfloat16:  # the float32 with the same top 16 bits (exact; numpy beats torch)
-                bits = part.view(torch.int16).numpy().view(np.uint16)
-                return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
-            return part.numpy().astype(np.float32)
+        if info.dtype == "BF16":  # the float32 with the same top 16 bits (exact)
+            return np.left_shift(part.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
+        return part.astype(np.float32)

@@ -72,13 +72,90 @@ def add_special_vocab(w, folder: Path, **kwargs) -> None:
             w.add_bool(NORMALIZER_KEYS[name], bool(value))
 
 
+# tokenizer_config.json classes whose transformers loader takes tokenizer.json as it is (no __init__ of
+# their own that rebuilds the normalizer or pre-tokenizer)
+_VERBATIM_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+_SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _token_content(token) -> str | None:
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _transformers_uses_json_as_is(folder: Path) -> bool:
+    """Whether transformers' AutoTokenizer would give exactly tokenizer.json's tokenizer.
+
+    True when tokenizer_config.json names a class without a constructor of its own and sets nothing
+    transformers applies on top of the file: no add_bos/add_eos (they rewrite the post-processor), no
+    special token missing from tokenizer.json's added tokens (transformers would add it), no
+    truncation or padding, no cleanup of decoded spaces, and not a large Mistral vocabulary (whose
+    regex transformers patches).
+    """
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or config.get("tokenizer_class") not in _VERBATIM_CLASSES:
+        return False
+    if any(key in config for key in ("add_bos_token", "add_eos_token")) or config.get("clean_up_tokenization_spaces"):
+        return False
+    if tokenizer_json.get("truncation") or tokenizer_json.get("padding"):
+        return False
+    if len(tokenizer_json.get("model", {}).get("vocab") or ()) > 100_000 and "istral" in str(model_type):
+        return False
+    added = {(t.get("content"), t.get("id")) for t in tokenizer_json.get("added_tokens", [])}
+    added_contents = {content for content, _ in added}
+    named = [_token_content(config.get(key)) for key in _SPECIAL_TOKEN_KEYS]
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    named += [_token_content(t) for t in (extra.values() if isinstance(extra, dict) else extra)]
+    if any(t is not None and t not in added_contents for t in named):
+        return False
+    declared = config.get("added_tokens_decoder") or {}
+    return all((entry.get("content"), int(i)) in added for i, entry in declared.items())
+
+
+class JsonTokenizer:
+    """tokenizer.json through the `tokenizers` library, with the methods of transformers' tokenizers
+    that this module uses (and their results, when :func:`_transformers_uses_json_as_is` holds)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.added_tokens_decoder = self._tokenizer.get_added_tokens_decoder()
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return {token.content: i for i, token in sorted(self.added_tokens_decoder.items())}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+
 def _load_tokenizer(folder: Path):
-    """The Hugging Face tokenizer transformers gives for the folder (its class may depend on
-    config.json's model_type, e.g. Qwen2Tokenizer rebuilds the pre-tokenizer): what llama.cpp must match."""
+    """The Hugging Face tokenizer transformers gives for the folder: what llama.cpp must match.
+
+    Its class may depend on tokenizer_config.json or config.json's model_type (e.g. Qwen2Tokenizer
+    rebuilds the pre-tokenizer in code), so transformers loads it, unless tokenizer.json alone is
+    known to give the same tokenizer: then the `tokenizers` library reads it, without the seconds
+    that importing transformers (and torch) costs.
+    """
     import os
 
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
+    if _transformers_uses_json_as_is(folder):
+        try:
+            return JsonTokenizer(folder / "tokenizer.json")
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            raise SourceError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
