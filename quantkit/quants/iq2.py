@@ -268,13 +268,150 @@ def _sums(weight, xval, L, n):
 
 @njit(cache=True)
 def _scratch(nis, n):
+    """Work arrays of :func:`_trial_scales` for nis trials of n values."""
     return (np.zeros(nis * n, dtype=np.int32), np.zeros(nis * n // 8, dtype=np.bool_),
             np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
-            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32))
+            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
+            np.zeros(5 * 1024 + 64, dtype=np.float64), np.zeros(1024, dtype=np.int64))
+
+
+# Bound on |C's float32 distance - the exact real distance| relative to sum w_i (10 s + |x_i|)^2
+# (about 11 float32 roundings: 4 per term, 7 for the sum; see docs/iquants-iq2-iq1.md), with margin
+D2_REL_ERR = 2.0**-19
+# the same for results in float32's subnormal range (absolute error 2^-150 per rounding)
+D2_ABS_ERR = 2.0**-148
+# above this, a float32 distance could overflow: the run search defers to the exact scan
+D2_SAFE_MAX = 1e36
+
+
+@njit(cache=True)
+def _c_distance(c, xval, w, off, scale):
+    """llama.cpp's float32 distance sum w*(scale*q - x)^2 of the entry packed in code c."""
+    d2 = F0
+    for i in range(8):
+        sh = 28 + 5 * i if i < 4 else 5 * i - 12
+        diff = scale * np.float32(2 * (((c >> sh) & 31) >> 3) + 1) - xval[off + i]
+        d2 += w[off + i] * diff * diff
+    return d2
 
 
 @njit(inline="always", cache=True)
-def _trial_scales(nis, denom, n, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4):
+def _margin(sc, wsum, wxabs, wx2, xabs):
+    """2E(s)/s: twice the bound on |C's float32 distance - real distance| at scale s, over s."""
+    err = D2_REL_ERR * (100.0 * sc * sc * wsum + 20.0 * sc * wxabs + wx2)
+    err += D2_ABS_ERR * (8.0 + 80.0 * sc + xabs + 2.0 * (10.0 * sc * wsum + wxabs))
+    return 2.0 * err / sc
+
+
+@njit(cache=True)
+def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kept, t, t4):
+    """Best neighbours of off-grid point ``u`` for trials s0..s1-1 (scale scl[s]), as C picks them.
+
+    For entry c the real distance is s*g_c(s) + const, g_c(s) = s*A_c - 2*B_c with A_c = sum w q_c^2
+    and B_c = sum w x q_c (float64, once for the run). C's float32 distance is within E(s) of the
+    real one, so C's pick (the first entry with the smallest float32 distance) lies among the entries
+    with g_c(s) <= min g(s) + 2E(s)/s. An entry that exceeds that margin over another entry m at
+    both ends of the run's scale range does so at every scale between (g_c - g_m is linear in s):
+    it is dropped for the whole run, with m the best entry at either end. Per trial the kept entries
+    within the margin are compared, in list order, with C's float32 distance (none is computed
+    when one entry is left). Levels go to lv[s*n + off : s*n + off + 8]. Scratch ``ab``: 5*1024.
+    """
+    first = -kmap[u]
+    cnt = nbr_list[first - 1]
+    wsum = 0.0
+    wxabs = 0.0
+    wx2 = 0.0
+    xabs = 0.0
+    for i in range(8):
+        wi = np.float64(w[off + i])
+        xi = np.float64(xval[off + i])
+        wsum += wi
+        wxabs += wi * abs(xi)
+        wx2 += wi * xi * xi
+        xabs += abs(xi)
+        for l in range(3):
+            q = np.float64(2 * l + 1)
+            ab[8 * l + i] = wi * q * q
+            ab[24 + 8 * l + i] = wi * xi * q
+    lo = np.float64(scl[s0])
+    hi = lo
+    for s in range(s0 + 1, s1):
+        lo = min(lo, np.float64(scl[s]))
+        hi = max(hi, np.float64(scl[s]))
+    if not 100.0 * hi * hi * wsum + 20.0 * hi * wxabs + wx2 < D2_SAFE_MAX:
+        for s in range(s0, s1):
+            _best_neighbour(u, kmap, nbr_list, xval, w, off, scl[s], lv, s * n + off, t, t4)
+        return
+    # 2E(s)/s is convex in s > 0: its largest value on the run is at an end
+    margin = max(_margin(lo, wsum, wxabs, wx2, xabs), _margin(hi, wsum, wxabs, wx2, xabs))
+    glo_min = np.inf
+    ghi_min = np.inf
+    m1_hi = np.inf
+    m2_lo = np.inf
+    for j in range(cnt):
+        c = nbr_list[first + j]
+        a = 0.0
+        b = 0.0
+        for i in range(4):
+            k = (c >> (28 + 5 * i)) & 31
+            a += ab[k]
+            b += ab[24 + k]
+        for i in range(4):
+            k = (c >> (8 + 5 * i)) & 31
+            a += ab[k]
+            b += ab[24 + k]
+        glo = lo * a - 2.0 * b
+        ghi = hi * a - 2.0 * b
+        ab[64 + j] = a
+        ab[1088 + j] = b
+        ab[2112 + j] = glo
+        ab[3136 + j] = ghi
+        if glo < glo_min:
+            glo_min = glo
+            m1_hi = ghi
+        if ghi < ghi_min:
+            ghi_min = ghi
+            m2_lo = glo
+    nkept = 0
+    for j in range(cnt):
+        glo = ab[2112 + j]
+        ghi = ab[3136 + j]
+        near1 = (glo - glo_min <= margin) | (ghi - m1_hi <= margin)
+        near2 = (glo - m2_lo <= margin) | (ghi - ghi_min <= margin)
+        kept[nkept] = j
+        nkept += np.int64(near1 & near2)
+    for s in range(s0, s1):
+        cbest = nbr_list[first + kept[0]]
+        if nkept > 1:
+            scale = scl[s]
+            sc = np.float64(scale)
+            vmin = np.inf
+            for r in range(nkept):
+                j = kept[r]
+                v = sc * ab[64 + j] - 2.0 * ab[1088 + j]
+                ab[4160 + r] = v
+                vmin = min(vmin, v)
+            thr = vmin + margin
+            best_d2 = FLT_MAX
+            nsurv = 0
+            for r in range(nkept):
+                if ab[4160 + r] <= thr:
+                    nsurv += 1
+                    c = nbr_list[first + kept[r]]
+                    if nsurv == 1:
+                        cbest = c
+                    else:
+                        if nsurv == 2:
+                            best_d2 = _c_distance(cbest, xval, w, off, scale)
+                        d2 = _c_distance(c, xval, w, off, scale)
+                        if d2 < best_d2:
+                            best_d2 = d2
+                            cbest = c
+        code_levels(cbest, lv, s * n + off)
+
+
+@njit(inline="always", cache=True)
+def _trial_scales(nis, denom, n, xval, weight, waux, scratch, kmap, nbr_list, t, t4):
     """The levels and weighted sums of C's trial scales, all trials at once.
 
     Trial s (is = s - nis//2) uses id = (5 + is*0.1)/denom: levels nearest_int(0.5*(id*x - 1))
@@ -283,6 +420,7 @@ def _trial_scales(nis, denom, n, xval, weight, waux, lv, ongrid, ids, scl, sqx, 
     with the trials side by side so that Numba vectorizes across them. Scratch: the levels
     (levels (nis*n), on-grid flags (nis*n/8), ids, scales, sumqx, sumq2).
     """
+    lv, ongrid, ids, scl, sqx, sq2, ab, kept = scratch
     half = nis // 2
     for s in range(nis):
         id_ = (np.float32(5.0) + np.float32(s - half) * np.float32(0.1)) / denom
@@ -294,15 +432,22 @@ def _trial_scales(nis, denom, n, xval, weight, waux, lv, ongrid, ids, scl, sqx, 
             l = nearest_int(FHALF * (ids[s] * xi - F1))
             lv[s * n + i] = min(max(l, 0), 2)
     ng = n // 8
-    for s in range(nis):
-        for k in range(ng):
-            o = s * n + 8 * k
-            u = 0
-            for i in range(8):
-                u |= lv[o + i] << (2 * i)
-            ongrid[s * ng + k] = kmap[u] >= 0
-            if kmap[u] < 0:
-                _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scl[s], lv, o, t, t4)
+    for k in range(ng):
+        s0 = 0
+        while s0 < nis:
+            u = grid_point(lv, s0 * n + 8 * k)
+            s1 = s0 + 1
+            while s1 < nis and grid_point(lv, s1 * n + 8 * k) == u:
+                s1 += 1
+            on = kmap[u] >= 0
+            for s in range(s0, s1):
+                ongrid[s * ng + k] = on
+            if not on:
+                if s1 - s0 == 1:
+                    _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scl[s0], lv, s0 * n + 8 * k, t, t4)
+                else:
+                    _run_neighbours(u, kmap, nbr_list, xval, waux, 8 * k, scl, s0, s1, lv, n, ab, kept, t, t4)
+            s0 = s1
     for s in range(nis):
         sqx[s] = F0
         sq2[s] = F0
@@ -316,7 +461,7 @@ def _trial_scales(nis, denom, n, xval, weight, waux, lv, ongrid, ids, scl, sqx, 
 
 
 @njit(cache=True)
-def _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels):
+def _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list):
     """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills L, returns the scale."""
     vmax = xval[0]
     for i in range(1, 16):
@@ -327,7 +472,8 @@ def _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, 
     scale = vmax / np.float32(5.0)
     on_grid[0] = True
     on_grid[1] = True
-    _trial_scales(19, vmax, 16, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4)
+    _trial_scales(19, vmax, 16, xval, weight, waux, scratch, kmap, nbr_list, t, t4)
+    lv, ongrid, _, _, sqx, sq2, _, _ = scratch
     sbest = -1
     for s in range(19):
         sumqx = sqx[s]
@@ -407,7 +553,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
     kmap, nbr_list, levels = tabs
-    lv, ongrid, ids, scl, sqx, sq2 = _scratch(19, 16)
+    scratch = _scratch(19, 16)
     signs = np.zeros(2, dtype=np.int32)
     q2 = np.zeros(QK_K // 8, dtype=np.int32)
     for ibl in range(nbl):
@@ -432,7 +578,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
             if vmax < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels)
+            scale = _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -466,7 +612,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
     kmap, nbr_list, levels = tabs
-    lv, ongrid, ids, scl, sqx, sq2 = _scratch(19, 16)
+    scratch = _scratch(19, 16)
     signs = np.zeros(2, dtype=np.int32)
     for ibl in range(nbl):
         o = ibl * 82
@@ -501,7 +647,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
             if vmax < GROUP_MAX_EPS_IQ2_S:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, on_grid, t, t4, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels)
+            scale = _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -537,7 +683,8 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
     t = np.zeros(24, dtype=np.float32)
     t4 = np.zeros(81, dtype=np.float32)
     kmap, nbr_list, levels = tabs
-    lv, ongrid, ids, scl, sqx, sq2 = _scratch(13, 32)
+    scratch = _scratch(13, 32)
+    lv, _, _, _, sqx, sq2, _, _ = scratch
     signs = np.zeros(4, dtype=np.int32)
     q2 = np.zeros(QK_K // 16, dtype=np.uint32)
     for ibl in range(nbl):
@@ -570,7 +717,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
                 scales[ib] = F0
                 continue
             best = F0
-            _trial_scales(13, eff_max, 32, xval, weight, waux, lv, ongrid, ids, scl, sqx, sq2, kmap, nbr_list, levels, t, t4)
+            _trial_scales(13, eff_max, 32, xval, weight, waux, scratch, kmap, nbr_list, t, t4)
             sbest = -1
             for s in range(13):
                 sumqx = sqx[s]
