@@ -95,7 +95,7 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             metadata[key] = value
         infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
         start = time.perf_counter()
-        with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src]) as writer, tqdm(
+        with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src], write_behind=2) as writer, tqdm(
             total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc=f"-> {name}", disable=not progress
         ) as bar:
             for tensor, p in zip(tensors, plans):

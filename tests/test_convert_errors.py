@@ -133,3 +133,29 @@ def test_api_raises_quantkit_error(folder, tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(quantkit.QuantkitError, match="no config.json"):
         quantkit.convert(folder, tmp_path / "out.gguf", "F16", progress=False)
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize"])
+def test_output_file_too_large_for_the_disk(tmp_path, smollm2_hf_dir, smollm2_path, command):
+    """A write that fails part-way (here: a 20 MB file-size limit, as a full disk would) is one line,
+    exit 2, and leaves no output or temporary file (the writes run on the write-behind thread)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = {
+        "convert": ["convert", str(smollm2_hf_dir), "-o", str(out / "x.gguf"), "--type", "F16"],
+        "quantize": ["quantize", str(smollm2_path), str(out / "x.gguf"), "Q8_0"],
+    }[command]
+    limit = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20)); "
+        "from quantkit.cli import main; sys.argv = ['quantkit'] + sys.argv[1:]; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", limit, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("quantkit: error: ") and "File too large" in last and "x.gguf" in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(out.iterdir()) == []

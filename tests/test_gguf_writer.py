@@ -45,9 +45,10 @@ def test_smollm2_write_back_is_byte_identical(smollm2_path, tmp_path):
     assert leftovers(tmp_path) == ["copy.gguf"]
 
 
-def test_smollm2_streamed_in_row_chunks_is_byte_identical(smollm2_path, tmp_path):
+@pytest.mark.parametrize("write_behind", [0, 1, 3])
+def test_smollm2_streamed_in_row_chunks_is_byte_identical(smollm2_path, tmp_path, write_behind):
     out = tmp_path / "rows.gguf"
-    with read_gguf(smollm2_path) as f, GGUFStreamWriter(out, f.metadata, f.tensors) as w:
+    with read_gguf(smollm2_path) as f, GGUFStreamWriter(out, f.metadata, f.tensors, write_behind=write_behind) as w:
         for t in f.tensors:
             rows = t.data.reshape(-1, t.nbytes // (t.shape[0] if len(t.shape) == 2 else 1))
             step = max(1, len(rows) // 7)  # uneven chunks: several rows each, the last one shorter
@@ -220,25 +221,27 @@ def test_temp_file_lives_in_the_target_folder(tmp_path):
     assert leftovers(tmp_path) == ["x.gguf"]
 
 
-def test_stream_order_and_sizes_are_checked(tmp_path):
+@pytest.mark.parametrize("write_behind", [0, 2])
+def test_stream_order_and_sizes_are_checked(tmp_path, write_behind):
+    """With write-behind the error surfaces at a later write or at close, the same error."""
     infos = [TensorInfo("a", F32, (32,)), TensorInfo("b", F32, (32,))]
     with pytest.raises(OutputError, match="got data for tensor 'b', expected tensor 'a'"):
-        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos) as w:
+        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos, write_behind=write_behind) as w:
             w.write("b", bytes(128))
     with pytest.raises(OutputError, match="expected tensor 'a' \\(still incomplete\\)"):
-        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos) as w:
+        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos, write_behind=write_behind) as w:
             w.write("a", bytes(64))
             w.write("b", bytes(64))
     with pytest.raises(ShapeError, match="'a': 160 bytes written, it takes 128"):
-        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos) as w:
+        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos, write_behind=write_behind) as w:
             w.write("a", bytes(100))
             w.write(None, bytes(60))
     with pytest.raises(ShapeError, match="tensor 'b' got 64 of its 128 bytes"):
-        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos) as w:
+        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos, write_behind=write_behind) as w:
             w.write("a", bytes(128))
             w.write(None, bytes(64))
     with pytest.raises(OutputError, match="already written"):
-        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos) as w:
+        with GGUFStreamWriter(tmp_path / "o.gguf", {}, infos, write_behind=write_behind) as w:
             w.write("a", bytes(128))
             w.write("b", bytes(128))
             w.write(None, b"x")

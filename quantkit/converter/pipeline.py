@@ -326,7 +326,7 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
     inputs = [p for p in plan.source.folder.iterdir() if p.is_file()]
     infos = [TensorInfo(p.name, p.qtype, p.shape) for p in plan.tensors]
     total = sum(info.nbytes for p in plan.tensors for info in p.tensor.sources)
-    with GGUFStreamWriter(output, plan.metadata, infos, overwrite=overwrite, inputs=inputs) as writer, tqdm(
+    with GGUFStreamWriter(output, plan.metadata, infos, overwrite=overwrite, inputs=inputs, write_behind=2) as writer, tqdm(
         total=total, unit="B", unit_scale=True, desc=f"{plan.source.folder.name} -> {plan.preset}",
         disable=not progress, file=sys.stderr,
     ) as bar:

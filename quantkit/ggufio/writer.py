@@ -22,6 +22,7 @@ import os
 import struct
 import tempfile
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -241,10 +242,18 @@ class GGUFStreamWriter:
     ``write(name_or_None, chunk)`` with each tensor's bytes in file order (``None`` continues the
     current tensor, or starts the next once it is complete), and ``close()``; or use ``with``,
     which deletes the partial output if the block raises.
+
+    ``write_behind=N`` (N > 0) writes on a background thread with up to N chunks queued, so that the
+    disk write (which releases the GIL) overlaps the caller's reading and quantizing of the next
+    chunks; a queued chunk must not be modified. An error in a queued write surfaces at a later
+    ``write()`` or at ``close()``, and the output is discarded as usual.
     """
 
-    def __init__(self, path, metadata, tensor_infos, *, overwrite: bool = False, inputs=()):
+    def __init__(self, path, metadata, tensor_infos, *, overwrite: bool = False, inputs=(), write_behind: int = 0):
         self.path = Path(path)
+        self._write_behind = write_behind
+        self._pool = None  # the background writer thread, started at the first queued write
+        self._pending: deque = deque()  # futures of the queued writes, oldest first
         self.infos = _tensor_infos(tensor_infos)
         self._check_target(overwrite, inputs)
         self.alignment = self._alignment(metadata)
@@ -336,6 +345,37 @@ class GGUFStreamWriter:
         ``name`` must be the tensor being written or, once that is complete, the next one; None
         means the same. A chunk may not run past the end of its tensor.
         """
+        if not self._write_behind:
+            return self._append(name, chunk)
+        if self._file is None:
+            self._drain()  # raises the error of the queued write that closed it, if one did
+            raise OutputError(f"{self.path}: writer is closed")
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="gguf-write-behind")
+        self._pending.append(self._pool.submit(self._append, name, chunk))
+        try:
+            while len(self._pending) > self._write_behind:
+                self._pending.popleft().result()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _drain(self) -> None:
+        """Wait for the queued writes (raising the first one's error) and stop the thread."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            for future in self._pending:
+                future.cancel()
+            self._pending.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _append(self, name: str | None, chunk) -> None:
         if self._file is None:
             raise OutputError(f"{self.path}: writer is closed")
         try:
@@ -358,11 +398,17 @@ class GGUFStreamWriter:
                 self._done = 0
                 self._skip_empty()
         except BaseException:
-            self.abort()
+            self._discard()  # not abort(): this may run on the write-behind thread
             raise
 
     def close(self) -> None:
-        """Check every tensor is complete, fsync and rename the temporary file to ``path``."""
+        """Finish the queued writes, check every tensor is complete, fsync and rename the
+        temporary file to ``path``."""
+        try:
+            self._drain()
+        except BaseException:
+            self.abort()
+            raise
         if self._file is None:
             return
         try:
@@ -387,7 +433,18 @@ class GGUFStreamWriter:
             raise
 
     def abort(self) -> None:
-        """Discard the output: close and delete the temporary file."""
+        """Discard the output: drop the queued writes, close and delete the temporary file."""
+        for future in self._pending:
+            future.cancel()  # those not started yet
+        try:
+            self._drain()
+        except BaseException:
+            pass  # the output is discarded anyway; the caller is already handling an error
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close and delete the temporary file (safe from the write-behind thread)."""
         file, self._file = self._file, None
         if file is not None:
             try:
