@@ -99,6 +99,7 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc=f"-> {name}", disable=not progress
         ) as bar:
             for tensor, p in zip(tensors, plans):
+                bar.set_postfix_str(p.name, refresh=False)
                 if p.source == p.target:
                     writer.write(p.name, tensor.data)
                     bar.update(tensor.nbytes)

@@ -331,6 +331,7 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
         disable=not progress, file=sys.stderr,
     ) as bar:
         for p in plan.tensors:
+            bar.set_postfix_str(p.name, refresh=False)
             for data, consumed in _chunks(plan, p, threads):
                 writer.write(p.name, data)
                 bar.update(consumed)
