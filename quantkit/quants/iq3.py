@@ -87,138 +87,207 @@ def neighbour_tables(type_name: str):
 
 @functools.cache
 def _candidate_slots(type_name: str) -> np.ndarray:
-    """uint8 (len(neighbours), 4): for the entry listed at each position of ``neighbours``, its
-    level of element i plus 8*i: the slot of that element's error in the search's 4x8 table
-    (garbage at the count positions). Unsigned, so Numba indexes with it without the check for
-    negative indices (worth 15% of IQ3's time)."""
+    """uint8 (len(neighbours), 4): for the entry listed at each position of ``neighbours``, its level
+    of element i plus 8*i, the slot of (element, level) in :func:`_snap`'s per-group tables
+    (garbage at the count positions). Unsigned, so Numba indexes without a negative-index check."""
     levels, _, neighbours = neighbour_tables(type_name)
     slots = levels[neighbours.astype(np.int64) % levels.shape[0]].astype(np.uint8) + 8 * np.arange(4, dtype=np.uint8)
     slots.setflags(write=False)
     return slots
 
 
-@numba.njit(inline="always", cache=True)
-def _best_neighbour(neighbours, slots, start, levels, xval, waux, o, sq, L, table):
-    """iq3_find_best_neighbour: the listed entry nearest to xval[o:o+4] (weights waux), into L.
-
-    C computes, per candidate and element, ``w * (scale*q - x) * (scale*q - x)`` with q = 2*level+1
-    one of 8 values: ``sq[level] = scale*q`` comes precomputed, the 4x8 possible terms are computed
-    once (the same float operations), and each candidate's distance is the sum of its 4 terms in
-    C's order. Returns -1 (L untouched) where every distance is inf or NaN: llama.cpp aborts there.
-    """
-    for i in range(4):
-        x = xval[o + i]
-        w = waux[o + i]
-        for level in range(8):
-            diff = sq[level] - x
-            table[8 * i + level] = w * diff * diff
-    count = np.int64(neighbours[np.uint64(start)])
-    best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
-    best = -1
-    for p in range(start + 1, start + 1 + count):
-        d2 = np.float32(0.0) + table[slots[p, 0]]
-        d2 += table[slots[p, 1]]
-        d2 += table[slots[p, 2]]
-        d2 += table[slots[p, 3]]
-        if d2 < best_d2:
-            best_d2 = d2
-            best = p
-    if best < 0:
-        return -1
-    grid_index = np.int64(neighbours[best])
-    for i in range(4):
-        L[o + i] = levels[grid_index, i]
-    return grid_index
+_MAX_LISTED = 64  # longest neighbour list is 38 (IQ3_S)
+# Prefilter bound (see _snap): C's float32 distance is within 9u * sum w*(15*scale + |x|)^2
+# (u = 2^-24) of the exact one; 32u also covers the float64 roundings of the prefilter, and the
+# absolute term the float32 underflows. Valid while the scale and the sums stay in these bounds.
+_BOUND_REL = 32.0 * 2.0**-24
+_BOUND_ABS = 2.0**-140
+_SCALE_MIN = 2.0**-100
+_SUM_MAX = 2.0**100
 
 
 @numba.njit(cache=True)
-def _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap, neighbours,
-              vmax, nsteps, second_pass_all, start_on_grid, failed, wx, prev, table, sq):
+def _scratch(ntrials):
+    """Per-thread scratch of :func:`_subblock` for ntrials trial scales plus the final pass:
+    levels (32 x columns, element-major), on-grid flags (8 x columns), scales, 1/scales, sums
+    w*x*q and w*q*q per column, and the candidate sums of one off-grid point."""
+    ncol = ntrials + 1
+    return (np.zeros(32 * ncol, dtype=np.int32), np.zeros(8 * ncol, dtype=np.bool_),
+            np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
+            np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
+            np.zeros(_MAX_LISTED, dtype=np.float64), np.zeros(_MAX_LISTED, dtype=np.float64),
+            np.zeros(64, dtype=np.float64))
+
+
+@numba.njit(inline="always", cache=True)
+def _distance(levels, gi, xval, waux, o, scale):
+    """C's float32 distance of grid entry gi from xval[o:o+4]: sum of waux*(scale*q - x)^2, q = 2*level+1,
+    in C's order."""
+    d2 = np.float32(0.0)
+    for i in range(4):
+        diff = scale * np.float32(2 * levels[gi, i] + 1) - xval[o + i]
+        d2 += waux[o + i] * diff * diff
+    return d2
+
+
+@numba.njit(cache=True)
+def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+    """Columns col0..col1-1 of lv (levels lv[i*ncol + c] at scale scl[c]): every group of 4 that is not
+    a grid point goes to the neighbour C's iq3_find_best_neighbour picks (the first listed entry at
+    the smallest float32 distance sum waux*(scale*q - x)^2); ongrid[k*ncol + c] tells which groups
+    were on the grid. Returns False where C aborts (every distance inf/NaN).
+
+    Per run of columns on the same off-grid point, candidate j gets (float64, products exact)
+    qa = sum w*q^2 and qb = 2*sum w*x*q, so its exact distance is s*(s*qa - qb) + sum w*x^2. With
+    M_i = 15*s + |x_i|, C's float32 distance is within E = 32u*sum w*M^2 (+ an underflow term) of
+    the exact one, so a candidate whose h = s*qa - qb exceeds the smallest h by more than 2E/s is
+    strictly farther in C's arithmetic too. The others are evaluated exactly in list order with
+    strict <, so the pick is C's. Where the bound is not valid (tiny scale, sums near float32
+    overflow) every candidate is evaluated exactly.
+    """
+    for k in range(8):
+        o = 4 * k
+        sw = swax = swx2 = sax = 0.0
+        for i in range(4):
+            w = np.float64(waux[o + i])
+            x = np.float64(xval[o + i])
+            sw += w
+            swax += w * abs(x)
+            swx2 += w * x * x
+            sax += abs(x)
+            for l in range(8):
+                q = np.float64(2 * l + 1)
+                terms[8 * i + l] = w * q * q
+                terms[32 + 8 * i + l] = 2.0 * w * x * q
+        expanded = -1  # the off-grid point whose candidate sums are in qa, qb
+        for c in range(col0, col1):
+            u = (lv[o * ncol + c] | (lv[(o + 1) * ncol + c] << 3) | (lv[(o + 2) * ncol + c] << 6)
+                 | (lv[(o + 3) * ncol + c] << 9))
+            gi = np.int64(kmap[np.uint64(u)])
+            ongrid[k * ncol + c] = gi >= 0
+            if gi >= 0:
+                continue
+            start = -gi - 1
+            count = np.int64(neighbours[start])
+            if u != expanded:
+                for j in range(count):
+                    p = np.uint64(start + 1 + j)
+                    qa[j] = terms[slots[p, 0]] + terms[slots[p, 1]] + terms[slots[p, 2]] + terms[slots[p, 3]]
+                    qb[j] = (terms[32 + slots[p, 0]] + terms[32 + slots[p, 1]] + terms[32 + slots[p, 2]]
+                             + terms[32 + slots[p, 3]])
+                expanded = u
+            scale = scl[c]
+            s = np.float64(scale)
+            sum_m2 = s * (225.0 * s * sw + 30.0 * swax) + swx2
+            sum_m = 60.0 * s + sax
+            exact_all = not (s >= _SCALE_MIN and sum_m2 <= _SUM_MAX and sum_m <= _SUM_MAX)
+            threshold = np.inf
+            hnext = np.inf  # the second smallest h (equal to the smallest on a tie)
+            if not exact_all:
+                hmin = np.inf  # the smallest h, at jmin
+                jmin = 0
+                for j in range(count):
+                    hj = s * qa[j] - qb[j]
+                    hnext = min(hnext, max(hmin, hj))
+                    if hj < hmin:
+                        hmin = hj
+                        jmin = j
+                # 2E/s, with ids[c] = 1/s up to one float32 rounding (well inside the bound's slack)
+                threshold = hmin + 2.0 * (_BOUND_REL * sum_m2 + _BOUND_ABS * (4.0 + sum_m)) * np.float64(ids[c])
+                gi = np.int64(neighbours[start + 1 + jmin])
+            if exact_all or hnext <= threshold:
+                best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
+                gi = -1
+                for j in range(count):
+                    if exact_all or s * qa[j] - qb[j] <= threshold:
+                        g = np.int64(neighbours[start + 1 + j])
+                        d2 = _distance(levels, g, xval, waux, o, scale)
+                        if d2 < best_d2:
+                            best_d2 = d2
+                            gi = g
+                if gi < 0:
+                    return False
+            for i in range(4):
+                lv[(o + i) * ncol + c] = levels[gi, i]
+    return True
+
+
+@numba.njit(inline="always", cache=True)
+def _sums(lv, ncol, col0, col1, weight, xval, sqx, sq2):
+    """sum w*x*q and sum w*q*q (q = 2*level + 1) of columns col0..col1-1 of lv side by side, each in
+    C's element order and operand order ((w*x)*q, (w*q)*q)."""
+    for c in range(col0, col1):
+        sqx[c] = np.float32(0.0)
+        sq2[c] = np.float32(0.0)
+    for i in range(32):
+        w = weight[i]
+        wx = w * xval[i]
+        for c in range(col0, col1):
+            q = np.float32(2 * lv[i * ncol + c] + 1)
+            sqx[c] += wx * q
+            sq2[c] += w * q * q
+
+
+@numba.njit(cache=True)
+def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, vmax, nsteps, second_pass_all,
+              start_on_grid, failed, scratch):
     """The trial-scale search of one sub-block of 32 (shared by IQ3_XXS and IQ3_S); returns scale.
 
-    Leaves the chosen levels in L (all on the grid afterwards). Sets failed[0] where llama.cpp
-    would abort (no neighbour at a finite distance: values or importances so large that float32
-    overflows).
+    The 2*nsteps+1 trials are columns of one table: levels, then neighbours (:func:`_snap`), then
+    the sums (:func:`_sums`), each trial in C's order; C's pass over the off-grid groups at the
+    chosen scale is one more column. Leaves the chosen levels in L (all on the grid). Sets
+    failed[0] where llama.cpp would abort (no neighbour at a finite distance).
     """
+    lv, ongrid, ids, scl, sqx, sq2, qa, qb, terms = scratch
     zero = np.float32(0.0)
+    ntr = 2 * nsteps + 1
+    ncol = ntr + 1
+    for t in range(ntr):
+        inv = (np.float32(15.0) + np.float32(t - nsteps) * np.float32(0.2)) / vmax
+        ids[t] = inv
+        scl[t] = np.float32(1.0) / inv
+    for i in range(32):
+        x = xval[i]
+        for t in range(ntr):  # no branches: vectorizes
+            l = nearest_int(np.float32(0.5) * (ids[t] * x - np.float32(1.0)))
+            lv[i * ncol + t] = max(0, min(7, l))
+    if not _snap(lv, ncol, 0, ntr, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+        failed[0] = True
+        return zero
+    _sums(lv, ncol, 0, ntr, weight, xval, sqx, sq2)
     best = zero
     scale = vmax / np.float32(15.0)  # max/(2*kMaxQ-1)
+    chosen = -1
+    for t in range(ntr):
+        if sq2[t] > zero and sqx[t] * sqx[t] > best * sq2[t]:
+            scale = sqx[t] / sq2[t]
+            best = scale * sqx[t]
+            chosen = t
     for k in range(8):
-        on_grid[k] = start_on_grid
+        on_grid[k] = start_on_grid if chosen < 0 else ongrid[k * ncol + chosen]
     for i in range(32):
-        wx[i] = weight[i] * xval[i]  # w*xval, the first product of C's w*xval*q
-    prev[:] = -1  # the previous trial's grid indices
-    sumqx = zero
-    sumq2 = zero
-    for step in range(-nsteps, nsteps + 1):
-        inv = (np.float32(15.0) + np.float32(step) * np.float32(0.2)) / vmax
-        this_scale = np.float32(1.0) / inv
-        for level in range(8):
-            sq[level] = this_scale * np.float32(2 * level + 1)
-        for i in range(32):  # no branches: vectorizes
-            l = nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))
-            Laux[i] = max(0, min(7, l))
-        same = True
-        for k in range(8):
-            u = Laux[4 * k] | (Laux[4 * k + 1] << 3) | (Laux[4 * k + 2] << 6) | (Laux[4 * k + 3] << 9)
-            gi = np.int64(kmap[np.uint64(u)])
-            on_grid_aux[k] = gi >= 0
-            if gi < 0:
-                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, sq, Laux, table)
-                if gi < 0:
-                    failed[0] = True
-                    return scale
-            if gi != prev[k]:
-                same = False
-                prev[k] = gi
-        if not same:  # the same levels as the previous trial give the same sums
-            sumqx = zero
-            sumq2 = zero
-            for i in range(32):
-                w = weight[i]
-                q = np.float32(2 * Laux[i] + 1)
-                sumqx += wx[i] * q
-                sumq2 += w * q * q
-        if sumq2 > zero and sumqx * sumqx > best * sumq2:
-            scale = sumqx / sumq2
-            best = scale * sumqx
-            for i in range(32):
-                L[i] = Laux[i]
-            for k in range(8):
-                on_grid[k] = on_grid_aux[k]
+        L[i] = 0 if chosen < 0 else lv[i * ncol + chosen]
     n_not_on_grid = 0
     for k in range(8):
         if not on_grid[k]:
             n_not_on_grid += 1
     if n_not_on_grid > 0 and scale > zero:
         inv = np.float32(1.0) / scale
-        for level in range(8):
-            sq[level] = scale * np.float32(2 * level + 1)
-        for k in range(8):
-            if on_grid[k] and not second_pass_all:
-                continue
-            u = 0
-            for i in range(4):
-                l = nearest_int(np.float32(0.5) * (inv * xval[4 * k + i] - np.float32(1.0)))
-                l = max(0, min(7, l))
-                u |= l << (3 * i)
-            gi = kmap[u]
-            if gi < 0:
-                gi = _best_neighbour(neighbours, cand, -gi - 1, levels, xval, waux, 4 * k, sq, L, table)
-                if gi < 0:
-                    failed[0] = True
-                    return scale
-            for i in range(4):
-                L[4 * k + i] = levels[gi, i]
-        sumqx = zero
-        sumq2 = zero
+        ids[ntr] = inv
+        scl[ntr] = scale
         for i in range(32):
-            w = weight[i]
-            q = np.float32(2 * L[i] + 1)
-            sumqx += w * xval[i] * q
-            sumq2 += w * q * q
-        if sumq2 > zero:
-            scale = sumqx / sumq2
+            l = L[i]
+            if second_pass_all or not on_grid[i // 4]:
+                l = max(0, min(7, nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))))
+            lv[i * ncol + ntr] = l
+        if not _snap(lv, ncol, ntr, ncol, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+            failed[0] = True
+            return scale
+        for i in range(32):
+            L[i] = lv[i * ncol + ntr]
+        _sums(lv, ncol, ntr, ncol, weight, xval, sqx, sq2)
+        if sq2[ntr] > zero:
+            scale = sqx[ntr] / sq2[ntr]
     return scale
 
 
@@ -242,7 +311,7 @@ def _sigma2(xbl):
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
+def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
     nrows, n = rows.shape
     nbl = n // QK_K
     out = np.zeros((nrows, nbl * 98), dtype=np.uint8)
@@ -253,15 +322,10 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
         waux = np.zeros(32, dtype=np.float32)
         xval = np.zeros(32, dtype=np.float32)
         L = np.zeros(32, dtype=np.int64)
-        Laux = np.zeros(32, dtype=np.int64)
         on_grid = np.zeros(8, dtype=np.bool_)
-        on_grid_aux = np.zeros(8, dtype=np.bool_)
         block_signs = np.zeros(4, dtype=np.int64)
         failed = np.zeros(1, dtype=np.bool_)
-        wx = np.zeros(32, dtype=np.float32)
-        prev = np.zeros(8, dtype=np.int64)
-        table = np.zeros(32, dtype=np.float32)
-        sq = np.zeros(8, dtype=np.float32)
+        scratch = _scratch(31)
         q3 = np.zeros(64, dtype=np.uint8)
         sas = np.zeros(8, dtype=np.uint32)
         for ibl in range(nbl):
@@ -304,8 +368,8 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
                 if vmax < _GROUP_MAX_EPS_IQ3_XXS:
                     scales[ib] = np.float32(0.0)
                     continue
-                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
-                                  neighbours, vmax, 15, False, True, failed, wx, prev, table, sq)
+                scale = _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, vmax, 15, False, True,
+                                  failed, scratch)
                 if failed[0]:
                     break
                 if scale < np.float32(0.0):
@@ -343,7 +407,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, cand, levels, kmap, neighbours):
 
 
 @numba.njit(parallel=True, cache=True)
-def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
+def _quantize_iq3_s(rows, imatrix, use_w, levels, kmap, neighbours, slots):
     nrows, n = rows.shape
     nbl = n // QK_K
     out = np.zeros((nrows, nbl * 110), dtype=np.uint8)
@@ -354,15 +418,10 @@ def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
         waux = np.zeros(32, dtype=np.float32)
         xval = np.zeros(32, dtype=np.float32)
         L = np.zeros(32, dtype=np.int64)
-        Laux = np.zeros(32, dtype=np.int64)
         on_grid = np.zeros(8, dtype=np.bool_)
-        on_grid_aux = np.zeros(8, dtype=np.bool_)
         block_signs = np.zeros(4, dtype=np.int64)
         failed = np.zeros(1, dtype=np.bool_)
-        wx = np.zeros(32, dtype=np.float32)
-        prev = np.zeros(8, dtype=np.int64)
-        table = np.zeros(32, dtype=np.float32)
-        sq = np.zeros(8, dtype=np.float32)
+        scratch = _scratch(19)
         for ibl in range(nbl):
             xbl = rows[r, ibl * QK_K:(ibl + 1) * QK_K]
             y = out[r, ibl * 110:(ibl + 1) * 110]  # d 0:2, qs 2:66, qh 66:74, signs 74:106, scales 106:110
@@ -391,8 +450,8 @@ def _quantize_iq3_s(rows, imatrix, use_w, cand, levels, kmap, neighbours):
                 if vmax == np.float32(0.0):
                     scales[ib] = np.float32(0.0)
                     continue  # llama.cpp does not advance qs/signs here
-                scale = _subblock(xval, weight, waux, L, Laux, on_grid, on_grid_aux, cand, levels, kmap,
-                                  neighbours, vmax, 9, True, False, failed, wx, prev, table, sq)
+                scale = _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, vmax, 9, True, False,
+                                  failed, scratch)
                 if failed[0]:
                     break
                 if scale < np.float32(0.0):
@@ -499,7 +558,7 @@ def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
         raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
     levels, kmap, neighbours = neighbour_tables(qt.name)
     kernel = _quantize_iq3_xxs if qt.name == "IQ3_XXS" else _quantize_iq3_s
-    out, bad = kernel(rows, weights, use_w, _candidate_slots(qt.name), levels, kmap, neighbours)
+    out, bad = kernel(rows, weights, use_w, levels, kmap, neighbours, _candidate_slots(qt.name))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(
