@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_convert_support import _WORK, LlamaServer, gguf_differences, peer_convert, quantkit_convert
 
@@ -32,6 +33,8 @@ MODELS = {
     "qwen3": ("Qwen3Config", dict(COMMON, vocab_size=49152, head_dim=16, tie_word_embeddings=True), "float32", "bpe"),
     "qwen3moe": ("Qwen3MoeConfig", dict(COMMON, vocab_size=49152, head_dim=16, moe_intermediate_size=32, num_experts=4,
                                         num_experts_per_tok=2, tie_word_embeddings=False), "bfloat16", "bpe"),
+    "mixtral": ("MixtralConfig", dict(COMMON, vocab_size=49152, num_local_experts=4, num_experts_per_tok=2,
+                                      sliding_window=None, tie_word_embeddings=False), "bfloat16", "bpe"),
     # not "phi3": llama.cpp gives models *named* phi3 special handling of "</s>", "<unk>", "<s>" tokens
     "phi_3": ("Phi3Config", dict(COMMON, vocab_size=320, original_max_position_embeddings=256, pad_token_id=0,
                                 bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
@@ -81,15 +84,26 @@ def test_architecture_converts_like_llama_cpp_and_runs(name, smollm2_hf_dir):
         assert len(server.greedy("The quick brown fox", 4)) == 4
 
 
-def test_moe_experts_merged_into_3d_tensors(smollm2_hf_dir):
+@pytest.mark.parametrize("name, n_ff_exp", [("qwen3moe", 32), ("mixtral", 128)])
+def test_moe_experts_merged_into_3d_tensors(smollm2_hf_dir, name, n_ff_exp):
+    """Expert e of layer 1's gate projection is slice e of the merged tensor, bit for bit."""
+    from safetensors import safe_open
+
     from quantkit import read_gguf
 
-    with read_gguf(quantkit_convert(tiny_model("qwen3moe", smollm2_hf_dir), "F16")) as f:
+    folder = tiny_model(name, smollm2_hf_dir)
+    with read_gguf(quantkit_convert(folder, "F32")) as f:
         shapes = {t.name: tuple(t.shape) for t in f.tensors}
-    assert shapes["blk.1.ffn_gate_exps.weight"] == (4, 32, 64)
-    assert shapes["blk.1.ffn_down_exps.weight"] == (4, 64, 32)
+        merged = f.tensor("blk.1.ffn_gate_exps.weight").dequantize()
+    assert shapes["blk.1.ffn_gate_exps.weight"] == (4, n_ff_exp, 64)
+    assert shapes["blk.1.ffn_down_exps.weight"] == (4, 64, n_ff_exp)
     assert shapes["blk.1.ffn_gate_inp.weight"] == (4, 64)
     assert not any(".experts." in n for n in shapes)
+    gate = {"qwen3moe": "mlp.experts.{e}.gate_proj", "mixtral": "block_sparse_moe.experts.{e}.w1"}[name]
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for e in range(4):
+            expert = f.get_tensor(f"model.layers.1.{gate.format(e=e)}.weight").float().numpy()
+            assert np.array_equal(merged.reshape(4, n_ff_exp, 64)[e], expert)
 
 
 def test_llama3_rope_freqs_and_untied_output(smollm2_hf_dir):

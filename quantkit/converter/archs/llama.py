@@ -1,20 +1,24 @@
-"""Llama and Mistral (LlamaForCausalLM, MistralForCausalLM) -> llama.cpp's ``llama`` architecture.
+"""Llama, Mistral and Mixtral (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM) -> llama.cpp's
+``llama`` architecture.
 
 As llama.cpp's converter: Q and K rows are permuted from Hugging Face's rotary layout (first half /
 second half of each head) to GGML's interleaved one; Llama 3 rope scaling becomes a ``rope_freqs``
 tensor of per-dimension factors; a tied ``lm_head`` is simply absent (llama.cpp then uses
-``token_embd`` as the output).
+``token_embd`` as the output). Mixtral's experts (w1 = gate, w2 = down, w3 = up) are merged into 3-D
+tensors (:mod:`.moe`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import gguf
 import numpy as np
 
 from ...source import SourceError
 from . import Arch, OutTensor
+from .moe import MergedExperts
 
 
 def permute_rotary(rows: np.ndarray, head_rows: int) -> np.ndarray:
@@ -91,3 +95,16 @@ class LlamaArch(Arch):
         factors = llama3_rope_factors(self.rope, self.head_dim)
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         return [OutTensor(name, factors.shape, values=lambda: factors, kind=gguf.MODEL_TENSOR.ROPE_FREQS)]
+
+
+class MixtralArch(MergedExperts, LlamaArch):
+    architectures = ("MixtralForCausalLM",)
+    expert_pattern = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
+    expert_projections = ("w1", "w2", "w3")  # llama.cpp's emission order
+    required_block_tensors = LlamaArch.required_block_tensors + (
+        gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_EXP, gguf.MODEL_TENSOR.FFN_UP_EXP,
+        gguf.MODEL_TENSOR.FFN_DOWN_EXP,
+    )
+
+    def merged_name(self, layer: int, projection: str) -> str:
+        return f"layers.{layer}.feed_forward.experts.{projection}.weight"
