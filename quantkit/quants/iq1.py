@@ -30,7 +30,7 @@ GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 # Numba kernels
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _sort_index(xb, n, idx, rank):
     """idx = positions of xb[0:n] in ascending order, ties in index order (glibc's stable qsort).
 
@@ -47,7 +47,7 @@ def _sort_index(xb, n, idx, rank):
         idx[rank[j]] = j
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _sort_index16(xb, n, idx):
     """_sort_index for short blocks: the same ranks, counted before and after each position."""
     for j in range(n):
@@ -60,7 +60,7 @@ def _sort_index16(xb, n, idx):
         idx[r] = j
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
     """iq1_find_best_neighbour2: the neighbour of point ``u`` minimizing sum w*(scale*xg[l] - x)^2.
 
@@ -76,7 +76,7 @@ def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
     return code_levels(c, L, off)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _sigma2(xbl):
     sumx2 = F0
     for i in range(QK_K):
@@ -84,7 +84,7 @@ def _sigma2(xbl):
     return np.float32(2.0) * sumx2 / np.float32(QK_K)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_row_iq1_s(x, qw, out, tabs):
     bs = 32
     nbl = x.shape[0] // QK_K
@@ -256,7 +256,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
             out[o + 35 + 2 * ib] = np.uint8((v >> 8) & 255)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _iq1m_weights(xb, qw, off, has_qw, sigma2, weight):
     if has_qw:
         for i in range(16):
@@ -266,7 +266,7 @@ def _iq1m_weights(xb, qw, off, has_qw, sigma2, weight):
             weight[i] = xb[i] * xb[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     bs = 16
     nbl = x.shape[0] // QK_K
@@ -490,19 +490,19 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
             out[o + 49 + 2 * j] = np.uint8((sc[j] >> 8) & 255)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq1_s_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
         _quantize_row_iq1_s(rows[r], imatrix, out[r], tabs)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq1_m_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
         _quantize_row_iq1_m(rows[r], imatrix, has_imatrix, out[r], tabs)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_iq1_s_rows(data, out, grid, fp16):
     nb = out.shape[1] // QK_K
     for r in prange(data.shape[0]):
@@ -521,7 +521,7 @@ def _dequantize_iq1_s_rows(data, out, grid, fp16):
                         y[QK_K * i + 32 * ib + 8 * l + j] = dl * (np.float32(grid[g, j]) + delta)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_iq1_m_rows(data, out, grid, fp16):
     nb = out.shape[1] // QK_K
     for r in prange(data.shape[0]):

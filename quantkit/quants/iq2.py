@@ -152,7 +152,7 @@ def grid_tables(grid_size: int) -> GridTables:
 # Numba kernels
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def nn_search(off, nbr_list, t, t4):
     """The code of the entry of a neighbour list with the smallest distance, first on ties.
 
@@ -205,7 +205,7 @@ def nn_search(off, nbr_list, t, t4):
     return cbest
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def code_levels(c, L, loff):
     """Write the 8 levels packed in a neighbour code to L[loff:loff+8]; return its codebook entry."""
     for i in range(4):
@@ -214,7 +214,7 @@ def code_levels(c, L, loff):
     return np.int32(c >> 48)
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
     """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale.
 
@@ -230,7 +230,7 @@ def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
     return code_levels(c, L, loff)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def grid_point(L, off):
     """The index of 8 levels (2 bits each, level i at bits 2i) in the 3^8-point lattice map."""
     u = 0
@@ -239,7 +239,7 @@ def grid_point(L, off):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _levels_at(id_, xval, off, L):
     """Level 0..2 nearest to id*x (odd grid 1,3,5) of 8 values; returns the point index."""
     u = 0
@@ -254,7 +254,7 @@ def _levels_at(id_, xval, off, L):
     return u
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _sums(weight, xval, L, n):
     sumqx = F0
     sumq2 = F0
@@ -266,13 +266,40 @@ def _sums(weight, xval, L, n):
     return sumqx, sumq2
 
 
-@njit(cache=True)
-def _scratch(nis, n):
-    """Work arrays of :func:`_trial_scales` for nis trials of n values."""
-    return (np.zeros(nis * n, dtype=np.int32), np.zeros(nis * n // 8, dtype=np.bool_),
-            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
-            np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
-            np.zeros(5 * 1024 + 64, dtype=np.float64), np.zeros(1024, dtype=np.int64))
+class Work(NamedTuple):
+    """A row kernel's work arrays (sub-blocks of n values, nis trial scales), allocated per row."""
+
+    lv: np.ndarray  # (nis*n) int32: each trial's levels
+    ongrid: np.ndarray  # (nis*n/8) bool: each trial's groups on the grid
+    ids: np.ndarray  # (nis) float32: the trials' inverse scales
+    scl: np.ndarray  # (nis) float32: the trials' scales
+    sqx: np.ndarray  # (nis) float32: the trials' sum w*x*q
+    sq2: np.ndarray  # (nis) float32: the trials' sum w*q*q
+    ab: np.ndarray  # float64 scratch of _run_neighbours
+    kept: np.ndarray  # int64 scratch of _run_neighbours
+    weight: np.ndarray  # (n) float32
+    waux: np.ndarray  # (n) float32: sqrt(weight)
+    xval: np.ndarray  # (n) float32: |x| (parity flip applied)
+    L: np.ndarray  # (n) int32: the kept levels
+    Lqp: np.ndarray  # (n) uint8: make_qp_quants' levels
+    on_grid: np.ndarray  # (n/8) bool
+    t: np.ndarray  # (24) float32: distance terms
+    t4: np.ndarray  # (81) float32: running sums of the first four terms
+    signs: np.ndarray  # (n/8) int32
+    scales: np.ndarray  # (QK_K/16) float32: the sub-block scales
+    q2: np.ndarray  # (QK_K/8) uint32: packed indices and signs
+
+
+@njit(cache=True, error_model="numpy")
+def _work(nis, n):
+    return Work(np.zeros(nis * n, dtype=np.int32), np.zeros(nis * n // 8, dtype=np.bool_),
+                np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
+                np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
+                np.zeros(5 * 1024 + 64, dtype=np.float64), np.zeros(1024, dtype=np.int64),
+                np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32),
+                np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n // 8, dtype=np.bool_),
+                np.zeros(24, dtype=np.float32), np.zeros(81, dtype=np.float32), np.zeros(n // 8, dtype=np.int32),
+                np.zeros(QK_K // 16, dtype=np.float32), np.zeros(QK_K // 8, dtype=np.uint32))
 
 
 # Bound on |C's float32 distance - the exact real distance| relative to sum w_i (10 s + |x_i|)^2
@@ -284,7 +311,7 @@ D2_ABS_ERR = 2.0**-148
 D2_SAFE_MAX = 1e36
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _c_distance(c, xval, w, off, scale):
     """llama.cpp's float32 distance sum w*(scale*q - x)^2 of the entry packed in code c."""
     d2 = F0
@@ -295,7 +322,7 @@ def _c_distance(c, xval, w, off, scale):
     return d2
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=True, error_model="numpy")
 def _margin(sc, wsum, wxabs, wx2, xabs):
     """2E(s)/s: twice the bound on |C's float32 distance - real distance| at scale s, over s."""
     err = D2_REL_ERR * (100.0 * sc * sc * wsum + 20.0 * sc * wxabs + wx2)
@@ -303,7 +330,7 @@ def _margin(sc, wsum, wxabs, wx2, xabs):
     return 2.0 * err / sc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kept, t, t4):
     """Best neighbours of off-grid point ``u`` for trials s0..s1-1 (scale scl[s]), as C picks them.
 
@@ -410,17 +437,18 @@ def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kep
         code_levels(cbest, lv, s * n + off)
 
 
-@njit(inline="always", cache=True)
-def _trial_scales(nis, denom, n, xval, weight, waux, scratch, kmap, nbr_list, t, t4):
+@njit(inline="always", cache=True, error_model="numpy")
+def _trial_scales(nis, denom, n, work, kmap, nbr_list):
     """The levels and weighted sums of C's trial scales, all trials at once.
 
     Trial s (is = s - nis//2) uses id = (5 + is*0.1)/denom: levels nearest_int(0.5*(id*x - 1))
     clamped to 0..2, each group of 8 snapped to its best neighbour (at scale 1/id) when off the
     grid; then sum w*x*q and sum w*q*q (q = 2*level + 1) in element order, as C accumulates them,
-    with the trials side by side so that Numba vectorizes across them. Scratch: the levels
-    (levels (nis*n), on-grid flags (nis*n/8), ids, scales, sumqx, sumq2).
+    with the trials side by side so that Numba vectorizes across them. Results in work.lv, work.ongrid,
+    work.scl, work.sqx, work.sq2 (see :class:`Work`).
     """
-    lv, ongrid, ids, scl, sqx, sq2, ab, kept = scratch
+    lv, ongrid, ids, scl, sqx, sq2, ab, kept = work.lv, work.ongrid, work.ids, work.scl, work.sqx, work.sq2, work.ab, work.kept
+    xval, weight, waux, t, t4 = work.xval, work.weight, work.waux, work.t, work.t4
     half = nis // 2
     for s in range(nis):
         id_ = (np.float32(5.0) + np.float32(s - half) * np.float32(0.1)) / denom
@@ -460,9 +488,10 @@ def _trial_scales(nis, denom, n, xval, weight, waux, scratch, kmap, nbr_list, t,
             sq2[s] += w * q * q
 
 
-@njit(cache=True)
-def _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list):
-    """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills L, returns the scale."""
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _search16(work, kmap, nbr_list):
+    """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills work.L, returns the scale."""
+    xval, weight, waux, L, on_grid, t, t4 = work.xval, work.weight, work.waux, work.L, work.on_grid, work.t, work.t4
     vmax = xval[0]
     for i in range(1, 16):
         vmax = vmax if vmax > xval[i] else xval[i]
@@ -472,8 +501,8 @@ def _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list):
     scale = vmax / np.float32(5.0)
     on_grid[0] = True
     on_grid[1] = True
-    _trial_scales(19, vmax, 16, xval, weight, waux, scratch, kmap, nbr_list, t, t4)
-    lv, ongrid, _, _, sqx, sq2, _, _ = scratch
+    _trial_scales(19, vmax, 16, work, kmap, nbr_list)
+    lv, ongrid, sqx, sq2 = work.lv, work.ongrid, work.sqx, work.sq2
     sbest = -1
     for s in range(19):
         sumqx = sqx[s]
@@ -501,7 +530,7 @@ def _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list):
     return scale
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _signs_with_parity(xb, off, weight, xval):
     """Absolute values of 8 weights; an odd number of negatives flips the least important one."""
     nflip = 0
@@ -527,13 +556,13 @@ def _signs_with_parity(xb, off, weight, xval):
     return s & 127
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _put_u16(out, p, v):
     out[p] = np.uint8(v & 255)
     out[p + 1] = np.uint8((v >> 8) & 255)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", _nrt=False)
 def _sigma2(xbl, factor):
     sumx2 = F0
     for i in range(QK_K):
@@ -541,21 +570,11 @@ def _sigma2(xbl, factor):
     return factor * sumx2 / np.float32(QK_K)
 
 
-@njit(cache=True)
-def _quantize_row_iq2_xs(x, qw, out, tabs):
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _quantize_row_iq2_xs(x, qw, out, tabs, work):
     nbl = x.shape[0] // QK_K
-    scales = np.zeros(QK_K // 16, dtype=np.float32)
-    weight = np.zeros(16, dtype=np.float32)
-    waux = np.zeros(16, dtype=np.float32)
-    xval = np.zeros(16, dtype=np.float32)
-    L = np.zeros(16, dtype=np.int32)
-    on_grid = np.zeros(2, dtype=np.bool_)
-    t = np.zeros(24, dtype=np.float32)
-    t4 = np.zeros(81, dtype=np.float32)
-    kmap, nbr_list, levels = tabs
-    scratch = _scratch(19, 16)
-    signs = np.zeros(2, dtype=np.int32)
-    q2 = np.zeros(QK_K // 8, dtype=np.int32)
+    scales, weight, waux, xval, L, signs, q2 = work.scales, work.weight, work.waux, work.xval, work.L, work.signs, work.q2
+    kmap, nbr_list, _ = tabs
     for ibl in range(nbl):
         o = ibl * 74
         xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
@@ -578,7 +597,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
             if vmax < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list)
+            scale = _search16(work, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -600,20 +619,11 @@ def _quantize_row_iq2_xs(x, qw, out, tabs):
             _put_u16(out, o + 2 + 2 * j, q2[j])
 
 
-@njit(cache=True)
-def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _quantize_row_iq2_s(x, qw, has_qw, out, tabs, work):
     nbl = x.shape[0] // QK_K
-    scales = np.zeros(QK_K // 16, dtype=np.float32)
-    weight = np.zeros(16, dtype=np.float32)
-    waux = np.zeros(16, dtype=np.float32)
-    xval = np.zeros(16, dtype=np.float32)
-    L = np.zeros(16, dtype=np.int32)
-    on_grid = np.zeros(2, dtype=np.bool_)
-    t = np.zeros(24, dtype=np.float32)
-    t4 = np.zeros(81, dtype=np.float32)
-    kmap, nbr_list, levels = tabs
-    scratch = _scratch(19, 16)
-    signs = np.zeros(2, dtype=np.int32)
+    scales, weight, waux, xval, L, signs = work.scales, work.weight, work.waux, work.xval, work.L, work.signs
+    kmap, nbr_list, _ = tabs
     for ibl in range(nbl):
         o = ibl * 82
         xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
@@ -647,7 +657,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
             if vmax < GROUP_MAX_EPS_IQ2_S:
                 scales[ib] = F0
                 continue
-            scale = _search16(xval, weight, waux, L, on_grid, t, t4, scratch, kmap, nbr_list)
+            scale = _search16(work, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
                 for k in range(2):
@@ -671,22 +681,13 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs):
             out[o + 74 + ib // 2] |= np.uint8(l << (4 * (ib % 2)))
 
 
-@njit(cache=True)
-def _quantize_row_iq2_xxs(x, qw, out, tabs):
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
     nbl = x.shape[0] // QK_K
-    scales = np.zeros(QK_K // 32, dtype=np.float32)
-    weight = np.zeros(32, dtype=np.float32)
-    waux = np.zeros(32, dtype=np.float32)
-    xval = np.zeros(32, dtype=np.float32)
-    L = np.zeros(32, dtype=np.int32)
-    Lqp = np.zeros(32, dtype=np.uint8)  # uint8 as in C: a negative level wraps to 256 + l
-    t = np.zeros(24, dtype=np.float32)
-    t4 = np.zeros(81, dtype=np.float32)
-    kmap, nbr_list, levels = tabs
-    scratch = _scratch(13, 32)
-    lv, _, _, _, sqx, sq2, _, _ = scratch
-    signs = np.zeros(4, dtype=np.int32)
-    q2 = np.zeros(QK_K // 16, dtype=np.uint32)
+    scales, weight, waux, xval, L, signs, q2 = work.scales, work.weight, work.waux, work.xval, work.L, work.signs, work.q2
+    Lqp = work.Lqp  # uint8 as in C: a negative level wraps to 256 + l
+    t, t4, lv, sqx, sq2 = work.t, work.t4, work.lv, work.sqx, work.sq2
+    kmap, nbr_list, _ = tabs
     for ibl in range(nbl):
         o = ibl * 66
         xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
@@ -717,7 +718,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
                 scales[ib] = F0
                 continue
             best = F0
-            _trial_scales(13, eff_max, 32, xval, weight, waux, scratch, kmap, nbr_list, t, t4)
+            _trial_scales(13, eff_max, 32, work, kmap, nbr_list)
             sbest = -1
             for s in range(13):
                 sumqx = sqx[s]
@@ -763,25 +764,25 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs):
                 out[o + 2 + 4 * j + b] = np.uint8((v >> np.uint32(8 * b)) & np.uint32(255))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_xs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xs(rows[r], imatrix, out[r], tabs)
+        _quantize_row_iq2_xs(rows[r], imatrix, out[r], tabs, _work(19, 16))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_xxs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], tabs)
+        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], tabs, _work(13, 32))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_s_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], tabs)
+        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], tabs, _work(19, 16))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_iq2_xxs_rows(data, out, grid, signs_tab, fp16):
     nb = out.shape[1] // QK_K
     for r in prange(data.shape[0]):
@@ -804,7 +805,7 @@ def _dequantize_iq2_xxs_rows(data, out, grid, signs_tab, fp16):
                         y[QK_K * i + 32 * ib32 + 8 * l + j] = -v if (s >> j) & 1 else v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_iq2_xs_rows(data, out, grid, signs_tab, fp16):
     nb = out.shape[1] // QK_K
     for r in prange(data.shape[0]):
@@ -828,7 +829,7 @@ def _dequantize_iq2_xs_rows(data, out, grid, signs_tab, fp16):
                         y[QK_K * i + 32 * ib32 + 8 * l + j] = -v if (s >> j) & 1 else v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _dequantize_iq2_s_rows(data, out, grid, fp16):
     nb = out.shape[1] // QK_K
     for r in prange(data.shape[0]):
