@@ -106,12 +106,19 @@ _SCALE_MIN = 2.0**-100
 _SUM_MAX = 2.0**100
 
 
+@numba.njit(inline="always", cache=True)
+def _columns(ntrials):
+    """Columns of the trial table: the trials, the final pass, padding to a multiple of 8 so that
+    the loops over columns vectorize without a scalar remainder."""
+    return (ntrials + 1 + 7) // 8 * 8
+
+
 @numba.njit(cache=True)
 def _scratch(ntrials):
     """Per-thread scratch of :func:`_subblock` for ntrials trial scales plus the final pass:
     levels (32 x columns, element-major), on-grid flags (8 x columns), scales, 1/scales, sums
     w*x*q and w*q*q per column, and the candidate sums of one off-grid point."""
-    ncol = ntrials + 1
+    ncol = _columns(ntrials)
     return (np.zeros(32 * ncol, dtype=np.int32), np.zeros(8 * ncol, dtype=np.bool_),
             np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
             np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
@@ -148,17 +155,6 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
     for k in range(8):
         o = 4 * k
         sw = swax = swx2 = sax = 0.0
-        for i in range(4):
-            w = np.float64(waux[o + i])
-            x = np.float64(xval[o + i])
-            sw += w
-            swax += w * abs(x)
-            swx2 += w * x * x
-            sax += abs(x)
-            for l in range(8):
-                q = np.float64(2 * l + 1)
-                terms[8 * i + l] = w * q * q
-                terms[32 + 8 * i + l] = 2.0 * w * x * q
         expanded = -1  # the off-grid point whose candidate sums are in qa, qb
         for c in range(col0, col1):
             u = (lv[o * ncol + c] | (lv[(o + 1) * ncol + c] << 3) | (lv[(o + 2) * ncol + c] << 6)
@@ -170,6 +166,18 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
             start = -gi - 1
             count = np.int64(neighbours[start])
             if u != expanded:
+                if expanded < 0:  # the group's first off-grid point: its per-(element, level) terms
+                    for i in range(4):
+                        w = np.float64(waux[o + i])
+                        x = np.float64(xval[o + i])
+                        sw += w
+                        swax += w * abs(x)
+                        swx2 += w * x * x
+                        sax += abs(x)
+                        for l in range(8):
+                            q = np.float64(2 * l + 1)
+                            terms[8 * i + l] = w * q * q
+                            terms[32 + 8 * i + l] = 2.0 * w * x * q
                 for j in range(count):
                     p = np.uint64(start + 1 + j)
                     qa[j] = terms[slots[p, 0]] + terms[slots[p, 1]] + terms[slots[p, 2]] + terms[slots[p, 3]]
@@ -241,20 +249,20 @@ def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, v
     lv, ongrid, ids, scl, sqx, sq2, qa, qb, terms = scratch
     zero = np.float32(0.0)
     ntr = 2 * nsteps + 1
-    ncol = ntr + 1
-    for t in range(ntr):
-        inv = (np.float32(15.0) + np.float32(t - nsteps) * np.float32(0.2)) / vmax
+    ncol = _columns(ntr)
+    for t in range(ncol):
+        inv = (np.float32(15.0) + np.float32(min(t, ntr - 1) - nsteps) * np.float32(0.2)) / vmax
         ids[t] = inv
         scl[t] = np.float32(1.0) / inv
-    for i in range(32):
+    for i in range(32):  # all columns (the ones after the trials are scratch): vectorizes
         x = xval[i]
-        for t in range(ntr):  # no branches: vectorizes
+        for t in range(ncol):
             l = nearest_int(np.float32(0.5) * (ids[t] * x - np.float32(1.0)))
             lv[i * ncol + t] = max(0, min(7, l))
     if not _snap(lv, ncol, 0, ntr, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
         failed[0] = True
         return zero
-    _sums(lv, ncol, 0, ntr, weight, xval, sqx, sq2)
+    _sums(lv, ncol, 0, ncol, weight, xval, sqx, sq2)
     best = zero
     scale = vmax / np.float32(15.0)  # max/(2*kMaxQ-1)
     chosen = -1
@@ -280,12 +288,12 @@ def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, v
             if second_pass_all or not on_grid[i // 4]:
                 l = max(0, min(7, nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))))
             lv[i * ncol + ntr] = l
-        if not _snap(lv, ncol, ntr, ncol, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+        if not _snap(lv, ncol, ntr, ntr + 1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
             failed[0] = True
             return scale
         for i in range(32):
             L[i] = lv[i * ncol + ntr]
-        _sums(lv, ncol, ntr, ncol, weight, xval, sqx, sq2)
+        _sums(lv, ncol, ntr, ntr + 1, weight, xval, sqx, sq2)
         if sq2[ntr] > zero:
             scale = sqx[ntr] / sq2[ntr]
     return scale
