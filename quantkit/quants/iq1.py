@@ -22,6 +22,9 @@ from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 IQ1S_DELTA = np.float32(0.125)
 IQ1M_DELTA = np.float32(0.125)
+# IQ1_M scores the splits (i1, i2) of a row i1 in fixed-width loops over i2 (lanes 0..23: i2 = 0..16
+# and padding), which LLVM vectorizes
+SPLIT_LANES = 24
 GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
 GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 
@@ -266,6 +269,52 @@ def _iq1m_weights(xb, qw, off, has_qw, sigma2, weight):
             weight[i] = xb[i] * xb[i]
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_sums(row, px, cwp, cwm, i2):
+    """sum w*q*x and sum w*q*q of split (i1, i2) for the shift pairs (+,+), (+,-), (-,+), (-,-).
+
+    ``row`` holds the terms of split point i1 (C's float32 expressions, evaluated in C's order).
+    """
+    ax0, ax1, hp0, hp1, hm0, hm1, tp0, tp1, tm0, tm1 = row
+    sx0 = ax0 + px[0, i2]
+    sx1 = ax1 + px[1, i2]
+    qxp0 = tp0 - sx0
+    qxp1 = tp1 - sx1
+    qxm0 = tm0 - sx0
+    qxm1 = tm1 - sx1
+    q2p0 = hp0 + cwp[0, i2]
+    q2p1 = hp1 + cwp[1, i2]
+    q2m0 = hm0 + cwm[0, i2]
+    q2m1 = hm1 + cwm[1, i2]
+    return (qxp0 + qxp1, q2p0 + q2p1, qxp0 + qxm1, q2p0 + q2m1,
+            qxm0 + qxp1, q2m0 + q2p1, qxm0 + qxm1, q2m0 + q2m1)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_passes(cqx, cq2, best, lo, width, passes):
+    """passes[i2]: whether any shift pair of split (i1, i2) passes C's test against ``best``.
+
+    For lanes lo..lo+width-1 at once (a loop LLVM vectorizes when width is a constant).
+    """
+    for j in range(width):
+        i2 = lo + j
+        ok = False
+        for k in range(4):
+            ok |= (cq2[k, i2] > F0) & (cqx[k, i2] * cqx[k, i2] > best * cq2[k, i2])
+        passes[i2] = ok
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_row(row, px, cwp, cwm, lo, width, cqx, cq2):
+    """cqx/cq2[k, i2] = _split_sums for lanes lo..lo+width-1 (vectorized like _split_passes)."""
+    for j in range(width):
+        i2 = lo + j
+        sums = _split_sums(row, px, cwp, cwm, i2)
+        for k in range(4):
+            cqx[k, i2] = sums[2 * k]
+            cq2[k, i2] = sums[2 * k + 1]
+
+
 @njit(cache=True, error_model="numpy")
 def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     bs = 16
@@ -282,16 +331,17 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     t4 = np.zeros(81, dtype=np.float32)
     kmap, nbr_list, levels = tabs
     index = np.zeros(2, dtype=np.int32)
-    px = np.zeros((2, bs + 1), dtype=np.float32)
-    pw = np.zeros((2, bs + 1), dtype=np.float32)
+    px = np.zeros((2, SPLIT_LANES), dtype=np.float32)
+    pw = np.zeros((2, SPLIT_LANES), dtype=np.float32)
     txp = np.zeros(2, dtype=np.float32)
     txm = np.zeros(2, dtype=np.float32)
     twp = np.zeros(2, dtype=np.float32)
     twm = np.zeros(2, dtype=np.float32)
-    cwp = np.zeros((2, bs + 1), dtype=np.float32)
-    cwm = np.zeros((2, bs + 1), dtype=np.float32)
-    cqx = np.zeros((4, bs + 1), dtype=np.float32)
-    cq2 = np.zeros((4, bs + 1), dtype=np.float32)
+    cwp = np.zeros((2, SPLIT_LANES), dtype=np.float32)
+    cwm = np.zeros((2, SPLIT_LANES), dtype=np.float32)
+    passes = np.zeros(SPLIT_LANES, dtype=np.bool_)
+    cqx = np.zeros((4, SPLIT_LANES), dtype=np.float32)
+    cq2 = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     sc = np.zeros(4, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     p2 = x_p[2]
@@ -348,7 +398,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 txm[h] = tx * m2
                 twp[h] = tw * p2 * p2
                 twm[h] = tw * m2 * m2
-                for i2 in range(bs + 1):
+                for i2 in range(SPLIT_LANES):
                     cwp[h, i2] = pw[h, i2] * cp2
                     cwm[h, i2] = pw[h, i2] * cm2
             for i1 in range(bs + 1):
@@ -358,54 +408,31 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 hp1 = twp[1] + pw[1, i1] * cp1
                 hm0 = twm[0] + pw[0, i1] * cm1
                 hm1 = twm[1] + pw[1, i1] * cm1
-                tp0, tp1, tm0, tm1 = txp[0], txp[1], txm[0], txm[1]
-                b_row = best_score
-                npass = 0
+                row = (ax0, ax1, hp0, hp1, hm0, hm1, txp[0], txp[1], txm[0], txm[1])
+                # C's test against the best score b, for all splits of the row at once. A split that
+                # fails it fails against any best >= b (sq > 0 and float32 products are monotone),
+                # so only the splits that pass are visited, in C's order; the test is redone only
+                # when an update leaves the best below b (possible by rounding)
+                lo = 0
+                width = SPLIT_LANES
+                _split_row(row, px, cwp, cwm, 0, SPLIT_LANES, cqx, cq2)
+                b = best_score
+                _split_passes(cqx, cq2, b, lo, width, passes)
                 for i2 in range(i1, bs + 1):
-                    sx0 = ax0 + px[0, i2]
-                    sx1 = ax1 + px[1, i2]
-                    qxp0 = tp0 - sx0
-                    qxp1 = tp1 - sx1
-                    qxm0 = tm0 - sx0
-                    qxm1 = tm1 - sx1
-                    q2p0 = hp0 + cwp[0, i2]
-                    q2p1 = hp1 + cwp[1, i2]
-                    q2m0 = hm0 + cwm[0, i2]
-                    q2m1 = hm1 + cwm[1, i2]
-                    sx = qxp0 + qxp1
-                    sq = q2p0 + q2p1
-                    cqx[0, i2] = sx
-                    cq2[0, i2] = sq
-                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
-                    sx = qxp0 + qxm1
-                    sq = q2p0 + q2m1
-                    cqx[1, i2] = sx
-                    cq2[1, i2] = sq
-                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
-                    sx = qxm0 + qxp1
-                    sq = q2m0 + q2p1
-                    cqx[2, i2] = sx
-                    cq2[2, i2] = sq
-                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
-                    sx = qxm0 + qxm1
-                    sq = q2m0 + q2m1
-                    cqx[3, i2] = sx
-                    cq2[3, i2] = sq
-                    npass += np.int32((sq > F0) & (sx * sx > b_row * sq))
-                # C's test against the best score so far: if no split of this row passes it, the
-                # best cannot change in this row (exact skip)
-                if npass == 0:
-                    continue
-                for i2 in range(i1, bs + 1):
+                    if not passes[i2]:
+                        continue
                     for k in range(4):
-                        sq = cq2[k, i2]
                         sx = cqx[k, i2]
+                        sq = cq2[k, i2]
                         if sq > F0 and sx * sx > best_score * sq:
                             scale = sx / sq
                             best_score = scale * sx
                             besti1 = i1
                             besti2 = i2
                             best_k = k
+                    if best_score < b:
+                        b = best_score
+                        _split_passes(cqx, cq2, b, lo, width, passes)
             if besti1 < 0 or besti2 < 0 or best_k < 0:
                 scales[ib] = F0
                 shifts[ib] = 0
