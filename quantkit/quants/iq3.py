@@ -97,6 +97,9 @@ def _candidate_slots(type_name: str) -> np.ndarray:
 
 
 _MAX_LISTED = 64  # longest neighbour list is 38 (IQ3_S)
+_QB = _MAX_LISTED  # layout of the float64 scratch: qa, qb, per-group terms, per-group sums
+_TERMS = 2 * _MAX_LISTED
+_GROUP_SUMS = _TERMS + 8 * 64
 # Prefilter bound (see _snap): C's float32 distance is within 9u * sum w*(15*scale + |x|)^2
 # (u = 2^-24) of the exact one; 32u also covers the float64 roundings of the prefilter, and the
 # absolute term the float32 underflows. Valid while the scale and the sums stay in these bounds.
@@ -122,8 +125,7 @@ def _scratch(ntrials):
     return (np.zeros(32 * ncol, dtype=np.int32), np.zeros(8 * ncol, dtype=np.bool_),
             np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
             np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
-            np.zeros(_MAX_LISTED, dtype=np.float64), np.zeros(_MAX_LISTED, dtype=np.float64),
-            np.zeros(64, dtype=np.float64))
+            np.zeros(_GROUP_SUMS + 32, dtype=np.float64))
 
 
 @numba.njit(inline="always", cache=True)
@@ -137,12 +139,36 @@ def _distance(levels, gi, xval, waux, o, scale):
     return d2
 
 
+@numba.njit(inline="always", cache=True)
+def _group_terms(xval, waux, cand):
+    """The scale-free parts of the neighbour distances, per group k of 4 (float64, products exact):
+    w*q^2 and 2*w*x*q for each element i and level l (q = 2*l + 1) at _TERMS + 64k + 8i + l and
+    + 32 more; sum w, sum w*|x|, sum w*x^2, sum |x| (for the error bound) at _GROUP_SUMS + 4k."""
+    for k in range(8):
+        sw = swax = swx2 = sax = 0.0
+        for i in range(4):
+            w = np.float64(waux[4 * k + i])
+            x = np.float64(xval[4 * k + i])
+            sw += w
+            swax += w * abs(x)
+            swx2 += w * x * x
+            sax += abs(x)
+            for l in range(8):
+                q = np.float64(2 * l + 1)
+                cand[_TERMS + 64 * k + 8 * i + l] = w * q * q
+                cand[_TERMS + 64 * k + 32 + 8 * i + l] = 2.0 * w * x * q
+        cand[_GROUP_SUMS + 4 * k] = sw
+        cand[_GROUP_SUMS + 4 * k + 1] = swax
+        cand[_GROUP_SUMS + 4 * k + 2] = swx2
+        cand[_GROUP_SUMS + 4 * k + 3] = sax
+
+
 @numba.njit(cache=True)
-def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, cand):
     """Columns col0..col1-1 of lv (levels lv[i*ncol + c] at scale scl[c]): every group of 4 that is not
     a grid point goes to the neighbour C's iq3_find_best_neighbour picks (the first listed entry at
     the smallest float32 distance sum waux*(scale*q - x)^2); ongrid[k*ncol + c] tells which groups
-    were on the grid. Returns False where C aborts (every distance inf/NaN).
+    were on the grid. Returns False where C aborts (every distance inf/NaN). Needs :func:`_group_terms`.
 
     Per run of columns on the same off-grid point, candidate j gets (float64, products exact)
     qa = sum w*q^2 and qb = 2*sum w*x*q, so its exact distance is s*(s*qa - qb) + sum w*x^2. With
@@ -154,8 +180,12 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
     """
     for k in range(8):
         o = 4 * k
-        sw = swax = swx2 = sax = 0.0
-        expanded = -1  # the off-grid point whose candidate sums are in qa, qb
+        terms = _TERMS + 64 * k
+        sw = cand[_GROUP_SUMS + 4 * k]
+        swax = cand[_GROUP_SUMS + 4 * k + 1]
+        swx2 = cand[_GROUP_SUMS + 4 * k + 2]
+        sax = cand[_GROUP_SUMS + 4 * k + 3]
+        expanded = -1  # the off-grid point whose qa, qb are in cand
         for c in range(col0, col1):
             u = (lv[o * ncol + c] | (lv[(o + 1) * ncol + c] << 3) | (lv[(o + 2) * ncol + c] << 6)
                  | (lv[(o + 3) * ncol + c] << 9))
@@ -166,23 +196,12 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
             start = -gi - 1
             count = np.int64(neighbours[start])
             if u != expanded:
-                if expanded < 0:  # the group's first off-grid point: its per-(element, level) terms
-                    for i in range(4):
-                        w = np.float64(waux[o + i])
-                        x = np.float64(xval[o + i])
-                        sw += w
-                        swax += w * abs(x)
-                        swx2 += w * x * x
-                        sax += abs(x)
-                        for l in range(8):
-                            q = np.float64(2 * l + 1)
-                            terms[8 * i + l] = w * q * q
-                            terms[32 + 8 * i + l] = 2.0 * w * x * q
                 for j in range(count):
                     p = np.uint64(start + 1 + j)
-                    qa[j] = terms[slots[p, 0]] + terms[slots[p, 1]] + terms[slots[p, 2]] + terms[slots[p, 3]]
-                    qb[j] = (terms[32 + slots[p, 0]] + terms[32 + slots[p, 1]] + terms[32 + slots[p, 2]]
-                             + terms[32 + slots[p, 3]])
+                    s0, s1, s2, s3 = slots[p, 0], slots[p, 1], slots[p, 2], slots[p, 3]
+                    cand[j] = cand[terms + s0] + cand[terms + s1] + cand[terms + s2] + cand[terms + s3]
+                    cand[_QB + j] = (cand[terms + 32 + s0] + cand[terms + 32 + s1] + cand[terms + 32 + s2]
+                                     + cand[terms + 32 + s3])
                 expanded = u
             scale = scl[c]
             s = np.float64(scale)
@@ -195,7 +214,7 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
                 hmin = np.inf  # the smallest h, at jmin
                 jmin = 0
                 for j in range(count):
-                    hj = s * qa[j] - qb[j]
+                    hj = s * cand[j] - cand[_QB + j]
                     hnext = min(hnext, max(hmin, hj))
                     if hj < hmin:
                         hmin = hj
@@ -207,7 +226,7 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
                 best_d2 = np.float32(3.4028234663852886e38)  # FLT_MAX
                 gi = -1
                 for j in range(count):
-                    if exact_all or s * qa[j] - qb[j] <= threshold:
+                    if exact_all or s * cand[j] - cand[_QB + j] <= threshold:
                         g = np.int64(neighbours[start + 1 + j])
                         d2 = _distance(levels, g, xval, waux, o, scale)
                         if d2 < best_d2:
@@ -236,7 +255,7 @@ def _sums(lv, ncol, col0, col1, weight, xval, sqx, sq2):
             sq2[c] += w * q * q
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always", cache=True)
 def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, vmax, nsteps, second_pass_all,
               start_on_grid, failed, scratch):
     """The trial-scale search of one sub-block of 32 (shared by IQ3_XXS and IQ3_S); returns scale.
@@ -246,7 +265,7 @@ def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, v
     chosen scale is one more column. Leaves the chosen levels in L (all on the grid). Sets
     failed[0] where llama.cpp would abort (no neighbour at a finite distance).
     """
-    lv, ongrid, ids, scl, sqx, sq2, qa, qb, terms = scratch
+    lv, ongrid, ids, scl, sqx, sq2, cand = scratch
     zero = np.float32(0.0)
     ntr = 2 * nsteps + 1
     ncol = _columns(ntr)
@@ -259,7 +278,8 @@ def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, v
         for t in range(ncol):
             l = nearest_int(np.float32(0.5) * (ids[t] * x - np.float32(1.0)))
             lv[i * ncol + t] = max(0, min(7, l))
-    if not _snap(lv, ncol, 0, ntr, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+    _group_terms(xval, waux, cand)
+    if not _snap(lv, ncol, 0, ntr, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, cand):
         failed[0] = True
         return zero
     _sums(lv, ncol, 0, ncol, weight, xval, sqx, sq2)
@@ -288,7 +308,7 @@ def _subblock(xval, weight, waux, L, on_grid, levels, kmap, neighbours, slots, v
             if second_pass_all or not on_grid[i // 4]:
                 l = max(0, min(7, nearest_int(np.float32(0.5) * (inv * xval[i] - np.float32(1.0)))))
             lv[i * ncol + ntr] = l
-        if not _snap(lv, ncol, ntr, ntr + 1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, qa, qb, terms):
+        if not _snap(lv, ncol, ntr, ntr + 1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, cand):
             failed[0] = True
             return scale
         for i in range(32):
