@@ -173,3 +173,71 @@ def test_ties_keep_index_order():
     for qtype in TYPES:
         for imatrix in imatrices(qtype, rng, 512):
             check_exact(qtype, x, imatrix)
+
+
+def near_tie_rows(rng, nrows, n):
+    """Rows of a few magnitudes, each nudged by a few float32 ulps: neighbour candidates whose real
+    distances tie or nearly tie, so that only C's float32 rounding separates them."""
+    base = rng.choice(np.array([0.3, 0.7, 1.0, 1.3, 2.0], dtype=np.float32), size=(nrows, n))
+    ulps = rng.integers(-3, 4, size=(nrows, n)).astype(np.int32)
+    x = (base.view(np.int32) + ulps).view(np.float32) * rng.choice(np.array([-1, 1], dtype=np.float32), (nrows, n))
+    return x * np.exp2(rng.integers(-8, 9, size=(nrows, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_near_ties(qtype):
+    """Near-tied neighbour distances (the run search's margin must keep every candidate C could pick)."""
+    rng = np.random.default_rng(13)
+    x = near_tie_rows(rng, 48, 512)
+    flat = np.ones(512, dtype=np.float32)
+    stepped = np.repeat(np.array([1.0, 2.0, 0.5, 1.0], dtype=np.float32), 128)
+    for imatrix in imatrices(qtype, rng, 512) + [flat, stepped]:
+        check_exact(qtype, x, imatrix)
+
+
+def test_run_search_matches_per_trial_scan():
+    """_run_neighbours (one float64 pass per run of trials, float32 only for near-ties) picks, for
+    every trial scale, the neighbour that C's per-trial float32 scan picks."""
+    from numba import njit
+
+    from quantkit.quants.iq2 import _best_neighbour, _run_neighbours, grid_point, grid_tables
+
+    @njit
+    def compare(xs, ws, scales, kmap, nbr_list):
+        ntrial = scales.shape[1]
+        lv_run = np.zeros(8 * ntrial, dtype=np.int32)
+        lv_one = np.zeros(8 * ntrial, dtype=np.int32)
+        ab = np.zeros(5 * 1024 + 64)
+        kept = np.zeros(1024, dtype=np.int64)
+        t = np.zeros(24, dtype=np.float32)
+        t4 = np.zeros(81, dtype=np.float32)
+        checked = 0
+        for g in range(xs.shape[0]):
+            id_ = np.float32(1.0) / scales[g, 0]
+            for i in range(8):
+                lv_run[i] = min(max(np.int32(np.rint(np.float32(0.5) * (id_ * xs[g, i] - np.float32(1.0)))), 0), 2)
+            u = grid_point(lv_run, 0)
+            if kmap[u] >= 0:
+                continue
+            _run_neighbours(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g], 0, ntrial, lv_run, 8, ab, kept, t, t4)
+            for s in range(ntrial):
+                _best_neighbour(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g, s], lv_one, 8 * s, t, t4)
+            for i in range(8 * ntrial):
+                if lv_run[i] != lv_one[i]:
+                    return -1 - g
+            checked += 1
+        return checked
+
+    rng = np.random.default_rng(17)
+    groups = 4000
+    for size in (256, 512, 1024):
+        kmap, nbr_list, _ = grid_tables(size).kernel_args()
+        for x in (near_tie_rows(rng, groups, 8), np.abs(rng.standard_normal((groups, 8))).astype(np.float32)):
+            x[:, 0] = np.abs(x[:, 0])
+            w = rng.choice(np.array([1.0, 1.0, 0.5, 2.0, 1e-3], dtype=np.float32), size=(groups, 8))
+            w[: groups // 2] = 1.0  # equal weights: permuted entries tie in real arithmetic
+            vmax = np.abs(x).max(axis=1, keepdims=True)
+            ids = (np.float32(5.0) + np.arange(-3, 4, dtype=np.float32) * np.float32(0.1)) / vmax
+            scales = (np.float32(1.0) / ids.astype(np.float32)).astype(np.float32)
+            checked = compare(x, w, scales, kmap, nbr_list)
+            assert checked > groups // 4, checked
