@@ -125,6 +125,29 @@ def test_edge_cases_match_llamacpp(qtype, use_imatrix, kind):
     check(x.astype(np.float32), qtype, imatrix_for(x.shape[1], seed=2) if use_imatrix else None)
 
 
+def near_tie_rows(seed: int) -> np.ndarray:
+    """Rows whose groups sit on or next to ties of the neighbour search: even magnitudes (midway
+    between the odd grid values at trial scale 1, which a sub-block max of 15 gives), some one
+    float32 step off, at several power-of-two scales (which keep the ties)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 8, (32, 256)).astype(np.float32) * 2
+    x[:, ::32] = 15.0
+    step = rng.integers(-1, 2, x.shape)
+    x = np.where(step > 0, np.nextafter(x, np.float32(np.inf)), np.where(step < 0, np.nextafter(x, np.float32(0)), x))
+    x *= rng.choice([-1.0, 1.0], x.shape).astype(np.float32)
+    return (x * np.float32(2.0) ** rng.integers(-20, 20, (32, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("imatrix", [None, "ones", "powers_of_two"])
+@pytest.mark.parametrize("qtype", TYPES)
+def test_near_tie_neighbours_match_llamacpp(qtype, imatrix):
+    # The neighbour search prefilters candidates with an error bound and settles the close ones
+    # with C's float32 distances (first in list order on exact ties): both paths are taken here.
+    w = {None: None, "ones": np.ones(256, np.float32),
+         "powers_of_two": np.float32(2.0) ** np.random.default_rng(3).integers(-4, 4, 256).astype(np.float32)}[imatrix]
+    check(near_tie_rows(0), qtype, w)
+
+
 def test_iq3_s_zero_subblock_shifts_later_indices_as_llamacpp_does():
     # llama.cpp does not advance its qs/signs pointers past an all-zero sub-block of 32, so the
     # next sub-block's grid indices land in the zero one's slots; the bytes must still match.
