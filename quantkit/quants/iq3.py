@@ -13,7 +13,9 @@ Block layouts (256 weights, little-endian, as llama.cpp's ``block_iq3_xxs`` / ``
 The quantizer is ``quantize_row_iq3_xxs_impl`` / ``quantize_row_iq3_s_impl`` of ggml-quants.c:
 per sub-block of 32, signs are split off, 31 (IQ3_XXS) or 19 (IQ3_S) trial scales are tried;
 a group of 4 levels that is not a grid point goes to its best neighbour in the tables that
-``iq3xs_init_impl`` builds (:func:`neighbour_tables`). All arithmetic is float32 in C's order.
+``iq3xs_init_impl`` builds (:func:`neighbour_tables`). Every float32 value that reaches the
+bytes is computed as C computes it; the neighbour search first discards, with a proven error
+bound, the candidates that cannot be C's pick (:func:`_snap`), and evaluates the rest in C's order.
 
 One quirk reproduced on purpose: in IQ3_S an all-zero sub-block of 32 does not advance the
 ``qs``/``signs`` write position, so the following sub-blocks' indices and signs are stored one
@@ -119,8 +121,9 @@ def _columns(ntrials):
 @numba.njit(cache=True)
 def _scratch(ntrials):
     """Per-thread scratch of :func:`_subblock` for ntrials trial scales plus the final pass:
-    levels (32 x columns, element-major), on-grid flags (8 x columns), scales, 1/scales, sums
-    w*x*q and w*q*q per column, and the candidate sums of one off-grid point."""
+    levels (32 x columns, element-major), on-grid flags (8 x columns), 1/scales, scales, sums
+    w*x*q and w*q*q per column, and float64 qa, qb of one off-grid point's candidates, the per-group
+    terms and sums (at 0, _QB, _TERMS, _GROUP_SUMS)."""
     ncol = _columns(ntrials)
     return (np.zeros(32 * ncol, dtype=np.int32), np.zeros(8 * ncol, dtype=np.bool_),
             np.zeros(ncol, dtype=np.float32), np.zeros(ncol, dtype=np.float32),
