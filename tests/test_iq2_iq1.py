@@ -200,7 +200,7 @@ def test_run_search_matches_per_trial_scan():
     every trial scale, the neighbour that C's per-trial float32 scan picks."""
     from numba import njit
 
-    from quantkit.quants.iq2 import _best_neighbour, _run_neighbours, grid_point, grid_tables
+    from quantkit.quants.iq2 import _best_neighbour, _run_neighbours, grid_tables
 
     @njit
     def compare(xs, ws, scales, kmap, nbr_list):
@@ -214,17 +214,17 @@ def test_run_search_matches_per_trial_scan():
         checked = 0
         for g in range(xs.shape[0]):
             id_ = np.float32(1.0) / scales[g, 0]
+            u = 0
             for i in range(8):
-                lv_run[i] = min(max(np.int32(np.rint(np.float32(0.5) * (id_ * xs[g, i] - np.float32(1.0)))), 0), 2)
-            u = grid_point(lv_run, 0)
+                u |= min(max(np.int32(np.rint(np.float32(0.5) * (id_ * xs[g, i] - np.float32(1.0)))), 0), 2) << (2 * i)
             if kmap[u] >= 0:
                 continue
-            _run_neighbours(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g], 0, ntrial, lv_run, 8, ab, kept, t, t4)
+            _run_neighbours(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g], 0, ntrial, lv_run, ntrial, ab, kept, t, t4)
             for s in range(ntrial):
-                _best_neighbour(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g, s], lv_one, 8 * s, t, t4)
-            for i in range(8 * ntrial):
-                if lv_run[i] != lv_one[i]:
-                    return -1 - g
+                _best_neighbour(u, kmap, nbr_list, xs[g], ws[g], 0, scales[g, s], lv_one, 8 * s, 1, t, t4)
+                for i in range(8):
+                    if lv_run[i * ntrial + s] != lv_one[8 * s + i]:
+                        return -1 - g
             checked += 1
         return checked
 

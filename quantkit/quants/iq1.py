@@ -76,7 +76,7 @@ def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
             diff = sq - xval[off + i]
             t[8 * l + i] = weight[off + i] * diff * diff
     c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
-    return code_levels(c, L, off)
+    return code_levels(c, L, off, 1)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)

@@ -206,17 +206,19 @@ def nn_search(off, nbr_list, t, t4):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def code_levels(c, L, loff):
-    """Write the 8 levels packed in a neighbour code to L[loff:loff+8]; return its codebook entry."""
+def code_levels(c, L, loff, step):
+    """Write the 8 levels packed in a neighbour code to L[loff + i*step], i = 0..7; return its
+    codebook entry."""
     for i in range(4):
-        L[loff + i] = ((c >> (28 + 5 * i)) & 31) >> 3
-        L[loff + 4 + i] = ((c >> (8 + 5 * i)) & 31) >> 3
+        L[loff + i * step] = ((c >> (28 + 5 * i)) & 31) >> 3
+        L[loff + (4 + i) * step] = ((c >> (8 + 5 * i)) & 31) >> 3
     return np.int32(c >> 48)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
-    """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale.
+def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, step, t, t4):
+    """iq2_find_best_neighbour: the neighbour of off-grid point ``u`` nearest to xval/scale; its
+    levels go to L[loff + i*step].
 
     Each element's term w*(scale*q - x)^2 takes one of 3 values (q = 1, 3, 5): computed once into
     ``t`` with C's float32 operations, then :func:`nn_search` scans the candidates.
@@ -227,7 +229,7 @@ def _best_neighbour(u, kmap, nbr_list, xval, w, off, scale, L, loff, t, t4):
             diff = sq - xval[off + i]
             t[8 * l + i] = w[off + i] * diff * diff
     c = nn_search(-kmap[u] - 1, nbr_list, t, t4)
-    return code_levels(c, L, loff)
+    return code_levels(c, L, loff, step)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -267,14 +269,15 @@ def _sums(weight, xval, L, n):
 
 
 class Work(NamedTuple):
-    """A row kernel's work arrays (sub-blocks of n values, nis trial scales), allocated per row."""
+    """A row kernel's work arrays (sub-blocks of n values, trial scales in ``lanes`` lanes), allocated per row."""
 
-    lv: np.ndarray  # (nis*n) int32: each trial's levels
-    ongrid: np.ndarray  # (nis*n/8) bool: each trial's groups on the grid
-    ids: np.ndarray  # (nis) float32: the trials' inverse scales
-    scl: np.ndarray  # (nis) float32: the trials' scales
-    sqx: np.ndarray  # (nis) float32: the trials' sum w*x*q
-    sq2: np.ndarray  # (nis) float32: the trials' sum w*q*q
+    lv: np.ndarray  # (n*lanes) int32: level of element i in trial s at i*lanes + s
+    ongrid: np.ndarray  # (n/8*lanes) bool: group k of trial s on the grid, at k*lanes + s
+    us: np.ndarray  # (n/8*lanes) int32: grid point of group k in trial s, at k*lanes + s
+    ids: np.ndarray  # (lanes) float32: the trials' inverse scales
+    scl: np.ndarray  # (lanes) float32: the trials' scales
+    sqx: np.ndarray  # (lanes) float32: the trials' sum w*x*q
+    sq2: np.ndarray  # (lanes) float32: the trials' sum w*q*q
     ab: np.ndarray  # float64 scratch of _run_neighbours
     kept: np.ndarray  # int64 scratch of _run_neighbours
     weight: np.ndarray  # (n) float32
@@ -291,10 +294,11 @@ class Work(NamedTuple):
 
 
 @njit(cache=True, error_model="numpy")
-def _work(nis, n):
-    return Work(np.zeros(nis * n, dtype=np.int32), np.zeros(nis * n // 8, dtype=np.bool_),
-                np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
-                np.zeros(nis, dtype=np.float32), np.zeros(nis, dtype=np.float32),
+def _work(lanes, n):
+    return Work(np.zeros(lanes * n, dtype=np.int32), np.zeros(lanes * n // 8, dtype=np.bool_),
+                np.zeros(lanes * n // 8, dtype=np.int32),
+                np.zeros(lanes, dtype=np.float32), np.zeros(lanes, dtype=np.float32),
+                np.zeros(lanes, dtype=np.float32), np.zeros(lanes, dtype=np.float32),
                 np.zeros(5 * 1024 + 64, dtype=np.float64), np.zeros(1024, dtype=np.int64),
                 np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.float32),
                 np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.uint8), np.zeros(n // 8, dtype=np.bool_),
@@ -331,7 +335,7 @@ def _margin(sc, wsum, wxabs, wx2, xabs):
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kept, t, t4):
+def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, lanes, ab, kept, t, t4):
     """Best neighbours of off-grid point ``u`` for trials s0..s1-1 (scale scl[s]), as C picks them.
 
     For entry c the real distance is s*g_c(s) + const, g_c(s) = s*A_c - 2*B_c with A_c = sum w q_c^2
@@ -341,7 +345,7 @@ def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kep
     both ends of the run's scale range does so at every scale between (g_c - g_m is linear in s):
     it is dropped for the whole run, with m the best entry at either end. Per trial the kept entries
     within the margin are compared, in list order, with C's float32 distance (none is computed
-    when one entry is left). Levels go to lv[s*n + off : s*n + off + 8]. Scratch ``ab``: 5*1024.
+    when one entry is left). Levels go to lv[(off + i)*lanes + s]. Scratch ``ab``: 5*1024 + 64.
     """
     first = -kmap[u]
     cnt = nbr_list[first - 1]
@@ -367,7 +371,7 @@ def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kep
         hi = max(hi, np.float64(scl[s]))
     if not 100.0 * hi * hi * wsum + 20.0 * hi * wxabs + wx2 < D2_SAFE_MAX:
         for s in range(s0, s1):
-            _best_neighbour(u, kmap, nbr_list, xval, w, off, scl[s], lv, s * n + off, t, t4)
+            _best_neighbour(u, kmap, nbr_list, xval, w, off, scl[s], lv, off * lanes + s, lanes, t, t4)
         return
     # 2E(s)/s is convex in s > 0: its largest value on the run is at an end
     margin = max(_margin(lo, wsum, wxabs, wx2, xabs), _margin(hi, wsum, wxabs, wx2, xabs))
@@ -434,56 +438,62 @@ def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, n, ab, kep
                         if d2 < best_d2:
                             best_d2 = d2
                             cbest = c
-        code_levels(cbest, lv, s * n + off)
+        code_levels(cbest, lv, off * lanes + s, lanes)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _trial_scales(nis, denom, n, work, kmap, nbr_list):
+def _trial_scales(nis, lanes, denom, n, work, kmap, nbr_list):
     """The levels and weighted sums of C's trial scales, all trials at once.
 
     Trial s (is = s - nis//2) uses id = (5 + is*0.1)/denom: levels nearest_int(0.5*(id*x - 1))
     clamped to 0..2, each group of 8 snapped to its best neighbour (at scale 1/id) when off the
-    grid; then sum w*x*q and sum w*q*q (q = 2*level + 1) in element order, as C accumulates them,
-    with the trials side by side so that Numba vectorizes across them. Results in work.lv, work.ongrid,
-    work.scl, work.sqx, work.sq2 (see :class:`Work`).
+    grid; then sum w*x*q and sum w*q*q (q = 2*level + 1) in element order, as C accumulates them.
+    The trials are the inner, contiguous dimension (``lanes`` >= nis, a multiple of 8: the loops
+    over trials have a constant width and vectorize; lanes past nis are computed and ignored).
+    Results: work.lv[i*lanes + s] (levels), work.ongrid[k*lanes + s], work.scl, work.sqx,
+    work.sq2 (see :class:`Work`).
     """
-    lv, ongrid, ids, scl, sqx, sq2, ab, kept = work.lv, work.ongrid, work.ids, work.scl, work.sqx, work.sq2, work.ab, work.kept
-    xval, weight, waux, t, t4 = work.xval, work.weight, work.waux, work.t, work.t4
+    lv, ongrid, us, ids, scl, sqx, sq2 = work.lv, work.ongrid, work.us, work.ids, work.scl, work.sqx, work.sq2
+    xval, weight, waux, t, t4, ab, kept = work.xval, work.weight, work.waux, work.t, work.t4, work.ab, work.kept
     half = nis // 2
-    for s in range(nis):
+    for s in range(lanes):
         id_ = (np.float32(5.0) + np.float32(s - half) * np.float32(0.1)) / denom
         ids[s] = id_
         scl[s] = F1 / id_
-    for i in range(n):
-        xi = xval[i]
-        for s in range(nis):
-            l = nearest_int(FHALF * (ids[s] * xi - F1))
-            lv[s * n + i] = min(max(l, 0), 2)
     ng = n // 8
+    for k in range(ng):
+        for s in range(lanes):
+            us[k * lanes + s] = 0
+        for i in range(8):
+            xi = xval[8 * k + i]
+            for s in range(lanes):
+                l = min(max(nearest_int(FHALF * (ids[s] * xi - F1)), 0), 2)
+                lv[(8 * k + i) * lanes + s] = l
+                us[k * lanes + s] |= l << (2 * i)
     for k in range(ng):
         s0 = 0
         while s0 < nis:
-            u = grid_point(lv, s0 * n + 8 * k)
+            u = us[k * lanes + s0]
             s1 = s0 + 1
-            while s1 < nis and grid_point(lv, s1 * n + 8 * k) == u:
+            while s1 < nis and us[k * lanes + s1] == u:
                 s1 += 1
             on = kmap[u] >= 0
             for s in range(s0, s1):
-                ongrid[s * ng + k] = on
+                ongrid[k * lanes + s] = on
             if not on:
                 if s1 - s0 == 1:
-                    _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scl[s0], lv, s0 * n + 8 * k, t, t4)
+                    _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scl[s0], lv, 8 * k * lanes + s0, lanes, t, t4)
                 else:
-                    _run_neighbours(u, kmap, nbr_list, xval, waux, 8 * k, scl, s0, s1, lv, n, ab, kept, t, t4)
+                    _run_neighbours(u, kmap, nbr_list, xval, waux, 8 * k, scl, s0, s1, lv, lanes, ab, kept, t, t4)
             s0 = s1
-    for s in range(nis):
+    for s in range(lanes):
         sqx[s] = F0
         sq2[s] = F0
     for i in range(n):
         w = weight[i]
         wx = w * xval[i]
-        for s in range(nis):
-            q = np.float32(2 * lv[s * n + i] + 1)
+        for s in range(lanes):
+            q = np.float32(2 * lv[i * lanes + s] + 1)
             sqx[s] += wx * q
             sq2[s] += w * q * q
 
@@ -501,7 +511,7 @@ def _search16(work, kmap, nbr_list):
     scale = vmax / np.float32(5.0)
     on_grid[0] = True
     on_grid[1] = True
-    _trial_scales(19, vmax, 16, work, kmap, nbr_list)
+    _trial_scales(19, 24, vmax, 16, work, kmap, nbr_list)
     lv, ongrid, sqx, sq2 = work.lv, work.ongrid, work.sqx, work.sq2
     sbest = -1
     for s in range(19):
@@ -513,9 +523,9 @@ def _search16(work, kmap, nbr_list):
             sbest = s
     if sbest >= 0:
         for i in range(16):
-            L[i] = lv[16 * sbest + i]
-        on_grid[0] = ongrid[2 * sbest]
-        on_grid[1] = ongrid[2 * sbest + 1]
+            L[i] = lv[i * 24 + sbest]
+        on_grid[0] = ongrid[sbest]
+        on_grid[1] = ongrid[24 + sbest]
     if (not on_grid[0] or not on_grid[1]) and scale > F0:
         id_ = F1 / scale
         for k in range(2):
@@ -523,7 +533,7 @@ def _search16(work, kmap, nbr_list):
                 continue
             u = _levels_at(id_, xval, 8 * k, L)
             if kmap[u] < 0:
-                _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, t, t4)
+                _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, 1, t, t4)
         sumqx, sumq2 = _sums(weight, xval, L, 16)
         if sumq2 > F0:
             scale = sumqx / sumq2
@@ -718,7 +728,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
                 scales[ib] = F0
                 continue
             best = F0
-            _trial_scales(13, eff_max, 32, work, kmap, nbr_list)
+            _trial_scales(13, 16, eff_max, 32, work, kmap, nbr_list)
             sbest = -1
             for s in range(13):
                 sumqx = sqx[s]
@@ -729,13 +739,13 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
                     sbest = s
             if sbest >= 0:
                 for i in range(32):
-                    L[i] = lv[32 * sbest + i]
+                    L[i] = lv[i * 16 + sbest]
             if scale > F0:
                 id_ = F1 / scale
                 for k in range(4):
                     u = _levels_at(id_, xval, 8 * k, L)
                     if kmap[u] < 0:
-                        _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, t, t4)
+                        _best_neighbour(u, kmap, nbr_list, xval, waux, 8 * k, scale, L, 8 * k, 1, t, t4)
                 sumqx, sumq2 = _sums(weight, xval, L, 32)
                 if sumq2 > F0:
                     scale = sumqx / sumq2
@@ -767,19 +777,19 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_xs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xs(rows[r], imatrix, out[r], tabs, _work(19, 16))
+        _quantize_row_iq2_xs(rows[r], imatrix, out[r], tabs, _work(24, 16))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_xxs_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], tabs, _work(13, 32))
+        _quantize_row_iq2_xxs(rows[r], imatrix, out[r], tabs, _work(16, 32))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq2_s_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], tabs, _work(19, 16))
+        _quantize_row_iq2_s(rows[r], imatrix, has_imatrix, out[r], tabs, _work(24, 16))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
