@@ -30,7 +30,7 @@ GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 
 
 # ------------------------------------------------------------------------------------------------
-# Numba kernels
+# Numba kernels (``_nrt=False``: borrow arrays only, see quantkit/quants/iq2.py)
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
