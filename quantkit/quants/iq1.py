@@ -291,28 +291,36 @@ def _split_sums(row, px, cwp, cwm, i2):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _split_passes(cqx, cq2, best, lo, width, passes):
-    """passes[i2]: whether any shift pair of split (i1, i2) passes C's test against ``best``.
-
-    For lanes lo..lo+width-1 at once (a loop LLVM vectorizes when width is a constant).
-    """
-    for j in range(width):
-        i2 = lo + j
-        ok = False
-        for k in range(4):
-            ok |= (cq2[k, i2] > F0) & (cqx[k, i2] * cqx[k, i2] > best * cq2[k, i2])
-        passes[i2] = ok
+def _passes(sx, sq, best):
+    """C's test for replacing the best split: sumq2 > 0 and sumqx^2 > best*sumq2."""
+    return (sq > F0) & (sx * sx > best * sq)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _split_row(row, px, cwp, cwm, lo, width, cqx, cq2):
-    """cqx/cq2[k, i2] = _split_sums for lanes lo..lo+width-1 (vectorized like _split_passes)."""
-    for j in range(width):
-        i2 = lo + j
-        sums = _split_sums(row, px, cwp, cwm, i2)
+def _split_row(row, px, cwp, cwm, best, cqx, cq2, passes):
+    """For every lane i2 (one loop, which LLVM vectorizes): cqx/cq2[k, i2] = _split_sums, and
+    passes[i2] = whether any of the 4 shift pairs passes C's test against ``best``."""
+    for i2 in range(SPLIT_LANES):
+        x0, q0, x1, q1, x2, q2, x3, q3 = _split_sums(row, px, cwp, cwm, i2)
+        cqx[0, i2] = x0
+        cq2[0, i2] = q0
+        cqx[1, i2] = x1
+        cq2[1, i2] = q1
+        cqx[2, i2] = x2
+        cq2[2, i2] = q2
+        cqx[3, i2] = x3
+        cq2[3, i2] = q3
+        passes[i2] = _passes(x0, q0, best) | _passes(x1, q1, best) | _passes(x2, q2, best) | _passes(x3, q3, best)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_passes(cqx, cq2, best, passes):
+    """passes[i2] of :func:`_split_row` against another best, from the stored sums."""
+    for i2 in range(SPLIT_LANES):
+        ok = False
         for k in range(4):
-            cqx[k, i2] = sums[2 * k]
-            cq2[k, i2] = sums[2 * k + 1]
+            ok |= _passes(cqx[k, i2], cq2[k, i2], best)
+        passes[i2] = ok
 
 
 @njit(cache=True, error_model="numpy")
@@ -413,11 +421,8 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 # fails it fails against any best >= b (sq > 0 and float32 products are monotone),
                 # so only the splits that pass are visited, in C's order; the test is redone only
                 # when an update leaves the best below b (possible by rounding)
-                lo = 0
-                width = SPLIT_LANES
-                _split_row(row, px, cwp, cwm, 0, SPLIT_LANES, cqx, cq2)
                 b = best_score
-                _split_passes(cqx, cq2, b, lo, width, passes)
+                _split_row(row, px, cwp, cwm, b, cqx, cq2, passes)
                 for i2 in range(i1, bs + 1):
                     if not passes[i2]:
                         continue
@@ -432,7 +437,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                             best_k = k
                     if best_score < b:
                         b = best_score
-                        _split_passes(cqx, cq2, b, lo, width, passes)
+                        _split_passes(cqx, cq2, b, passes)
             if besti1 < 0 or besti2 < 0 or best_k < 0:
                 scales[ib] = F0
                 shifts[ib] = 0
