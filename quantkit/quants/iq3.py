@@ -103,8 +103,9 @@ _QB = _MAX_LISTED  # layout of the float64 scratch: qa, qb, per-group terms, per
 _TERMS = 2 * _MAX_LISTED
 _GROUP_SUMS = _TERMS + 8 * 64
 # Prefilter bound (see _snap): C's float32 distance is within 9u * sum w*(15*scale + |x|)^2
-# (u = 2^-24) of the exact one; 32u also covers the float64 roundings of the prefilter, and the
-# absolute term the float32 underflows. Valid while the scale and the sums stay in these bounds.
+# (u = 2^-24) of the exact one; _BOUND_REL = 32u also covers the float64 roundings of the
+# prefilter, _BOUND_ABS the float32 underflows. Used only while the scale is at least _SCALE_MIN
+# and the sums are at most _SUM_MAX (no float32 overflow, no subnormal scale*q).
 _BOUND_REL = 32.0 * 2.0**-24
 _BOUND_ABS = 2.0**-140
 _SCALE_MIN = 2.0**-100
@@ -175,8 +176,9 @@ def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neig
 
     Per run of columns on the same off-grid point, candidate j gets (float64, products exact)
     qa = sum w*q^2 and qb = 2*sum w*x*q, so its exact distance is s*(s*qa - qb) + sum w*x^2. With
-    M_i = 15*s + |x_i|, C's float32 distance is within E = 32u*sum w*M^2 (+ an underflow term) of
-    the exact one, so a candidate whose h = s*qa - qb exceeds the smallest h by more than 2E/s is
+    M_i = 15*s + |x_i|, C's float32 distance is within 9u*sum w*M^2 of the exact one; with the
+    float64 roundings and underflow, h = s*qa - qb is within E/s of C's (distance - sum w*x^2)/s,
+    E = 32u*sum w*M^2 + 2^-140*(4 + sum M). A candidate whose h exceeds the smallest h by more than 2E/s is
     strictly farther in C's arithmetic too. The others are evaluated exactly in list order with
     strict <, so the pick is C's. Where the bound is not valid (tiny scale, sums near float32
     overflow) every candidate is evaluated exactly.
