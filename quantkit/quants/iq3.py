@@ -167,7 +167,7 @@ def _group_terms(xval, waux, cand):
         cand[_GROUP_SUMS + 4 * k + 3] = sax
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always", cache=True)
 def _snap(lv, ncol, col0, col1, ids, scl, ongrid, xval, waux, levels, kmap, neighbours, slots, cand):
     """Columns col0..col1-1 of lv (levels lv[i*ncol + c] at scale scl[c]): every group of 4 that is not
     a grid point goes to the neighbour C's iq3_find_best_neighbour picks (the first listed entry at
