@@ -297,8 +297,9 @@ def _passes(sx, sq, best):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _split_row(row, px, cwp, cwm, best, cqx, cq2, passes):
-    """For every lane i2 (one loop, which LLVM vectorizes): cqx/cq2[k, i2] = _split_sums, and
+def _split_row(row, px, cwp, cwm, best, cqx, cq2, cb, passes):
+    """For every lane i2 (one loop, which LLVM vectorizes): cqx/cq2[k, i2] = _split_sums,
+    cb[k, i2] = the best score C would set for that candidate, (sumqx/sumq2)*sumqx in float32, and
     passes[i2] = whether any of the 4 shift pairs passes C's test against ``best``."""
     for i2 in range(SPLIT_LANES):
         x0, q0, x1, q1, x2, q2, x3, q3 = _split_sums(row, px, cwp, cwm, i2)
@@ -310,6 +311,10 @@ def _split_row(row, px, cwp, cwm, best, cqx, cq2, passes):
         cq2[2, i2] = q2
         cqx[3, i2] = x3
         cq2[3, i2] = q3
+        cb[0, i2] = (x0 / q0) * x0
+        cb[1, i2] = (x1 / q1) * x1
+        cb[2, i2] = (x2 / q2) * x2
+        cb[3, i2] = (x3 / q3) * x3
         passes[i2] = _passes(x0, q0, best) | _passes(x1, q1, best) | _passes(x2, q2, best) | _passes(x3, q3, best)
 
 
@@ -350,6 +355,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     passes = np.zeros(SPLIT_LANES, dtype=np.bool_)
     cqx = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     cq2 = np.zeros((4, SPLIT_LANES), dtype=np.float32)
+    cb = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     sc = np.zeros(4, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     p2 = x_p[2]
@@ -380,7 +386,8 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 continue
             _sort_index16(xb, bs, idx)
             best_score = -FLT_MAX
-            scale = vmax
+            best_sx = F0
+            best_sq = F1
             besti1 = -1
             besti2 = -1
             best_k = -1
@@ -422,7 +429,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 # so only the splits that pass are visited, in C's order; the test is redone only
                 # when an update leaves the best below b (possible by rounding)
                 b = best_score
-                _split_row(row, px, cwp, cwm, b, cqx, cq2, passes)
+                _split_row(row, px, cwp, cwm, b, cqx, cq2, cb, passes)
                 for i2 in range(i1, bs + 1):
                     if not passes[i2]:
                         continue
@@ -430,8 +437,9 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                         sx = cqx[k, i2]
                         sq = cq2[k, i2]
                         if sq > F0 and sx * sx > best_score * sq:
-                            scale = sx / sq
-                            best_score = scale * sx
+                            best_score = cb[k, i2]
+                            best_sx = sx
+                            best_sq = sq
                             besti1 = i1
                             besti2 = i2
                             best_k = k
@@ -442,6 +450,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 scales[ib] = F0
                 shifts[ib] = 0
                 continue
+            scale = best_sx / best_sq
             for j in range(bs):
                 L[idx[j]] = 0 if j < besti1 else (1 if j < besti2 else 2)
             if scale < F0:
