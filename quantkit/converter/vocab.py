@@ -75,6 +75,8 @@ def add_special_vocab(w, folder: Path, **kwargs) -> None:
 # tokenizer_config.json classes whose transformers loader takes tokenizer.json as it is (no __init__ of
 # their own that rebuilds the normalizer or pre-tokenizer)
 _VERBATIM_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+# model types (or none) for which transformers may patch the pre-tokenizer regex of a large vocabulary
+_MISTRAL_MODEL_TYPES = ("", "mistral", "mistral3", "voxtral", "ministral", "pixtral")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
@@ -94,7 +96,7 @@ def _transformers_uses_json_as_is(folder: Path) -> bool:
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
         tokenizer_json = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type") or ""
     except (OSError, ValueError):
         return False
     if not isinstance(config, dict) or config.get("tokenizer_class") not in _VERBATIM_CLASSES:
@@ -103,7 +105,7 @@ def _transformers_uses_json_as_is(folder: Path) -> bool:
         return False
     if tokenizer_json.get("truncation") or tokenizer_json.get("padding"):
         return False
-    if len(tokenizer_json.get("model", {}).get("vocab") or ()) > 100_000 and "istral" in str(model_type):
+    if len(tokenizer_json.get("model", {}).get("vocab") or ()) > 100_000 and model_type in _MISTRAL_MODEL_TYPES:
         return False
     added = {(t.get("content"), t.get("id")) for t in tokenizer_json.get("added_tokens", [])}
     added_contents = {content for content, _ in added}
