@@ -195,6 +195,22 @@ def test_near_ties(qtype):
         check_exact(qtype, x, imatrix)
 
 
+def test_iq1m_split_near_ties():
+    """IQ1_M's split search settled by the largest would-be best (no ordered scan) must pick C's
+    split: importances with near-zero entries make splits on either side of such a value tie to a
+    float32 ulp or two, so only C's rounding separates them (the search's margins must send those
+    groups to C's scan)."""
+    rng = np.random.default_rng(23)
+    n = 512
+    x = rng.standard_normal((64, n)).astype(np.float32)
+    near_zero = random_imatrix(rng, n)
+    near_zero[rng.random(n) < 0.3] *= np.float32(1e-9)
+    spread = np.exp2(rng.integers(-20, 1, n)).astype(np.float32)
+    for imatrix in (near_zero, spread):
+        check_exact("IQ1_M", x, imatrix)
+    check_exact("IQ1_M", near_tie_rows(rng, 64, n), near_zero)
+
+
 def test_run_search_matches_per_trial_scan():
     """_run_neighbours (one float64 pass per run of trials, float32 only for near-ties) picks, for
     every trial scale, the neighbour that C's per-trial float32 scan picks."""

@@ -22,11 +22,20 @@ from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 IQ1S_DELTA = np.float32(0.125)
 IQ1M_DELTA = np.float32(0.125)
-# IQ1_M scores the splits (i1, i2) of a row i1 in fixed-width loops over i2 (lanes 0..23: i2 = 0..16
+# IQ1_M scores the splits (i1, i2) of a row i1 in fixed-width loops over i2 (lanes 0..31: i2 = 0..16
 # and padding), which LLVM vectorizes
-SPLIT_LANES = 24
+SPLIT_LANES = 32
 GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
 GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
+# IQ1_M: split points i1 <= i2 run over 0..16. C's ordered scan of the splits ends on the candidate
+# with the largest would-be best M when every other candidate is below M*(1 - SPLIT_MARGIN) (32
+# float32 roundings; C's comparisons move a value by ~6). Margins of the two steps that find M:
+# lanes' approximate maxima (~45 roundings off) and the split of M's lane (~5), see _split_by_margin
+IQ1M_SPLITS = 17
+SPLIT_MARGIN = np.float32(2.0**-19)
+LANE_MARGIN = np.float32(2.0**-16)
+IN_LANE_MARGIN = np.float32(2.0**-18)
+NEG_INF = np.float32(-np.inf)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,6 +337,177 @@ def _split_passes(cqx, cq2, best, passes):
         passes[i2] = ok
 
 
+@njit(inline="always", cache=True, error_model="numpy")
+def _row_terms(terms, i1):
+    """The terms of _split_sums that depend on split point i1 only (C's float32 expressions)."""
+    px, pw, twp, twm, txp, txm, cp1, cm1, _, _ = terms
+    return (px[0, i1], px[1, i1], twp[0] + pw[0, i1] * cp1, twp[1] + pw[1, i1] * cp1,
+            twm[0] + pw[0, i1] * cm1, twm[1] + pw[1, i1] * cm1, txp[0], txp[1], txm[0], txm[1])
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_in_order(terms, cqx, cq2, cb, passes):
+    """C's ordered scan of the splits (i1, i2, shift pair), with C's test and update; returns the
+    kept (i1, i2, shift pair, sumqx, sumq2).
+
+    C's test against the best b at the start of a row is done for all splits of the row at once
+    (_split_row). A split that fails it fails against any best >= b (sumq2 > 0 and float32 products
+    are monotone), so only the splits that pass are visited; the test is redone only when an update
+    leaves the best below b (possible by rounding).
+    """
+    px, _, _, _, _, _, _, _, cwp, cwm = terms
+    best_score = -FLT_MAX
+    best_sx = F0
+    best_sq = F1
+    besti1 = -1
+    besti2 = -1
+    best_k = -1
+    for i1 in range(IQ1M_SPLITS):
+        b = best_score
+        _split_row(_row_terms(terms, i1), px, cwp, cwm, b, cqx, cq2, cb, passes)
+        for i2 in range(i1, IQ1M_SPLITS):
+            if not passes[i2]:
+                continue
+            for k in range(4):
+                sx = cqx[k, i2]
+                sq = cq2[k, i2]
+                if sq > F0 and sx * sx > best_score * sq:
+                    best_score = cb[k, i2]
+                    best_sx = sx
+                    best_sq = sq
+                    besti1 = i1
+                    besti2 = i2
+                    best_k = k
+            if best_score < b:
+                b = best_score
+                _split_passes(cqx, cq2, b, passes)
+    return besti1, besti2, best_k, best_sx, best_sq
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _would_be_best(sx, sq, valid):
+    """The best score C sets when this candidate wins, (sumqx/sumq2)*sumqx in float32; -inf where
+    C's test cannot pass (sumq2 <= 0) or the split does not exist."""
+    return (sx / sq) * sx if valid & (sq > F0) else NEG_INF
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _keep_larger(sx, sq, valid, lane, src_x2, src_q, dst_x2, dst_q):
+    """dst[lane] = the candidate (sumqx^2, sumq2) if its ratio is larger than that of src[lane],
+    else src[lane]; compared as sumqx^2 * kept sumq2 > kept sumqx^2 * sumq2 (approximate). sumq2 is
+    not tested for > 0: it is whenever the range checks of _split_by_margin pass (sumq2 >= total
+    weight / 65), and in lanes past i2 = 16 (sumq2 = -inf) no candidate replaces the initial -inf."""
+    x2 = sx * sx
+    kept_x2 = src_x2[lane]
+    kept_q = src_q[lane]
+    larger = valid & (x2 * kept_q > kept_x2 * sq)
+    dst_x2[lane] = x2 if larger else kept_x2
+    dst_q[lane] = sq if larger else kept_q
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _track_row(terms, i1, lo, hi, src_x2, src_q, dst_x2, dst_q):
+    """Fold the splits (i1, i2), lo <= i2 < hi, into the lanes k*SPLIT_LANES + i2 (shift pair k):
+    read from src, written to dst (one loop over i2, which LLVM vectorizes for 16 lanes). Two
+    buffers, so that every store is a full one (a value stored back in place becomes a masked
+    store, which the next row's loads cannot take their value from)."""
+    px, _, _, _, _, _, _, _, cwp, cwm = terms
+    row = _row_terms(terms, i1)
+    for i2 in range(lo, hi):
+        x0, q0, x1, q1, x2, q2, x3, q3 = _split_sums(row, px, cwp, cwm, i2)
+        valid = i2 >= i1
+        _keep_larger(x0, q0, valid, i2, src_x2, src_q, dst_x2, dst_q)
+        _keep_larger(x1, q1, valid, SPLIT_LANES + i2, src_x2, src_q, dst_x2, dst_q)
+        _keep_larger(x2, q2, valid, 2 * SPLIT_LANES + i2, src_x2, src_q, dst_x2, dst_q)
+        _keep_larger(x3, q3, valid, 3 * SPLIT_LANES + i2, src_x2, src_q, dst_x2, dst_q)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _split_by_margin(terms, xmax, work):
+    """(i1, i2, shift pair) C's ordered scan of the splits ends on, found without the scan, or
+    (-1, -1, -1) when that is not proven (the caller then runs the scan).
+
+    Let m be the candidate with the largest would-be best M. If every other candidate's is below
+    M*(1 - SPLIT_MARGIN), C's scan ends on m: m passes C's test against any smaller earlier best,
+    and once the best is M every later candidate fails. The margin covers the float32 rounding of
+    C's products, which the range checks keep normal and finite (derivation in
+    docs/iquants-iq2-iq1.md). m is found in two steps: per lane (shift pair, i2) the approximately
+    largest ratio over all i1 (cross-multiplied, no division), then the lane with the largest ratio,
+    whose i1 are scored with C's would-be best. The other lanes must be below the threshold by
+    LANE_MARGIN, the other i1 of m's lane by SPLIT_MARGIN.
+    """
+    a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_best, top, top_bits = work
+    lanes = 4 * SPLIT_LANES
+    for j in range(lanes):
+        a_x2[j] = NEG_INF
+        a_q[j] = F1
+    # the split (0, 0), then rows 0..8 over i2 = 1..16 and rows 9..16 over i2 = 9..24 (fixed widths
+    # of 16 lanes; lanes past 16 hold no split); even rows read buffer a and write b, odd rows the
+    # other way round, so that all lanes end in b
+    n = IQ1M_SPLITS
+    _track_row(terms, 0, 0, 1, a_x2, a_q, b_x2, b_q)
+    for i1 in range(0, 8, 2):
+        _track_row(terms, i1, 1, n, a_x2, a_q, b_x2, b_q)
+        _track_row(terms, i1 + 1, 1, n, b_x2, b_q, a_x2, a_q)
+    _track_row(terms, 8, 1, n, a_x2, a_q, b_x2, b_q)
+    for i1 in range(9, n, 2):
+        _track_row(terms, i1, 9, n + 8, b_x2, b_q, a_x2, a_q)
+        _track_row(terms, i1 + 1, 9, n + 8, a_x2, a_q, b_x2, b_q)
+    # r = the largest lane ratio (int32 bit patterns order like the floats for ratios >= 0 and put
+    # -inf, no candidate, below them); the only lane near r is m's
+    for j in range(lanes):
+        ratio[j] = b_x2[j] / b_q[j]
+    largest = ratio_bits[0]
+    for j in range(1, lanes):
+        largest = max(largest, ratio_bits[j])
+    top_bits[0] = largest
+    r = top[0]
+    lane_threshold = r - r * LANE_MARGIN
+    count = 0
+    where = 0
+    for j in range(lanes):
+        hit = np.int32(ratio[j] >= lane_threshold)
+        count += hit
+        where += hit * j
+    if count != 1:
+        return -1, -1, -1
+    k = where // SPLIT_LANES
+    i2 = where % SPLIT_LANES
+    # C's would-be best of every split (i1, i2) of that lane (_split_sums for shift pair k only);
+    # the only one near r is m. r is the ratio of one of the lane's candidates, so M >= r*(1 - 5
+    # roundings) and below r*(1 - IN_LANE_MARGIN) is below M*(1 - SPLIT_MARGIN)
+    px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm = terms
+    t0 = txp[0] if k < 2 else txm[0]
+    t1 = txp[1] if k % 2 == 0 else txm[1]
+    tw0 = twp[0] if k < 2 else twm[0]
+    tw1 = twp[1] if k % 2 == 0 else twm[1]
+    c0 = cp1 if k < 2 else cm1
+    c1 = cp1 if k % 2 == 0 else cm1
+    cw0 = cwp[0, i2] if k < 2 else cwm[0, i2]
+    cw1 = cwp[1, i2] if k % 2 == 0 else cwm[1, i2]
+    p0 = px[0, i2]
+    p1 = px[1, i2]
+    in_lane_threshold = r - r * IN_LANE_MARGIN
+    count = 0
+    where = 0
+    for i1 in range(SPLIT_LANES):
+        sx = (t0 - (px[0, i1] + p0)) + (t1 - (px[1, i1] + p1))
+        sq = ((tw0 + pw[0, i1] * c0) + cw0) + ((tw1 + pw[1, i1] * c1) + cw1)
+        score = _would_be_best(sx, sq, i1 <= i2)
+        lane_best[i1] = score
+        hit = np.int32(score >= in_lane_threshold)
+        count += hit
+        where += hit * i1
+    best = lane_best[where]
+    # the range checks: total weight, max|x| * total weight >= sum |w*x|, M
+    wsum = np.float64(pw[0, IQ1M_SPLITS - 1]) + np.float64(pw[1, IQ1M_SPLITS - 1])
+    in_range = ((wsum >= 2.0**-30) & (wsum <= 2.0**30) & (wsum * np.float64(xmax) <= 2.0**30)
+                & (best >= np.float32(2.0**-40)) & (best <= np.float32(2.0**40)))
+    if count != 1 or not in_range:
+        return -1, -1, -1
+    return where, i2, k
+
+
 @njit(cache=True, error_model="numpy")
 def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     bs = 16
@@ -350,12 +530,20 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     txm = np.zeros(2, dtype=np.float32)
     twp = np.zeros(2, dtype=np.float32)
     twm = np.zeros(2, dtype=np.float32)
-    cwp = np.zeros((2, SPLIT_LANES), dtype=np.float32)
-    cwm = np.zeros((2, SPLIT_LANES), dtype=np.float32)
+    # padding lanes i2 > 16 get sumq2 = -inf: no split there passes C's test or is kept
+    cwp = np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32)
+    cwm = np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32)
     passes = np.zeros(SPLIT_LANES, dtype=np.bool_)
     cqx = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     cq2 = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     cb = np.zeros((4, SPLIT_LANES), dtype=np.float32)
+    lanes = 4 * SPLIT_LANES
+    ratio = np.zeros(lanes, dtype=np.float32)
+    lane_best = np.zeros(SPLIT_LANES, dtype=np.float32)
+    top = np.zeros(1, dtype=np.float32)
+    work = (np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
+            np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
+            ratio, ratio.view(np.int32), lane_best, top, top.view(np.int32))
     sc = np.zeros(4, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     p2 = x_p[2]
@@ -385,12 +573,6 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 shifts[ib] = 0
                 continue
             _sort_index16(xb, bs, idx)
-            best_score = -FLT_MAX
-            best_sx = F0
-            best_sq = F1
-            besti1 = -1
-            besti2 = -1
-            best_k = -1
             px[0, 0] = F0
             px[1, 0] = F0
             pw[0, 0] = F0
@@ -413,39 +595,17 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 txm[h] = tx * m2
                 twp[h] = tw * p2 * p2
                 twm[h] = tw * m2 * m2
-                for i2 in range(SPLIT_LANES):
+                for i2 in range(IQ1M_SPLITS):
                     cwp[h, i2] = pw[h, i2] * cp2
                     cwm[h, i2] = pw[h, i2] * cm2
-            for i1 in range(bs + 1):
-                ax0 = px[0, i1]
-                ax1 = px[1, i1]
-                hp0 = twp[0] + pw[0, i1] * cp1
-                hp1 = twp[1] + pw[1, i1] * cp1
-                hm0 = twm[0] + pw[0, i1] * cm1
-                hm1 = twm[1] + pw[1, i1] * cm1
-                row = (ax0, ax1, hp0, hp1, hm0, hm1, txp[0], txp[1], txm[0], txm[1])
-                # C's test against the best score b, for all splits of the row at once. A split that
-                # fails it fails against any best >= b (sq > 0 and float32 products are monotone),
-                # so only the splits that pass are visited, in C's order; the test is redone only
-                # when an update leaves the best below b (possible by rounding)
-                b = best_score
-                _split_row(row, px, cwp, cwm, b, cqx, cq2, cb, passes)
-                for i2 in range(i1, bs + 1):
-                    if not passes[i2]:
-                        continue
-                    for k in range(4):
-                        sx = cqx[k, i2]
-                        sq = cq2[k, i2]
-                        if sq > F0 and sx * sx > best_score * sq:
-                            best_score = cb[k, i2]
-                            best_sx = sx
-                            best_sq = sq
-                            besti1 = i1
-                            besti2 = i2
-                            best_k = k
-                    if best_score < b:
-                        b = best_score
-                        _split_passes(cqx, cq2, b, passes)
+            terms = (px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm)
+            besti1, besti2, best_k = _split_by_margin(terms, vmax, work)
+            if besti1 >= 0:
+                sums = _split_sums(_row_terms(terms, besti1), px, cwp, cwm, besti2)
+                best_sx = sums[2 * best_k]
+                best_sq = sums[2 * best_k + 1]
+            else:
+                besti1, besti2, best_k, best_sx, best_sq = _split_in_order(terms, cqx, cq2, cb, passes)
             if besti1 < 0 or besti2 < 0 or best_k < 0:
                 scales[ib] = F0
                 shifts[ib] = 0
