@@ -89,10 +89,11 @@ def _best_neighbour2(u, kmap, nbr_list, xval, weight, off, scale, xg, L, t, t4):
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
-def _sigma2(xbl):
+def _sigma2(x, off):
+    """2 * mean of x[off:off + 256]^2, summed in C's order."""
     sumx2 = F0
-    for i in range(QK_K):
-        sumx2 += xbl[i] * xbl[i]
+    for i in range(off, off + QK_K):
+        sumx2 += x[i] * x[i]
     return np.float32(2.0) * sumx2 / np.float32(QK_K)
 
 
@@ -130,7 +131,7 @@ def _quantize_row_iq1_s(x, qw, out, tabs):
         qh[:] = 0
         max_scale = F0
         xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
-        sigma2 = _sigma2(xbl)
+        sigma2 = _sigma2(x, QK_K * ibl)
         for ib in range(QK_K // bs):
             xb = xbl[bs * ib:bs * ib + bs]
             for i in range(bs):
@@ -423,7 +424,7 @@ def _track_row(terms, i1, lo, hi, src_x2, src_q, dst_x2, dst_q):
 
 
 @njit(inline="always", cache=True, error_model="numpy")
-def _split_by_margin(terms, xmax, work):
+def _split_by_margin(terms, xmax, a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_best, top, top_bits):
     """(i1, i2, shift pair) C's ordered scan of the splits ends on, found without the scan, or
     (-1, -1, -1) when that is not proven (the caller then runs the scan).
 
@@ -436,7 +437,6 @@ def _split_by_margin(terms, xmax, work):
     whose i1 are scored with C's would-be best. The other lanes must be below the threshold by
     LANE_MARGIN, the other i1 of m's lane by SPLIT_MARGIN.
     """
-    a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_best, top, top_bits = work
     lanes = 4 * SPLIT_LANES
     for j in range(lanes):
         a_x2[j] = NEG_INF
@@ -518,6 +518,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int32)
     weight = np.zeros(bs, dtype=np.float32)
+    xb = np.zeros(bs, dtype=np.float32)  # the 16 values at hand (a copy: a slice would be refcounted)
     idx = np.zeros(bs, dtype=np.int32)
     L = np.zeros(bs, dtype=np.int32)
     t = np.zeros(24, dtype=np.float32)
@@ -541,9 +542,12 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     ratio = np.zeros(lanes, dtype=np.float32)
     lane_best = np.zeros(SPLIT_LANES, dtype=np.float32)
     top = np.zeros(1, dtype=np.float32)
-    work = (np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
-            np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
-            ratio, ratio.view(np.int32), lane_best, top, top.view(np.int32))
+    a_x2 = np.full(lanes, NEG_INF, dtype=np.float32)
+    a_q = np.ones(lanes, dtype=np.float32)
+    b_x2 = np.full(lanes, NEG_INF, dtype=np.float32)
+    b_q = np.ones(lanes, dtype=np.float32)
+    ratio_bits = ratio.view(np.int32)
+    top_bits = top.view(np.int32)
     sc = np.zeros(4, dtype=np.int32)
     qh = np.zeros(QK_K // bs, dtype=np.int32)
     p2 = x_p[2]
@@ -552,6 +556,9 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
     cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2]
     cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
     cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
+    # the split search's inputs, refilled in place for each 16 values (a tuple of arrays built once:
+    # building it takes a reference on each array)
+    terms = (px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm)
     for ibl in range(nbl):
         o = ibl * 56
         for i in range(56):
@@ -559,10 +566,10 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
         qh[:] = 0
         sc[:] = 0
         max_scale = F0
-        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
-        sigma2 = _sigma2(xbl)
+        sigma2 = _sigma2(x, QK_K * ibl)
         for ib in range(QK_K // bs):
-            xb = xbl[bs * ib:bs * ib + bs]
+            for i in range(bs):
+                xb[i] = x[QK_K * ibl + bs * ib + i]
             _iq1m_weights(xb, qw, QK_K * ibl + bs * ib, has_qw, sigma2, weight)
             vmax = np.abs(xb[0])
             for i in range(1, bs):
@@ -598,8 +605,8 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
                 for i2 in range(IQ1M_SPLITS):
                     cwp[h, i2] = pw[h, i2] * cp2
                     cwm[h, i2] = pw[h, i2] * cm2
-            terms = (px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm)
-            besti1, besti2, best_k = _split_by_margin(terms, vmax, work)
+            besti1, besti2, best_k = _split_by_margin(terms, vmax, a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_best,
+                                                      top, top_bits)
             if besti1 >= 0:
                 sums = _split_sums(_row_terms(terms, besti1), px, cwp, cwm, besti2)
                 best_sx = sums[2 * best_k]
@@ -662,7 +669,8 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
             l = max(0, min(7, l))
             sc[ib // 4] |= l << (3 * (ib % 4))
             qh[ib] |= masks[shifts[ib]]
-            xb = xbl[bs * ib:bs * ib + bs]
+            for i in range(bs):
+                xb[i] = x[QK_K * ibl + bs * ib + i]
             _iq1m_weights(xb, qw, QK_K * ibl + bs * ib, has_qw, sigma2, weight)
             fl = np.float32(2 * l + 1)
             for k in range(2):
