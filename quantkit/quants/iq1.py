@@ -509,62 +509,64 @@ def _split_by_margin(terms, xmax, a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_
 
 
 @njit(cache=True, error_model="numpy")
-def _quantize_row_iq1_m(x, qw, has_qw, out, tabs):
+def _iq1m_work():
+    """The work arrays of :func:`_quantize_row_iq1_m`, allocated by its row driver (the kernel only
+    borrows arrays, so it is compiled without reference counting)."""
     bs = 16
-    nbl = x.shape[0] // QK_K
-    x_p = np.array([-F1 + IQ1M_DELTA, IQ1M_DELTA, F1 + IQ1M_DELTA], dtype=np.float32)
-    x_m = np.array([-F1 - IQ1M_DELTA, -IQ1M_DELTA, F1 - IQ1M_DELTA], dtype=np.float32)
-    masks = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int32)
-    scales = np.zeros(QK_K // bs, dtype=np.float32)
-    shifts = np.zeros(QK_K // bs, dtype=np.int32)
-    weight = np.zeros(bs, dtype=np.float32)
-    xb = np.zeros(bs, dtype=np.float32)  # the 16 values at hand (a copy: a slice would be refcounted)
-    idx = np.zeros(bs, dtype=np.int32)
-    L = np.zeros(bs, dtype=np.int32)
-    t = np.zeros(24, dtype=np.float32)
-    t4 = np.zeros(81, dtype=np.float32)
-    kmap, nbr_list, levels = tabs
-    index = np.zeros(2, dtype=np.int32)
-    px = np.zeros((2, SPLIT_LANES), dtype=np.float32)
-    pw = np.zeros((2, SPLIT_LANES), dtype=np.float32)
-    txp = np.zeros(2, dtype=np.float32)
-    txm = np.zeros(2, dtype=np.float32)
-    twp = np.zeros(2, dtype=np.float32)
-    twm = np.zeros(2, dtype=np.float32)
-    # padding lanes i2 > 16 get sumq2 = -inf: no split there passes C's test or is kept
-    cwp = np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32)
-    cwm = np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32)
-    passes = np.zeros(SPLIT_LANES, dtype=np.bool_)
-    cqx = np.zeros((4, SPLIT_LANES), dtype=np.float32)
-    cq2 = np.zeros((4, SPLIT_LANES), dtype=np.float32)
-    cb = np.zeros((4, SPLIT_LANES), dtype=np.float32)
     lanes = 4 * SPLIT_LANES
     ratio = np.zeros(lanes, dtype=np.float32)
-    lane_best = np.zeros(SPLIT_LANES, dtype=np.float32)
     top = np.zeros(1, dtype=np.float32)
-    a_x2 = np.full(lanes, NEG_INF, dtype=np.float32)
-    a_q = np.ones(lanes, dtype=np.float32)
-    b_x2 = np.full(lanes, NEG_INF, dtype=np.float32)
-    b_q = np.ones(lanes, dtype=np.float32)
-    ratio_bits = ratio.view(np.int32)
-    top_bits = top.view(np.int32)
-    sc = np.zeros(4, dtype=np.int32)
-    qh = np.zeros(QK_K // bs, dtype=np.int32)
+    return (np.array([-F1 + IQ1M_DELTA, IQ1M_DELTA, F1 + IQ1M_DELTA], dtype=np.float32),
+            np.array([-F1 - IQ1M_DELTA, -IQ1M_DELTA, F1 - IQ1M_DELTA], dtype=np.float32),
+            np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int32),
+            np.zeros(QK_K // bs, dtype=np.float32),  # scales
+            np.zeros(QK_K // bs, dtype=np.int32),  # shifts
+            np.zeros(bs, dtype=np.float32),  # weight
+            np.zeros(bs, dtype=np.float32),  # xb, the 16 values at hand
+            np.zeros(bs, dtype=np.int32),  # idx
+            np.zeros(bs, dtype=np.int32),  # L
+            (np.zeros(24, dtype=np.float32), np.zeros(81, dtype=np.float32)),  # t, t4
+            np.zeros(2, dtype=np.int32),  # index
+            (np.zeros((2, SPLIT_LANES), dtype=np.float32), np.zeros((2, SPLIT_LANES), dtype=np.float32),
+             np.zeros(2, dtype=np.float32), np.zeros(2, dtype=np.float32),
+             np.zeros(2, dtype=np.float32), np.zeros(2, dtype=np.float32),
+             # padding lanes i2 > 16 get sumq2 = -inf: no split there passes C's test or is kept
+             np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32),
+             np.full((2, SPLIT_LANES), NEG_INF, dtype=np.float32)),  # px, pw, txp, txm, twp, twm, cwp, cwm
+            (np.zeros((4, SPLIT_LANES), dtype=np.float32), np.zeros((4, SPLIT_LANES), dtype=np.float32),
+             np.zeros((4, SPLIT_LANES), dtype=np.float32), np.zeros(SPLIT_LANES, dtype=np.bool_)),  # C's scan
+            (np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
+             np.full(lanes, NEG_INF, dtype=np.float32), np.ones(lanes, dtype=np.float32),
+             ratio, ratio.view(np.int32), np.zeros(SPLIT_LANES, dtype=np.float32),
+             top, top.view(np.int32)),  # _split_by_margin's buffers
+            np.zeros(4, dtype=np.int32),  # sc
+            np.zeros(QK_K // bs, dtype=np.int32))  # qh
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _quantize_row_iq1_m(x, qw, has_qw, out, tabs, work):
+    bs = 16
+    nbl = x.shape[0] // QK_K
+    x_p, x_m, masks, scales, shifts, weight, xb, idx, L, (t, t4), index, split, scan, margin, sc, qh = work
+    kmap, nbr_list, levels = tabs
+    px, pw, txp, txm, twp, twm, cwp, cwm = split
+    cqx, cq2, cb, passes = scan
+    a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_best, top, top_bits = margin
     p2 = x_p[2]
     m2 = x_m[2]
     cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1]
     cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2]
     cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
     cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
-    # the split search's inputs, refilled in place for each 16 values (a tuple of arrays built once:
-    # building it takes a reference on each array)
-    terms = (px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm)
+    terms = (px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm)  # the split search's inputs
     for ibl in range(nbl):
         o = ibl * 56
         for i in range(56):
             out[o + i] = 0
-        qh[:] = 0
-        sc[:] = 0
+        for ib in range(QK_K // bs):
+            qh[ib] = 0
+        for j in range(4):
+            sc[j] = 0
         max_scale = F0
         sigma2 = _sigma2(x, QK_K * ibl)
         for ib in range(QK_K // bs):
@@ -708,7 +710,7 @@ def _quantize_iq1_s_rows(rows, imatrix, out, tabs):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq1_m_rows(rows, imatrix, has_imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq1_m(rows[r], imatrix, has_imatrix, out[r], tabs)
+        _quantize_row_iq1_m(rows[r], imatrix, has_imatrix, out[r], tabs, _iq1m_work())
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
