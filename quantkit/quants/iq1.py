@@ -98,42 +98,47 @@ def _sigma2(x, off):
 
 
 @njit(cache=True, error_model="numpy")
-def _quantize_row_iq1_s(x, qw, out, tabs):
+def _iq1s_work():
+    """The work arrays of :func:`_quantize_row_iq1_s`, allocated by its row driver (the kernel only
+    borrows arrays, so it is compiled without reference counting)."""
+    bs = 32
+    return (np.array([-F1 + IQ1S_DELTA, IQ1S_DELTA, F1 + IQ1S_DELTA], dtype=np.float32),
+            np.array([-F1 - IQ1S_DELTA, -IQ1S_DELTA, F1 - IQ1S_DELTA], dtype=np.float32),
+            np.zeros(QK_K // bs, dtype=np.float32),  # scales
+            np.zeros(QK_K // bs, dtype=np.int32),  # shifts
+            np.zeros(bs, dtype=np.float32),  # weight
+            np.zeros(bs, dtype=np.float32),  # xb, the 32 values at hand
+            (np.zeros(bs + 1, dtype=np.float32), np.zeros(bs + 1, dtype=np.float32)),  # sumx, sumw
+            (np.zeros(bs, dtype=np.int32), np.zeros(bs, dtype=np.int32)),  # idx, rank
+            np.zeros(bs, dtype=np.int32),  # L
+            (np.zeros(24, dtype=np.float32), np.zeros(81, dtype=np.float32)),  # t, t4
+            np.zeros(bs // 8, dtype=np.int32),  # index
+            np.zeros(QK_K // bs, dtype=np.int32),  # qh
+            (np.zeros(bs + 1, dtype=np.float32), np.zeros(bs + 1, dtype=np.float32),
+             np.zeros(bs + 1, dtype=np.float32), np.zeros(bs + 1, dtype=np.float32)),  # tqxp, tq2p, tqxm, tq2m
+            (np.zeros(bs + 1, dtype=np.float32), np.zeros(bs + 1, dtype=np.float32),
+             np.zeros(bs + 1, dtype=np.float32), np.zeros(bs + 1, dtype=np.float32)))  # cqxp, cq2p, cqxm, cq2m
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _quantize_row_iq1_s(x, qw, out, tabs, work):
     bs = 32
     nbl = x.shape[0] // QK_K
-    x_p = np.array([-F1 + IQ1S_DELTA, IQ1S_DELTA, F1 + IQ1S_DELTA], dtype=np.float32)
-    x_m = np.array([-F1 - IQ1S_DELTA, -IQ1S_DELTA, F1 - IQ1S_DELTA], dtype=np.float32)
-    scales = np.zeros(QK_K // bs, dtype=np.float32)
-    shifts = np.zeros(QK_K // bs, dtype=np.int32)
-    weight = np.zeros(bs, dtype=np.float32)
-    sumx = np.zeros(bs + 1, dtype=np.float32)
-    sumw = np.zeros(bs + 1, dtype=np.float32)
-    idx = np.zeros(bs, dtype=np.int32)
-    rank = np.zeros(bs, dtype=np.int32)
-    L = np.zeros(bs, dtype=np.int32)
-    t = np.zeros(24, dtype=np.float32)
-    t4 = np.zeros(81, dtype=np.float32)
+    x_p, x_m, scales, shifts, weight, xb, (sumx, sumw), (idx, rank), L, (t, t4), index, qh, tails, cands = work
+    tqxp, tq2p, tqxm, tq2m = tails
+    cqxp, cq2p, cqxm, cq2m = cands
     kmap, nbr_list, levels = tabs
-    index = np.zeros(bs // 8, dtype=np.int32)
-    qh = np.zeros(QK_K // bs, dtype=np.int32)
-    tqxp = np.zeros(bs + 1, dtype=np.float32)
-    tq2p = np.zeros(bs + 1, dtype=np.float32)
-    tqxm = np.zeros(bs + 1, dtype=np.float32)
-    tq2m = np.zeros(bs + 1, dtype=np.float32)
-    cqxp = np.zeros(bs + 1, dtype=np.float32)
-    cq2p = np.zeros(bs + 1, dtype=np.float32)
-    cqxm = np.zeros(bs + 1, dtype=np.float32)
-    cq2m = np.zeros(bs + 1, dtype=np.float32)
     for ibl in range(nbl):
         o = ibl * 50
         for i in range(50):
             out[o + i] = 0
-        qh[:] = 0
+        for ib in range(QK_K // bs):
+            qh[ib] = 0
         max_scale = F0
-        xbl = x[QK_K * ibl:QK_K * (ibl + 1)]
         sigma2 = _sigma2(x, QK_K * ibl)
         for ib in range(QK_K // bs):
-            xb = xbl[bs * ib:bs * ib + bs]
+            for i in range(bs):
+                xb[i] = x[QK_K * ibl + bs * ib + i]
             for i in range(bs):
                 weight[i] = qw[QK_K * ibl + bs * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
             vmax = np.abs(xb[0])
@@ -704,7 +709,7 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs, work):
 @njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_iq1_s_rows(rows, imatrix, out, tabs):
     for r in prange(rows.shape[0]):
-        _quantize_row_iq1_s(rows[r], imatrix, out[r], tabs)
+        _quantize_row_iq1_s(rows[r], imatrix, out[r], tabs, _iq1s_work())
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
