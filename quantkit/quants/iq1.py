@@ -28,11 +28,11 @@ SPLIT_LANES = 32
 GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
 GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 # IQ1_M: split points i1 <= i2 run over 0..16. C's ordered scan of the splits ends on the candidate
-# with the largest would-be best M when every other candidate is below M*(1 - SPLIT_MARGIN) (32
-# float32 roundings; C's comparisons move a value by ~6). Margins of the two steps that find M:
-# lanes' approximate maxima (~45 roundings off) and the split of M's lane (~5), see _split_by_margin
+# with the largest would-be best M when every other candidate is below M*(1 - 2^-19) (32 float32
+# roundings; C's comparisons move a value by ~6). _split_by_margin checks that with the largest lane
+# ratio r: the other lanes below r*(1 - LANE_MARGIN) (their ratios are ~45 roundings off), the other
+# splits of r's lane below r*(1 - IN_LANE_MARGIN) (r is ~5 roundings off M)
 IQ1M_SPLITS = 17
-SPLIT_MARGIN = np.float32(2.0**-19)
 LANE_MARGIN = np.float32(2.0**-16)
 IN_LANE_MARGIN = np.float32(2.0**-18)
 NEG_INF = np.float32(-np.inf)
@@ -434,13 +434,13 @@ def _split_by_margin(terms, xmax, a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_
     (-1, -1, -1) when that is not proven (the caller then runs the scan).
 
     Let m be the candidate with the largest would-be best M. If every other candidate's is below
-    M*(1 - SPLIT_MARGIN), C's scan ends on m: m passes C's test against any smaller earlier best,
-    and once the best is M every later candidate fails. The margin covers the float32 rounding of
-    C's products, which the range checks keep normal and finite (derivation in
-    docs/iquants-iq2-iq1.md). m is found in two steps: per lane (shift pair, i2) the approximately
-    largest ratio over all i1 (cross-multiplied, no division), then the lane with the largest ratio,
-    whose i1 are scored with C's would-be best. The other lanes must be below the threshold by
-    LANE_MARGIN, the other i1 of m's lane by SPLIT_MARGIN.
+    M*(1 - 2^-19), C's scan ends on m: m passes C's test against any smaller earlier best, and once
+    the best is M every later candidate fails. The margin covers the float32 rounding of C's
+    products, which the range checks keep normal and finite (derivation in docs/iquants-iq2-iq1.md).
+    m is found in two steps: per lane (shift pair, i2) the approximately largest ratio
+    sumqx^2/sumq2 over all i1 (cross-multiplied, no division), then the lane with the largest ratio
+    r, whose splits are scored with C's would-be best. The other lanes' ratios must be below
+    r*(1 - LANE_MARGIN), the lane's other splits below r*(1 - IN_LANE_MARGIN).
     """
     lanes = 4 * SPLIT_LANES
     for j in range(lanes):
@@ -480,7 +480,7 @@ def _split_by_margin(terms, xmax, a_x2, a_q, b_x2, b_q, ratio, ratio_bits, lane_
     i2 = where % SPLIT_LANES
     # C's would-be best of every split (i1, i2) of that lane (_split_sums for shift pair k only);
     # the only one near r is m. r is the ratio of one of the lane's candidates, so M >= r*(1 - 5
-    # roundings) and below r*(1 - IN_LANE_MARGIN) is below M*(1 - SPLIT_MARGIN)
+    # roundings) and below r*(1 - IN_LANE_MARGIN) is below M*(1 - 2^-19)
     px, pw, twp, twm, txp, txm, cp1, cm1, cwp, cwm = terms
     t0 = txp[0] if k < 2 else txm[0]
     t1 = txp[1] if k % 2 == 0 else txm[1]
