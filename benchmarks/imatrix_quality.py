@@ -50,10 +50,10 @@ def main() -> None:
 
     from quantkit import dequantize, quantize
     from quantkit.commands.imatrix import DEFAULT_CALIBRATION
-    from quantkit.converter.archs import arch_for
-    from quantkit.imatrix import collect_imatrix, tokenize_chunks
+    from quantkit.sources.archs import arch_for
+    from quantkit.jobs.imatrix import collect_imatrix, tokenize_chunks
     from quantkit.models import smollm2_hf_dir
-    from quantkit.source import HFSource
+    from quantkit.sources.hf import HFSource
     from quantkit.types import quant_type
 
     model_dir = smollm2_hf_dir()

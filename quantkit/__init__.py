@@ -4,7 +4,16 @@ The public API is imported lazily so that ``import quantkit`` (and the CLI's sta
 pull in numba or torch.
 """
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
+    from .errors import QuantkitError
+    from .ggufio import GGUFStreamWriter, read_gguf, write_gguf
+    from .jobs.convert import convert
+    from .quants import QuantizedTensor, dequantize, quantize
+
+__version__ = "0.1.0"  # the one version source (pyproject.toml reads it)
 
 _EXPORTS = {
     "quantize": "quantkit.quants",
@@ -14,7 +23,7 @@ _EXPORTS = {
     "write_gguf": "quantkit.ggufio",
     "GGUFStreamWriter": "quantkit.ggufio",
     "QuantkitError": "quantkit.errors",
-    "convert": "quantkit.converter",
+    "convert": "quantkit.jobs.convert",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -22,7 +31,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'quantkit' has no attribute {name!r}")

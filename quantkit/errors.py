@@ -31,3 +31,7 @@ class ImatrixError(QuantkitError):
 
 class OutputError(QuantkitError):
     """An output path that cannot be written (exists, same as an input, disk full, ...)."""
+
+
+class MissingExtraError(QuantkitError):
+    """A command or function needs an optional dependency group (``pip install 'quantkit[NAME]'``)."""

@@ -31,7 +31,7 @@ def convert(folder, out, *options):
 
 
 def test_imatrix_weights_each_tensor_as_llama_cpp(folder, tmp_path):
-    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+    from quantkit.plan.imatrix_file import Imatrix, ImatrixEntry, write_imatrix
 
     reference = convert(folder, tmp_path / "f32.gguf", "--type", "F32")
     rng = np.random.default_rng(1)
@@ -72,3 +72,41 @@ def test_dry_run_writes_nothing(folder, tmp_path):
     assert any(line.split()[:3] == ["blk.0.attn_q.weight", "64", "x"] and line.split()[4] == "Q8_0" for line in lines)
     assert "expected file size" in lines[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+TENSOR_TYPE_SPECS = [  # (spec, type blk.0.attn_v.weight gets, or None when the spec is refused)
+    ("attn_v=Q8_0", "Q8_0"),
+    ("ATTN_V=q4_0", "Q4_0"),  # regex lower-cased as llama-quantize does, type name in any case
+    (r"blk\.0\.attn_(k|v)=Q5_1", "Q5_1"),
+    ("attn_v=Q6_K", "Q8_0"),  # 64-wide rows do not take Q6_K: llama.cpp's fallback
+    ("(?=attn_v)=IQ4_NL", "IQ4_NL"),  # '=' inside the regex: the type follows the last '='
+    ("ffn_down=Q8_0", "Q4_0"),  # matches no attn_v: the preset's type
+    ("attn_v", None),  # no '='
+    ("=Q8_0", None),  # no regex
+    ("attn_v=", None),  # no type
+    ("attn_v=Q9_9", None),  # unknown type
+    ("attn_v=I8", None),  # a GGUF type quantkit does not write
+    ("attn_v([=Q8_0", None),  # bad regex
+]
+
+
+@pytest.mark.parametrize("spec,expected", TENSOR_TYPE_SPECS)
+def test_convert_and_quantize_take_the_same_tensor_type_specs(folder, tmp_path, spec, expected):
+    """One --tensor-type grammar: convert and quantize (both with preset Q4_0) accept, refuse and apply
+    each spec alike."""
+    source = tmp_path / "f16.gguf"
+    convert(folder, source, "--type", "F16")
+    results = {
+        "convert": CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "c.gguf"), "--type", "Q4_0",
+                                             "--tensor-type", spec]),
+        "quantize": CliRunner().invoke(main, ["quantize", str(source), str(tmp_path / "q.gguf"), "Q4_0",
+                                              "--tensor-type", spec]),
+    }
+    for command, result in results.items():
+        if expected is None:
+            assert result.exit_code == 2 and result.output.startswith("quantkit: error: "), (command, result.output)
+            assert len(result.output.strip().splitlines()) == 1
+            continue
+        assert result.exit_code == 0, (command, result.output)
+        with read_gguf(tmp_path / f"{command[0]}.gguf") as f:
+            assert f.tensor("blk.0.attn_v.weight").qtype.name == expected, command

@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 
-from quantkit.converter import vocab
+from quantkit.sources import vocab
 
 
 def _variant(root, smollm2_hf_dir, name, edit_config=None, edit_json=None):
@@ -71,7 +71,7 @@ def test_fast_path_does_not_import_transformers(smollm2_hf_dir):
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from quantkit.converter import vocab; "
+        "import sys; from pathlib import Path; from quantkit.sources import vocab; "
         f"t, _, pre = vocab.base_vocab(Path({str(smollm2_hf_dir)!r}), None); "
         "print(len(t), pre, 'transformers' in sys.modules, 'torch' in sys.modules)"
     )

@@ -16,7 +16,8 @@ from quantkit import quantize
 from quantkit.cli import main
 from quantkit.commands.imatrix import DEFAULT_CALIBRATION
 from quantkit.errors import GGUFFormatError, ImatrixError, QuantkitError
-from quantkit.imatrix import Imatrix, ImatrixEntry, check_coverage, collect_imatrix, read_imatrix, write_imatrix
+from quantkit.jobs.imatrix import collect_imatrix
+from quantkit.plan.imatrix_file import Imatrix, ImatrixEntry, check_coverage, read_imatrix, write_imatrix
 
 CALIBRATION = DEFAULT_CALIBRATION.read_text(encoding="utf-8")
 CTX = 128
@@ -371,7 +372,7 @@ def test_imatrix_lowers_heldout_kld(smollm2_imatrix, smollm2_hf_dir):
 
     from quantkit import dequantize
     from quantkit.eval.metrics import kld, log_softmax
-    from quantkit.imatrix import tokenize_chunks
+    from quantkit.jobs.imatrix import tokenize_chunks
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
     tokens = torch.tensor(tokenize_chunks(AutoTokenizer.from_pretrained(smollm2_hf_dir),
@@ -491,7 +492,7 @@ def test_smollm2_imatrix_matches_llamacpp_activations(smollm2_imatrix, smollm2_h
     slightly, and llama.cpp's dot products quantize activations to 8 bits)."""
     from transformers import AutoTokenizer
 
-    from quantkit.imatrix import tokenize_chunks
+    from quantkit.jobs.imatrix import tokenize_chunks
 
     chunks = tokenize_chunks(AutoTokenizer.from_pretrained(smollm2_hf_dir), CALIBRATION, CTX, CHUNKS)
     sums, counts = llamacpp_imatrix(smollm2_path, chunks)

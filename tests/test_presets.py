@@ -18,10 +18,10 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 import llamacpp_ref as ref
 from quantkit import read_gguf, write_gguf
-from quantkit.converter.presets import PRESETS, file_type, plan_types, resolve_preset
+from quantkit.plan.presets import PRESETS, file_type, plan_types, resolve_preset
 from quantkit.errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
 from quantkit.ggufio import typed
-from quantkit.requantize import requantize
+from quantkit.jobs.quantize import requantize
 
 LLAMA_QUANTIZE = r"""
 import ctypes, json, re, sys
@@ -376,7 +376,7 @@ def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix,
     from click.testing import CliRunner
 
     from quantkit.cli import main
-    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+    from quantkit.plan.imatrix_file import Imatrix, ImatrixEntry, write_imatrix
 
     path, imatrix = smollm2_imatrix
     ours, theirs = tmp_path / "quantkit.gguf", tmp_path / "llama.gguf"

@@ -8,8 +8,8 @@ import pytest
 
 import llamacpp_ref as ref
 from quantkit import read_gguf
-from quantkit.converter.presets import tensor_sort_key
-from quantkit.requantize import requantize
+from quantkit.plan.presets import tensor_sort_key
+from quantkit.jobs.quantize import requantize
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,9 @@
 
 import click
 
+from ..errors import QuantkitError
+from ..jobs.convert import convert as run_convert
+
 
 @click.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
@@ -17,9 +20,6 @@ import click
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
-    from ..converter import convert as run_convert
-    from ..errors import QuantkitError
-
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,

@@ -5,9 +5,13 @@ type with ``quantkit.convert`` and measures what each costs: ``<out>/files/*.ggu
 ``<out>/scorecard.md``, ``scorecard.json``, ``scorecard.png``.
 """
 
+from pathlib import Path
+
 import click
 
-from ..eval.report import DEFAULT_TYPES
+from ..eval import DEFAULT_TYPES, Settings, scorecard
+from ..extras import require_extra
+from ..models import smollm2_hf_dir
 
 # lighter than the scorecard's defaults (48 and 1024), so the whole job fits 15 minutes on 2 cores
 DEMO_MAX_NEW_TOKENS = 32
@@ -23,10 +27,7 @@ DEMO_TEXT_TOKENS = 512
 @click.option("--threads", type=int, default=None)
 def demo(out_dir, types, backend, max_new_tokens, text_tokens, threads):
     """Convert SmolLM2-135M-Instruct to each type and write its scorecard into OUT_DIR."""
-    from pathlib import Path
-
-    from ..eval import Settings, scorecard
-    from ..models import smollm2_hf_dir
+    require_extra("eval", "quantkit demo")
 
     settings = Settings(max_new_tokens=max_new_tokens, text_tokens=text_tokens)
     scorecard(smollm2_hf_dir(), types, out_dir, backend=backend, settings=settings, threads=threads)

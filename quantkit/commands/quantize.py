@@ -2,6 +2,11 @@
 
 import click
 
+from ..jobs.quantize import requantize
+from ..plan.imatrix_file import read_imatrix
+from ..plan.overrides import parse_overrides
+from ..plan.presets import resolve_preset
+
 
 @click.command()
 @click.argument("source", type=click.Path(dir_okay=False))
@@ -9,8 +14,8 @@ import click
 @click.argument("preset")
 @click.option("--imatrix", "imatrix_path", type=click.Path(dir_okay=False), default=None,
               help="Importance matrix file (llama.cpp's imatrix GGUF or legacy .dat).")
-@click.option("--tensor-type", "tensor_types", multiple=True, metavar="PATTERN=TYPE",
-              help="Type for tensors whose name matches the regex PATTERN (repeatable; first match wins).")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
+              help="Give tensors whose name matches REGEX the type TYPE (repeatable; first match wins).")
 @click.option("--pure", is_flag=True, help="Give every quantizable tensor the preset's default type.")
 @click.option("--output-tensor-type", "output_type", default=None, metavar="TYPE", help="Type for output.weight.")
 @click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type for token_embd.weight.")
@@ -24,15 +29,10 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_ty
     Q5_K_M Q6_K IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ3_XXS IQ3_XS IQ3_S IQ3_M IQ4_NL IQ4_XS TQ1_0 TQ2_0
     (any case; Q3_K, Q4_K, Q5_K mean their _M presets).
     """
-    from ..converter.presets import parse_override, resolve_preset
-    from ..requantize import requantize
-
     resolve_preset(preset)  # an unknown preset fails before the imatrix is read
-    overrides = [parse_override(text) for text in tensor_types]
+    overrides = parse_overrides(tensor_types)
     imatrix = extra_metadata = None
     if imatrix_path is not None:
-        from ..imatrix import read_imatrix
-
         imatrix = read_imatrix(imatrix_path)
         extra_metadata = imatrix.quantize_metadata(imatrix_path)  # the quantize.imatrix.* keys llama-quantize adds
     requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,

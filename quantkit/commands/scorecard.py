@@ -2,7 +2,9 @@
 
 import click
 
-from ..eval.report import DEFAULT_TYPES, Settings
+from ..eval import DEFAULT_TYPES, Settings
+from ..eval import scorecard as run_scorecard
+from ..extras import require_extra
 
 
 @click.command()
@@ -22,8 +24,7 @@ from ..eval.report import DEFAULT_TYPES, Settings
 def scorecard(model_dir, types, imatrix, prompts, text, backend, embedder, max_new_tokens, text_tokens, threads, out_dir):
     """Quantize MODEL_DIR (a Hugging Face folder) to each type and measure answers, KLD and perplexity
     against its 16-bit weights; writes scorecard.md, scorecard.json and scorecard.png."""
-    from ..eval import scorecard as run_scorecard
-
+    require_extra("eval", "quantkit scorecard")
     settings = Settings(max_new_tokens=max_new_tokens, text_tokens=text_tokens)
     run_scorecard(model_dir, types, out_dir, backend=backend, imatrix=imatrix, prompts=prompts, text=text,
                   embedder=embedder, settings=settings, threads=threads)

@@ -75,7 +75,7 @@ def preset_of(model_dir: Path, name: str) -> str:
 
 def check_variant(model_dir: Path, name: str, imatrix=None) -> None:
     """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix)."""
-    from ..converter import plan_conversion
+    from ..jobs.convert import plan_conversion
 
     plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
 
@@ -100,7 +100,7 @@ class VariantFiles:
         """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
         from collections import Counter
 
-        from ..converter import convert
+        from ..jobs.convert import convert
         from ..ggufio import read_gguf
 
         path = self.path(name)
@@ -136,7 +136,7 @@ def _source_rows(t, rows: int) -> np.ndarray | None:
 def checkpoint_tensors(model_dir: Path, name: str, path: Path, imatrix=None):
     """(checkpoint name, float32 values) of every non-F32 tensor of a variant's GGUF, dequantized and
     mapped back to the Hugging Face layout (expert stacks split, row permutations undone)."""
-    from ..converter import plan_conversion
+    from ..jobs.convert import plan_conversion
     from ..ggufio import read_gguf
 
     plan = plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
@@ -321,9 +321,6 @@ class LlamaCppBackend:
 
         if importlib.util.find_spec("xllamacpp") is None:
             raise QuantkitError("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
-        if importlib.util.find_spec("quantkit.converter") is None:
-            raise QuantkitError("the llama.cpp backend needs quantkit.convert, which this install does not have yet; "
-                                "use --backend torch")
         self.model_dir = Path(model_dir)
         self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
         self.threads = threads or os.cpu_count()

@@ -6,7 +6,7 @@ convert_hf_to_gguf.py does for the same model:
 
 - ``set_parameters(w)``: the model's hyperparameters as GGUF keys, written through a
   ``gguf.GGUFWriter`` used as a key collector (so keys and value types are gguf-py's);
-- ``set_vocab(w)``: the tokenizer (see :mod:`quantkit.converter.vocab`);
+- ``set_vocab(w)``: the tokenizer (see :mod:`quantkit.sources.vocab`);
 - ``tensors()``: the output tensors, each an :class:`OutTensor` saying which checkpoint tensors it
   is made of and which row-local transform applies (Q/K permutation, norm + 1, ...), so the
   pipeline can stream it in row chunks.
@@ -22,9 +22,10 @@ import gguf
 import numpy as np
 
 from ...errors import QuantkitError
-from ...source import HFSource, SourceError
+from ..hf import HFSource, SourceError
+from ..vocab import set_bpe_vocab
 
-# config.json "architectures" name -> module under quantkit.converter.archs defining its Arch
+# config.json "architectures" name -> module under quantkit.sources.archs defining its Arch
 REGISTRY = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
@@ -146,8 +147,6 @@ class Arch:
             w.add_value_length(head_dim)
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_bpe_vocab
-
         set_bpe_vocab(w, self.source.folder, self.config)
 
     # --- tensors --------------------------------------------------------------------------------

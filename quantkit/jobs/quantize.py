@@ -1,6 +1,6 @@
 """Requantize a GGUF file with one of llama-quantize's presets, streaming one row chunk at a time.
 
-The preset's rules (quantkit.converter.presets.plan_types, llama.cpp's llama-quant.cpp) give each
+The preset's rules (quantkit.plan.presets.plan_types, llama.cpp's llama-quant.cpp) give each
 tensor its type; tensors whose type does not change (norms, biases, ...) are copied byte for byte,
 the others are dequantized from their source type and quantized to the target, with the importance
 matrix row of their expert when one is given. Like llama-quantize, the output lists the tensors in
@@ -11,18 +11,21 @@ size. The output is written atomically.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from .converter.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
-from .errors import QuantkitError
-from .ggufio import GGUFStreamWriter, TensorInfo, read_gguf, typed
-from .types import quant_type
+from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
+from ..errors import QuantkitError
+from ..ggufio import GGUFTensor, read_gguf, typed
+from ..plan.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
+from ..quants import QuantizedTensor, dequantize
+from ..types import quant_type
 
-CHUNK_BYTES = 64 << 20  # float32 bytes dequantized and quantized at a time
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
 
@@ -34,24 +37,29 @@ class TensorPlan:
     target: GGMLQuantizationType
 
 
-def _row_chunks(tensor, rows_per_chunk: int):
-    """(expert index, QuantizedTensor-like view of rows) over a tensor's data, without copying.
+def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
+    """``tensor``'s bytes as they are when its type stays, else its rows dequantized in chunks.
 
-    Rows are those of the last axis; a chunk never crosses from one expert (index of axis -3) to the next.
+    Rows are those of the last axis; a chunk never crosses from one expert (index of axis -3) to the
+    next, so each chunk takes its expert's importance weights.
     """
-    from .quants import QuantizedTensor
-
-    n_per_row = tensor.shape[-1]
-    nrows = tensor.nbytes // quant_type(tensor.qtype).row_bytes(n_per_row)
-    rows_per_expert = tensor.shape[-2] if len(tensor.shape) >= 2 else 1
-    row_bytes = tensor.nbytes // nrows
-    data = tensor.data
+    if p.source == p.target:
+        yield Chunk(stored=tensor.data, consumed=tensor.nbytes)
+        return
+    weights = tensor_imatrix(imatrix, p.name, p.shape)
+    n_per_row = p.shape[-1]
+    row_bytes = quant_type(p.source).row_bytes(n_per_row)
+    nrows = tensor.nbytes // row_bytes
+    rows_per_expert = p.shape[-2] if len(p.shape) >= 2 else 1
+    step = rows_per_chunk(n_per_row)
     for expert_first in range(0, nrows, rows_per_expert):
         expert_end = min(expert_first + rows_per_expert, nrows)
-        for first in range(expert_first, expert_end, rows_per_chunk):
-            count = min(rows_per_chunk, expert_end - first)
-            view = QuantizedTensor(tensor.qtype, (count, n_per_row), data[first * row_bytes:(first + count) * row_bytes])
-            yield expert_first // rows_per_expert, view
+        expert_weights = weights[expert_first // rows_per_expert] if weights is not None and weights.ndim == 2 else weights
+        for first in range(expert_first, expert_end, step):
+            count = min(step, expert_end - first)
+            stored = tensor.data[first * row_bytes:(first + count) * row_bytes]
+            values = dequantize(QuantizedTensor(p.source, (count, n_per_row), stored))
+            yield Chunk(values=values, imatrix=expert_weights, consumed=stored.nbytes)
 
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
@@ -60,19 +68,15 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
-    ``overrides``: (pattern, type name) pairs like llama-quantize's --tensor-type; ``pure``: --pure;
+    ``overrides``: ``REGEX=TYPE`` specs like llama-quantize's --tensor-type; ``pure``: --pure;
     ``output_type`` / ``token_embedding_type``: --output-tensor-type / --token-embedding-type.
     ``extra_metadata``: keys set last, after general.file_type (llama-quantize's kv overrides, e.g. the
     ``quantize.imatrix.*`` keys its tool adds; see Imatrix.quantize_metadata).
     Returns the per-tensor plan that was carried out, in output order.
     """
-    from tqdm import tqdm
-
-    from .quants import dequantize, quantize
-
     name = resolve_preset(preset)
-    source = read_gguf(src)
-    try:
+    start = time.perf_counter()
+    with read_gguf(src) as source:
         tensors = sorted(source.tensors, key=lambda t: tensor_sort_key(t.name))
         try:
             targets = plan_types(name, source.metadata, [(t.name, t.shape, t.qtype) for t in tensors],
@@ -93,27 +97,11 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         for key, value in (extra_metadata or {}).items():
             metadata.pop(key, None)
             metadata[key] = value
-        infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
-        start = time.perf_counter()
-        with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src], write_behind=2) as writer, tqdm(
-            total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc=f"-> {name}", disable=not progress
-        ) as bar:
-            for tensor, p in zip(tensors, plans):
-                bar.set_postfix_str(p.name, refresh=False)
-                if p.source == p.target:
-                    writer.write(p.name, tensor.data)
-                    bar.update(tensor.nbytes)
-                    continue
-                weights = tensor_imatrix(imatrix, p.name, p.shape)
-                rows_per_chunk = max(1, CHUNK_BYTES // (4 * p.shape[-1]))
-                for expert, chunk in _row_chunks(tensor, rows_per_chunk):
-                    row_weights = weights[expert] if weights is not None and weights.ndim == 2 else weights
-                    values = dequantize(chunk, threads=threads)
-                    writer.write(p.name, quantize(values, p.target, imatrix=row_weights, threads=threads, name=p.name).data)
-                    bar.update(chunk.data.nbytes)
-    finally:
-        source.close()
+        work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix))
+                for t, p in zip(tensors, plans)]
+        write_model(dst, metadata, work, inputs=[src], overwrite=overwrite, threads=threads, progress=progress,
+                    total=sum(t.nbytes for t in tensors), desc=f"-> {name}")
     if progress:
         size = Path(dst).stat().st_size
-        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return plans

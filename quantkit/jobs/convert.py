@@ -2,15 +2,14 @@
 
 ``plan_conversion`` reads config.json, the safetensors headers and the tokenizer (no weights) and
 decides every output tensor's GGUF name, shape and type and every metadata key. ``convert`` then
-reads each tensor in row chunks of about ``CHUNK_BYTES`` of float32 (whole groups of the
-architecture's ``row_align`` rows, e.g. attention heads, so transforms stay row-local), transforms,
-quantizes and streams the bytes into :class:`quantkit.ggufio.GGUFStreamWriter`, which writes under a
-temporary name and renames on success. Peak memory is one chunk plus the tokenizer, whatever the
-model size.
+hands the engine (:mod:`quantkit.engine`) each tensor's rows, read in chunks of whole groups of the
+architecture's ``row_align`` rows (e.g. attention heads, so transforms stay row-local); the engine
+quantizes and streams them into the atomic writer. Peak memory is one chunk plus the tokenizer,
+whatever the model size.
 
 Types: the uniform presets F32, F16, BF16 and Q8_0 follow llama.cpp's convert_hf_to_gguf.py (norms,
 1-D tensors and a few kinds stay F32; rows a type cannot take fall back to F16), in its tensor order.
-Every other preset (Q4_K_M, ...) is planned by :func:`quantkit.converter.presets.plan_types`,
+Every other preset (Q4_K_M, ...) is planned by :func:`quantkit.plan.presets.plan_types`,
 llama-quantize's rules, and written in llama-quantize's order, so the one-pass file equals
 llama-quantize's output for a lossless (bf16/f32) conversion of the same folder.
 """
@@ -18,7 +17,6 @@ llama-quantize's output for a lossless (bf16/f32) conversion of the same folder.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from contextlib import contextmanager
@@ -30,13 +28,17 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
+from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
 from ..errors import ImatrixError, QuantkitError
-from ..ggufio import GGUFStreamWriter, TensorInfo, typed
-from ..source import HFSource
+from ..ggufio import typed
+from ..ggufio.writer import encode_kv
+from ..plan import presets
+from ..plan.imatrix_file import read_imatrix
+from ..plan.overrides import override_type, parse_overrides
+from ..sources.archs import OutTensor, arch_for
+from ..sources.hf import HFSource
 from ..types import quant_type
-from .archs import OutTensor, arch_for
 
-CHUNK_BYTES = 32 << 20  # float32 bytes of one row chunk
 UNIFORM_PRESETS = {
     "F32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
     "F16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
@@ -101,8 +103,6 @@ class ConversionPlan:
 
     def expected_file_size(self) -> int:
         """Exact size of the GGUF file: header, metadata, tensor infos and aligned data."""
-        from ..ggufio.writer import encode_kv
-
         align = 32
         header = 24 + sum(len(encode_kv(k, v)) for k, v in self.metadata.items())
         header += sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in self.tensors)
@@ -120,33 +120,6 @@ class ConversionResult:
     @property
     def bits_per_weight(self) -> float:
         return self.plan.bits_per_weight
-
-
-def _presets():
-    """quantkit.converter.presets (llama-quantize's rules), imported when a preset needs it."""
-    try:
-        from . import presets
-    except ImportError:
-        raise QuantkitError("llama-quantize presets are not available (quantkit.converter.presets is missing)") from None
-    return presets
-
-
-def parse_overrides(overrides) -> list[tuple[str, str]]:
-    """``["REGEX=TYPE", ...]`` (or (regex, type) pairs) -> checked (regex, type name) pairs."""
-    parsed = []
-    for item in overrides or ():
-        if isinstance(item, str):
-            pattern, sep, type_name = item.rpartition("=")
-            if not sep or not pattern:
-                raise QuantkitError(f"--tensor-type {item!r}: expected REGEX=TYPE, e.g. 'attn_v=Q8_0'")
-        else:
-            pattern, type_name = item
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise QuantkitError(f"--tensor-type {pattern!r}: bad regular expression ({e})") from None
-        parsed.append((pattern, quant_type(type_name.upper() if isinstance(type_name, str) else type_name).name))
-    return parsed
 
 
 def uniform_type(t: OutTensor, target: GGMLQuantizationType) -> GGMLQuantizationType:
@@ -168,12 +141,10 @@ def _tensor_types(preset, tensors, metadata, overrides, imatrix) -> dict[str, GG
         types = {t.name: uniform_type(t, UNIFORM_PRESETS[preset][0]) for t in tensors}
         for t in tensors:
             if len(t.shape) >= 2:
-                match = next((name for pattern, name in overrides if re.search(pattern, t.name)), None)
-                if match is not None:
-                    types[t.name] = quant_type(match).ggml
+                types[t.name] = override_type(overrides, t.name) or types[t.name]
         return types
     plain = {k: v.value for k, v in metadata.items()}
-    return _presets().plan_types(preset, plain, [(t.name, t.shape) for t in tensors], overrides=overrides, imatrix=imatrix)
+    return presets.plan_types(preset, plain, [(t.name, t.shape) for t in tensors], overrides=overrides, imatrix=imatrix)
 
 
 @contextmanager
@@ -229,21 +200,19 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
     if preset in UNIFORM_PRESETS:
         ftype = UNIFORM_PRESETS[preset][1]
     else:  # Q3_K means Q3_K_M etc., as in llama-quantize
-        preset = _presets().resolve_preset(preset)
-        ftype = _presets().file_type(preset)
+        preset = presets.resolve_preset(preset)
+        ftype = presets.file_type(preset)
     overrides = parse_overrides(tensor_types)
     source = HFSource(model_dir)
     arch = arch_for(source)
     out_tensors = arch.tensors()
     metadata = _collect_metadata(arch, out_tensors, ftype)
     if isinstance(imatrix, (str, Path)):
-        from ..imatrix import read_imatrix
-
         imatrix = read_imatrix(imatrix)
     types = _tensor_types(preset, out_tensors, metadata, overrides, imatrix)
     planned = [PlannedTensor(t, GGMLQuantizationType(types[t.name])) for t in out_tensors]
     if preset not in UNIFORM_PRESETS:  # llama-quantize writes its loader's order: by layer, then name
-        planned.sort(key=lambda p: _presets().tensor_sort_key(p.name))
+        planned.sort(key=lambda p: presets.tensor_sort_key(p.name))
     for p in planned:
         quant_type(p.qtype).nbytes(p.shape)  # the row fits the type (ShapeError otherwise)
         if quant_type(p.qtype).requires_imatrix and (imatrix is None or p.name not in imatrix):
@@ -251,55 +220,34 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
     return ConversionPlan(source, arch.gguf_arch_name, preset, metadata, planned, imatrix)
 
 
-def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[bytes, int]]:
-    """(GGUF bytes as a uint8 array, checkpoint bytes consumed) of ``p``, one row chunk at a time."""
-    from ..quants import quantize
-
+def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
+    """``p``'s rows, read from the checkpoint in chunks of whole ``row_align`` groups and transformed."""
     t = p.tensor
     weights = None if plan.imatrix is None else plan.imatrix.get(p.name)
 
-    def encode(values: np.ndarray, part: int) -> np.ndarray:
-        if p.qtype == GGMLQuantizationType.F32:
-            return np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1)
+    def chunk(values: np.ndarray, part: int, consumed: int) -> Chunk:
         w = None
-        if weights is not None:  # (n_cols,), or one row per expert (n_expert, n_cols) or flat
+        if weights is not None and p.qtype != GGMLQuantizationType.F32:
+            # (n_cols,), or one row per expert (n_expert, n_cols) or flat
             w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]
-        return quantize(values, p.qtype, imatrix=w, threads=threads, name=p.name).data
+        return Chunk(values=values, imatrix=w, consumed=consumed)
 
     if t.values is not None:
-        yield encode(t.values(), 0), 0
+        yield chunk(t.values(), 0, 0)
         return
     for part, (hf_name, info) in enumerate(zip(t.parts, t.sources)):
         if len(info.shape) <= 1:
             values = plan.source.read(hf_name)
-            yield encode(t.transform(values) if t.transform else values, part), info.nbytes
+            yield chunk(t.transform(values) if t.transform else values, part, info.nbytes)
             continue
         rows = info.shape[0]
-        row_elements = int(np.prod(info.shape[1:], dtype=np.int64))
-        step = max(1, CHUNK_BYTES // (4 * max(row_elements, 1)))
-        step = max(t.row_align, step - step % t.row_align)
+        step = rows_per_chunk(int(np.prod(info.shape[1:], dtype=np.int64)), t.row_align)
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             values = plan.source.read(hf_name, start, stop)
             if t.transform:
                 values = t.transform(values)
-            yield encode(values, part), info.nbytes * (stop - start) // rows
-
-
-def idle_cores() -> int:
-    """Cores not busy with other work: usable cores minus the 1-minute load average, at least 1.
-
-    Numba's parallel kernels wait at a barrier for their slowest thread; on an oversubscribed machine
-    one descheduled thread stalls them all (measured: 2 threads 3x slower than 1 at load 8 on 2 cores).
-    """
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+            yield chunk(values, part, info.nbytes * (stop - start) // rows)
 
 
 def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor_types=(), dry_run: bool = False,
@@ -307,12 +255,10 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
-    ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default
-    :func:`idle_cores`). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is
-    returned; otherwise a :class:`ConversionResult`.
+    ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default: the idle
+    cores). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is returned;
+    otherwise a :class:`ConversionResult`.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types)
     if dry_run:
@@ -322,19 +268,11 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
     if output is None:
         raise QuantkitError("no output path given (-o OUT.gguf)")
     output = Path(output)
-    threads = threads or idle_cores()
-    inputs = [p for p in plan.source.folder.iterdir() if p.is_file()]
-    infos = [TensorInfo(p.name, p.qtype, p.shape) for p in plan.tensors]
-    total = sum(info.nbytes for p in plan.tensors for info in p.tensor.sources)
-    with GGUFStreamWriter(output, plan.metadata, infos, overwrite=overwrite, inputs=inputs, write_behind=2) as writer, tqdm(
-        total=total, unit="B", unit_scale=True, desc=f"{plan.source.folder.name} -> {plan.preset}",
-        disable=not progress, file=sys.stderr,
-    ) as bar:
-        for p in plan.tensors:
-            bar.set_postfix_str(p.name, refresh=False)
-            for data, consumed in _chunks(plan, p, threads):
-                writer.write(p.name, data)
-                bar.update(consumed)
+    work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p)) for p in plan.tensors]
+    write_model(output, plan.metadata, work, inputs=[f for f in plan.source.folder.iterdir() if f.is_file()],
+                overwrite=overwrite, threads=threads, progress=progress,
+                total=sum(info.nbytes for p in plan.tensors for info in p.tensor.sources),
+                desc=f"{plan.source.folder.name} -> {plan.preset}")
     result = ConversionResult(output, plan, output.stat().st_size, time.perf_counter() - start)
     if progress:
         print(

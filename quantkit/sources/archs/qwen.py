@@ -12,6 +12,7 @@ import gguf
 
 from . import Arch
 from .moe import MergedExperts
+from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
 
 
 class Qwen2Arch(Arch):
@@ -24,8 +25,6 @@ class Qwen2Arch(Arch):
     )
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
-
         if (self.source.folder / "tokenizer.model").is_file():
             set_sentencepiece_vocab(w, self.source.folder, self.config)
         else:

@@ -24,6 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
 from ..types import known_type
+from .overrides import override_type, parse_overrides
 
 T = GGMLQuantizationType
 F = LlamaFileType
@@ -408,26 +409,6 @@ class _Planner:
         return new
 
 
-def _compile_overrides(overrides) -> list[tuple[re.Pattern, GGMLQuantizationType]]:
-    compiled = []
-    for pattern, type_name in overrides:
-        try:
-            regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        except re.error as exc:
-            raise QuantkitError(f"--tensor-type pattern {pattern!r} is not a valid regular expression: {exc}") from None
-        compiled.append((regex, known_type(type_name).ggml))
-    return compiled
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    """``PATTERN=TYPE`` (llama-quantize's --tensor-type) -> (lower-cased pattern, type name)."""
-    pattern, sep, type_name = text.partition("=")
-    if not sep or not pattern or not type_name:
-        raise QuantkitError(f"--tensor-type {text!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
-    known_type(type_name)
-    return pattern.lower(), type_name
-
-
 def tensor_imatrix(imatrix: Mapping[str, Any] | None, name: str, shape: Sequence[int]) -> np.ndarray | None:
     """The importance weights llama-quantize uses for ``name``: float32 (n_cols,) or (n_expert, n_cols), or None.
 
@@ -454,7 +435,7 @@ def _explicit_type(name, shape, patterns, output_type, token_embedding_type) -> 
     """
     cat = category(name)
     if token_embedding_type is not None and cat == "token_embd":
-        if name != "per_layer_token_embd.weight" or not any(regex.search(name) for regex, _ in patterns):
+        if name != "per_layer_token_embd.weight" or override_type(patterns, name) is None:
             chosen = token_embedding_type
         else:
             return None
@@ -474,7 +455,7 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
 
     ``tensors``: (GGUF name, numpy-order shape) or (name, shape, source type); a tensor llama-quantize
     leaves alone (norms, biases, 1-D, routers, ...) keeps its source type (F32 when none is given).
-    ``overrides``: (regex or pattern string, type name) pairs like ``--tensor-type``; the first whose pattern
+    ``overrides``: ``--tensor-type`` specs (``REGEX=TYPE`` strings, (regex, type) pairs; see plan.overrides); the first whose regex
     is found in the name wins and skips the preset rules. ``imatrix``: name -> importance weights, or None;
     whether one is given changes some choices, and presets whose tensors need one raise ImatrixError
     without it. ``pure``: every quantizable tensor gets the preset's default type (``--pure``).
@@ -483,7 +464,7 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
     """
     ftype, default = PRESETS[resolve_preset(preset)]
     model = ModelInfo.from_metadata(metadata)
-    patterns = _compile_overrides(overrides)
+    patterns = parse_overrides(overrides)
     entries = [(str(t[0]), tuple(int(d) for d in t[1]), known_type(t[2]).ggml if len(t) > 2 else T.F32)
                for t in tensors]
     names = [name for name, _, _ in entries]
@@ -505,7 +486,7 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
         if new is None:
             new = default
             if _is_quantized(default):
-                manual = next((qtype for regex, qtype in patterns if regex.search(name)), None)
+                manual = override_type(patterns, name)
                 if manual is not None:
                     new = manual
                 elif not pure:

@@ -4,7 +4,7 @@
 demand, whole or as a range of rows (``read(name, start, stop)``), as float32 numpy arrays. Each read
 opens the shard with safetensors' ``safe_open`` and closes it again, so the mmap of a multi-GB shard
 never stays resident: memory is the rows asked for. Weights must be float32, float16 or bfloat16.
-(The tokenizer files are read by :mod:`quantkit.converter.vocab`.)
+(The tokenizer files are read by :mod:`quantkit.sources.vocab`.)
 
 Sharded checkpoints are ``model.safetensors.index.json`` (its ``weight_map``: tensor -> shard file)
 next to the shards; single ones are ``model.safetensors``. Pickle checkpoints
@@ -14,13 +14,16 @@ next to the shards; single ones are ``model.safetensors``. Pickle checkpoints
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' numpy reader needs)
 import numpy as np
+from safetensors import safe_open
 
-from .errors import QuantkitError, ShapeError
+from ..errors import QuantkitError, ShapeError
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype name -> bytes per element
@@ -60,8 +63,6 @@ def _read_json(path: Path) -> dict:
 
 def _header(path: Path) -> dict:
     """The safetensors header of ``path``: tensor name -> {"dtype", "shape", "data_offsets"}."""
-    import struct
-
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -167,9 +168,6 @@ class HFSource:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
-        import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' numpy reader needs)
-        from safetensors import safe_open
-
         info = self.weight(name)
         rows = info.shape[0] if info.shape else 1
         stop = rows if stop is None else stop

@@ -18,12 +18,15 @@ llama.cpp's own gguf-py does (newer than gguf 0.19 on PyPI).
 from __future__ import annotations
 
 import json
+import os
 from hashlib import sha256
 from pathlib import Path
 
 import gguf
+from tokenizers import Tokenizer
 
-from ..source import SourceError
+from .hf import SourceError
+from .pretokenizers import CHECK_TEXT, PRE_TOKENIZERS
 
 # added tokens llama.cpp treats as control tokens even when not marked special
 _LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
@@ -123,8 +126,6 @@ class JsonTokenizer:
     that this module uses (and their results, when :func:`_transformers_uses_json_as_is` holds)."""
 
     def __init__(self, path: Path):
-        from tokenizers import Tokenizer
-
         self._tokenizer = Tokenizer.from_file(str(path))
         self.added_tokens_decoder = self._tokenizer.get_added_tokens_decoder()
 
@@ -149,8 +150,6 @@ def _load_tokenizer(folder: Path):
     known to give the same tokenizer: then the `tokenizers` library reads it, without the seconds
     that importing transformers (and torch) costs.
     """
-    import os
-
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
     if _transformers_uses_json_as_is(folder):
@@ -159,7 +158,7 @@ def _load_tokenizer(folder: Path):
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise SourceError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: optional and heavy (the [hf] extra)
 
     try:
         return AutoTokenizer.from_pretrained(str(folder))
@@ -170,8 +169,6 @@ def _load_tokenizer(folder: Path):
 
 def pre_tokenizer_name(tokenizer, folder: Path) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenization (``tokenizer.ggml.pre``)."""
-    from .pretokenizers import CHECK_TEXT, PRE_TOKENIZERS
-
     digest = sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     name = PRE_TOKENIZERS.get(digest)
     if name is None:
@@ -224,7 +221,7 @@ def set_bpe_vocab(w, folder: Path, config: dict) -> None:
 
 def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
     """SentencePiece pieces, scores and types from tokenizer.model, with added tokens on top."""
-    from sentencepiece import SentencePieceProcessor
+    from sentencepiece import SentencePieceProcessor  # deferred: optional (the [hf] extra)
 
     model_file = folder / "tokenizer.model"
     if not model_file.is_file():

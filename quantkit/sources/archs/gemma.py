@@ -12,6 +12,7 @@ import gguf
 import numpy as np
 
 from . import Arch
+from ..vocab import set_sentencepiece_vocab
 
 
 def plus_one(rows: np.ndarray) -> np.ndarray:
@@ -44,8 +45,6 @@ class Gemma2Arch(Arch):
         w.add_sliding_window(self.hparam("sliding_window"))
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_sentencepiece_vocab
-
         set_sentencepiece_vocab(w, self.source.folder, self.config)
         w.add_add_space_prefix(False)
 

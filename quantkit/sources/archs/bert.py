@@ -11,8 +11,9 @@ import json
 
 import gguf
 
-from ...source import SourceError
+from ..hf import SourceError
 from . import Arch
+from ..vocab import set_wordpiece_vocab
 
 _POOLING = {
     "pooling_mode_mean_tokens": gguf.PoolingType.MEAN,
@@ -56,8 +57,6 @@ class BertArch(Arch):
         raise SourceError(f"{config_file}: pooling mode not supported by llama.cpp (mean, cls or last token)")
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_wordpiece_vocab
-
         set_wordpiece_vocab(w, self.source.folder, self.config)
 
     def rename(self, hf_name: str) -> str | None:

@@ -16,9 +16,10 @@ import re
 import gguf
 import numpy as np
 
-from ...source import SourceError
+from ..hf import SourceError
 from . import Arch, OutTensor
 from .moe import MergedExperts
+from ..vocab import set_llama_vocab
 
 
 def permute_rotary(rows: np.ndarray, head_rows: int) -> np.ndarray:
@@ -70,8 +71,6 @@ class LlamaArch(Arch):
         w.add_rope_dimension_count(self.head_dim)
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_llama_vocab
-
         set_llama_vocab(w, self.source.folder, self.config)
         if self.config.get("vocab_size", 32000) == 49152:  # as llama.cpp: SmolLM/granite-small vocabularies
             w.add_add_bos_token(False)

@@ -14,8 +14,9 @@ import math
 import gguf
 import numpy as np
 
-from ...source import SourceError
+from ..hf import SourceError
 from . import Arch, OutTensor
+from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
 
 
 class Phi3Arch(Arch):
@@ -74,8 +75,6 @@ class Phi3Arch(Arch):
         return out
 
     def set_vocab(self, w) -> None:
-        from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
-
         config_file = self.source.folder / "tokenizer_config.json"
         if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class") == "GPT2Tokenizer":
             return set_bpe_vocab(w, self.source.folder, self.config)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 
-from ...source import SourceError
+from ..hf import SourceError
 from . import OutTensor
 
 
 class MergedExperts:
-    """Mixin for an :class:`~quantkit.converter.archs.Arch` whose experts are stored one by one.
+    """Mixin for an :class:`~quantkit.sources.archs.Arch` whose experts are stored one by one.
 
     ``expert_pattern`` matches an expert tensor's name with groups (layer, expert, projection);
     ``expert_projections`` lists the projections in llama.cpp's emission order; ``merged_name``
