@@ -1,71 +1,76 @@
-"""The type registry: GGUF tensor types quantkit knows, their block geometry and their kernels.
+"""The type table: one trait record per GGUF tensor type quantkit knows.
 
-Block geometry comes from ``gguf.GGML_QUANT_SIZES`` (elements per block, bytes per block); the
-enum is ``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``. Each
-supported type names the module under ``quantkit.quants`` that implements it; that module
-exposes ``quantize_rows(qt, rows, imatrix)`` and ``dequantize_rows(qt, data, n_per_row)``.
-This module imports neither numba nor torch.
+Geometry (elements and bytes per block) comes from ``gguf.GGML_QUANT_SIZES`` and the ids from
+``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``. Each type quantkit
+implements has a row in ``TRAITS``: its family module under ``quantkit.quants``, which defines
+``quantize_<name>(rows, imatrix)`` and ``dequantize_<name>(data, n_per_row)`` for it (as
+ggml-quants.c has ``quantize_q4_0`` / ``dequantize_row_q4_0``), whether llama.cpp requires an
+importance matrix for it, and the type llama-quantize falls back to when a row does not split into
+its blocks. Adding a type is one family module (or two functions in one) plus one row here; see
+docs/design.md. This module imports neither numba nor torch.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-import importlib.util
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import ShapeError, UnsupportedTypeError
 
-# type name -> module under quantkit.quants that quantizes and dequantizes it
-_FAMILY = {
-    "F32": "floats",
-    "F16": "floats",
-    "BF16": "floats",
-    "Q8_0": "legacy",
-    "Q4_0": "legacy",
-    "Q4_1": "legacy",
-    "Q5_0": "legacy",
-    "Q5_1": "legacy",
-    "Q2_K": "kquants",
-    "Q3_K": "kquants",
-    "Q4_K": "kquants",
-    "Q5_K": "kquants",
-    "Q6_K": "kquants",
-    "IQ4_NL": "iq4",
-    "IQ4_XS": "iq4",
-    "IQ3_XXS": "iq3",
-    "IQ3_S": "iq3",
-    "IQ2_XXS": "iq2",
-    "IQ2_XS": "iq2",
-    "IQ2_S": "iq2",
-    "IQ1_S": "iq1",
-    "IQ1_M": "iq1",
-    "TQ1_0": "ternary",
-    "TQ2_0": "ternary",
-}
+QK_K = GGML_QUANT_SIZES[GGMLQuantizationType.Q4_K][0]  # 256: the super-block of the k-quant and IQ types
 
-# types llama.cpp refuses to quantize without an importance matrix (ggml_quantize_requires_imatrix)
-_REQUIRES_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ1_S"}
+# name: (family module, llama.cpp requires an imatrix (ggml_quantize_requires_imatrix),
+#        fallback when rows do not split into blocks (llama-quant.cpp's tensor_type_fallback))
+TRAITS: dict[str, tuple[str, bool, str | None]] = {
+    "F32": ("floats", False, None),
+    "F16": ("floats", False, None),
+    "BF16": ("floats", False, None),
+    "Q8_0": ("legacy", False, None),
+    "Q4_0": ("legacy", False, None),
+    "Q4_1": ("legacy", False, None),
+    "Q5_0": ("legacy", False, None),
+    "Q5_1": ("legacy", False, None),
+    "Q2_K": ("kquants", False, "Q4_0"),
+    "Q3_K": ("kquants", False, "Q4_0"),
+    "Q4_K": ("kquants", False, "Q5_0"),
+    "Q5_K": ("kquants", False, "Q5_1"),
+    "Q6_K": ("kquants", False, "Q8_0"),
+    "IQ4_NL": ("iq4", False, None),
+    "IQ4_XS": ("iq4", False, "IQ4_NL"),
+    "IQ3_XXS": ("iq3", False, "IQ4_NL"),
+    "IQ3_S": ("iq3", False, "IQ4_NL"),
+    "IQ2_XXS": ("iq2", True, "IQ4_NL"),
+    "IQ2_XS": ("iq2", True, "IQ4_NL"),
+    "IQ2_S": ("iq2", False, "IQ4_NL"),
+    "IQ1_S": ("iq1", True, "IQ4_NL"),
+    "IQ1_M": ("iq1", False, "IQ4_NL"),
+    "TQ1_0": ("ternary", False, "Q4_0"),
+    "TQ2_0": ("ternary", False, "Q4_0"),
+}
 
 
 @dataclass(frozen=True)
 class QuantType:
-    """One GGUF tensor type: its enum, block geometry and implementing module."""
+    """One GGUF tensor type: its id, block geometry and (when quantkit implements it) its traits."""
 
     ggml: GGMLQuantizationType
     block_size: int  # elements per block
     type_size: int  # bytes per block
-    family: str | None  # module under quantkit.quants that implements it (None: not planned)
+    family: str | None = None  # module under quantkit.quants implementing it; None: not implemented
+    requires_imatrix: bool = False
+    fallback: str | None = None  # type name used instead when a row is not whole blocks (None: none defined)
 
     @property
     def name(self) -> str:
         return self.ggml.name
 
     @property
-    def requires_imatrix(self) -> bool:
-        return self.name in _REQUIRES_IMATRIX
+    def implemented(self) -> bool:
+        return self.family is not None
 
     @property
     def bits_per_weight(self) -> float:
@@ -74,7 +79,7 @@ class QuantType:
     def row_bytes(self, n_per_row: int) -> int:
         """Bytes one row of ``n_per_row`` elements takes; the row must be whole blocks."""
         if n_per_row % self.block_size:
-            fits = [t.name for t in _REGISTRY.values() if _implemented(t.family) and n_per_row % t.block_size == 0]
+            fits = [t.name for t in _TABLE.values() if t.implemented and n_per_row % t.block_size == 0]
             raise ShapeError(
                 f"row length {n_per_row} is not a multiple of {self.name}'s block size {self.block_size}; "
                 f"types that fit: {', '.join(fits) or 'none'}"
@@ -89,28 +94,32 @@ class QuantType:
             nrows *= int(dim)
         return nrows * self.row_bytes(n_per_row)
 
-    def kernels(self):
-        """The module implementing this type (imported on first use: it compiles Numba code)."""
-        if not _implemented(self.family):
-            raise UnsupportedTypeError(
-                f"quantkit cannot quantize or dequantize {self.name} yet; supported: {', '.join(supported_names())}"
-            )
-        return importlib.import_module(f"quantkit.quants.{self.family}")
+    def kernels(self) -> ModuleType:
+        """The family module (imported on first use: it compiles or loads Numba code)."""
+        return importlib.import_module(f"quantkit.quants.{quant_type(self).family}")
+
+    @property
+    def quantize_rows(self) -> Callable:
+        """``quantize_<name>(rows, imatrix)``: float32 (nrows, n_per_row) -> uint8 (nrows, row bytes)."""
+        return getattr(self.kernels(), f"quantize_{self.name.lower()}")
+
+    @property
+    def dequantize_rows(self) -> Callable:
+        """``dequantize_<name>(data, n_per_row)``: uint8 (nrows, row bytes) -> float32 (nrows, n_per_row)."""
+        return getattr(self.kernels(), f"dequantize_{self.name.lower()}")
 
 
-_REGISTRY = {
-    t: QuantType(t, *GGML_QUANT_SIZES[t], _FAMILY.get(t.name)) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES
-}
+def _entry(ggml: GGMLQuantizationType) -> QuantType:
+    family, requires_imatrix, fallback = TRAITS.get(ggml.name, (None, False, None))
+    return QuantType(ggml, *GGML_QUANT_SIZES[ggml], family, requires_imatrix, fallback)
 
 
-@functools.cache
-def _implemented(family: str | None) -> bool:
-    return family is not None and importlib.util.find_spec(f"quantkit.quants.{family}") is not None
+_TABLE = {t: _entry(t) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
 
 
 def supported_names() -> list[str]:
     """Names of the types quantkit can quantize and dequantize."""
-    return [t.name for t in _REGISTRY.values() if _implemented(t.family)]
+    return [t.name for t in _TABLE.values() if t.implemented]
 
 
 def known_type(value) -> QuantType:
@@ -122,7 +131,7 @@ def known_type(value) -> QuantType:
             ggml = GGMLQuantizationType[value.strip().upper()]
         else:
             ggml = GGMLQuantizationType(int(value))
-        return _REGISTRY[ggml]
+        return _TABLE[ggml]
     except (KeyError, ValueError, TypeError):
         raise UnsupportedTypeError(
             f"unknown tensor type {value!r}; supported: {', '.join(supported_names())}"
@@ -132,6 +141,8 @@ def known_type(value) -> QuantType:
 def quant_type(value) -> QuantType:
     """Look up a type quantkit can quantize and dequantize; raise a clear error otherwise."""
     qt = known_type(value)
-    if not _implemented(qt.family):
-        qt.kernels()  # raises UnsupportedTypeError with the list of supported types
+    if not qt.implemented:
+        raise UnsupportedTypeError(
+            f"quantkit cannot quantize or dequantize {qt.name} yet; supported: {', '.join(supported_names())}"
+        )
     return qt

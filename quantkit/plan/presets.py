@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
 from ..types import known_type
@@ -76,13 +76,6 @@ _MOE8_ATTN_OUTPUT_Q5_K = {F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MO
                           F.MOSTLY_IQ4_XS}
 # target types llama-quantize refuses to produce without an importance matrix (tensor_requires_imatrix)
 _NEEDS_IMATRIX = {T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S}
-# 256-block type -> the type used when a row does not split into its blocks (tensor_type_fallback)
-_FALLBACK = {
-    T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
-    T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-    T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
-    T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
-}
 # architectures whose 80-layer (jais2: 68-layer) models llama.cpp types as LLM_TYPE_70B
 _TYPE_70B_LAYERS = {"qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
 
@@ -158,7 +151,7 @@ def allows_quantization(name: str, shape: Sequence[int], arch: str) -> bool:
 
 
 def _block_size(qtype: GGMLQuantizationType) -> int:
-    return GGML_QUANT_SIZES[qtype][0]
+    return known_type(qtype).block_size
 
 
 def _is_quantized(qtype: GGMLQuantizationType) -> bool:
@@ -169,8 +162,8 @@ def fallback_type(qtype: GGMLQuantizationType, n_per_row: int) -> GGMLQuantizati
     """``qtype``, or what llama.cpp uses instead when rows of ``n_per_row`` don't split into its blocks."""
     if n_per_row % _block_size(qtype) == 0:
         return qtype
-    if qtype in _FALLBACK:
-        replacement = _FALLBACK[qtype]
+    if known_type(qtype).fallback is not None:
+        replacement = known_type(known_type(qtype).fallback).ggml
     elif _block_size(qtype) <= 32:
         replacement = qtype
     else:

@@ -40,7 +40,7 @@ class QuantizedTensor:
 def _as_float32(x, what: str) -> np.ndarray:
     """A C-contiguous float32 numpy copy/view of a numpy array or torch tensor (f32, f16, bf16)."""
     if type(x).__module__.startswith("torch"):
-        import torch
+        import torch  # deferred: optional; only reached when the caller passed a torch tensor
 
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise QuantkitError(f"{what}: dtype {x.dtype} is not float32, float16 or bfloat16")
@@ -54,7 +54,7 @@ def _as_float32(x, what: str) -> np.ndarray:
 @contextmanager
 def numba_threads(threads: int | None):
     """Run the enclosed kernels on ``threads`` threads (all cores when None)."""
-    import numba
+    import numba  # deferred: numba loads when kernels run, not when quantkit is imported (CLI start-up)
 
     if threads is None:
         yield
@@ -70,7 +70,7 @@ def numba_threads(threads: int | None):
 
 
 def _check_finite(rows: np.ndarray, what: str) -> None:
-    from .checks import first_nonfinite
+    from .checks import first_nonfinite  # deferred: a Numba kernel module (see numba_threads)
 
     row, col = first_nonfinite(rows)
     if row >= 0:
@@ -103,15 +103,14 @@ def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "te
             raise ImatrixError(f"{name}: imatrix values must be finite and >= 0")
     if qt.requires_imatrix and weights is None:
         raise ImatrixError(f"{name}: {qt.name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
-    kernels = qt.kernels()
     with numba_threads(threads):
-        if getattr(kernels, "CHECKS_FINITE", False):
-            data, nonfinite = kernels.quantize_rows(qt, rows, weights)
+        if getattr(qt.kernels(), "CHECKS_FINITE", False):
+            data, nonfinite = qt.quantize_rows(rows, weights)
             if nonfinite.any():
                 _check_finite(rows, name)
         else:
             _check_finite(rows, name)
-            data = kernels.quantize_rows(qt, rows, weights)
+            data = qt.quantize_rows(rows, weights)
     return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
 
 
@@ -126,5 +125,5 @@ def dequantize(q: QuantizedTensor, threads: int | None = None) -> np.ndarray:
         raise ShapeError(f"{qt.name} tensor of shape {shape} needs {nbytes} bytes, got {data.size}")
     rows = data.reshape(-1, qt.row_bytes(n_per_row))
     with numba_threads(threads):
-        values = qt.kernels().dequantize_rows(qt, rows, n_per_row)
+        values = qt.dequantize_rows(rows, n_per_row)
     return values.reshape(shape)

@@ -42,17 +42,25 @@ def _from_f16_kernel(halves):
     return out
 
 
-def quantize_rows(qt, rows, imatrix):
-    if qt.name == "F32":
-        return rows.view(np.uint8).copy()
-    if qt.name == "F16":
-        return _to_f16_kernel(rows).view(np.uint8)
+def quantize_f32(rows, imatrix):
+    return rows.view(np.uint8).copy()
+
+
+def quantize_f16(rows, imatrix):
+    return _to_f16_kernel(rows).view(np.uint8)
+
+
+def quantize_bf16(rows, imatrix):
     return _to_bf16_kernel(rows.view(np.uint32)).view(np.uint8)
 
 
-def dequantize_rows(qt, data, n_per_row):
-    if qt.name == "F32":
-        return data.view(np.float32).copy()
-    if qt.name == "F16":
-        return _from_f16_kernel(data.view(np.uint16))
+def dequantize_f32(data, n_per_row):
+    return data.view(np.float32).copy()
+
+
+def dequantize_f16(data, n_per_row):
+    return _from_f16_kernel(data.view(np.uint16))
+
+
+def dequantize_bf16(data, n_per_row):
     return (data.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)

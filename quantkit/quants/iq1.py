@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..errors import ImatrixError
-from .codebooks import grid as codebook
 from .iq2 import F0, F1, FHALF, FLT_MAX, QK_K, code_levels, grid_point, grid_tables, nn_search
-from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
+from .iq2 import dequantize_on_grid, weights_or_zero, zeroed_rows
+from .numeric import fp32_to_fp16_bits, nearest_int
 
 IQ1S_DELTA = np.float32(0.125)
 IQ1M_DELTA = np.float32(0.125)
@@ -772,33 +771,21 @@ def _dequantize_iq1_m_rows(data, out, grid, fp16):
 # Python entry points (the family-module contract)
 
 
-def quantize_rows(qt, rows: np.ndarray, imatrix) -> np.ndarray:
-    """ggml_quantize_chunk for IQ1_S / IQ1_M of float32 rows (n_per_row % 256 == 0)."""
-    nrows, n_per_row = rows.shape
-    out = np.zeros((nrows, qt.row_bytes(n_per_row)), dtype=np.uint8)
-    name = qt.name
-    if name == "IQ1_S" and imatrix is None:
-        raise ImatrixError("IQ1_S needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
-    qw = np.zeros(1, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    tabs = grid_tables(2048).kernel_args()
-    if name == "IQ1_S":
-        _quantize_iq1_s_rows(rows, qw, out, tabs)
-    elif name == "IQ1_M":
-        _quantize_iq1_m_rows(rows, qw, imatrix is not None, out, tabs)
-    else:
-        raise ValueError(f"iq1 does not implement {name}")
+def quantize_iq1_s(rows: np.ndarray, imatrix) -> np.ndarray:
+    out = zeroed_rows("IQ1_S", rows)
+    _quantize_iq1_s_rows(rows, imatrix, out, grid_tables(2048).kernel_args())
     return out
 
 
-def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
-    """dequantize_row_iq1_s / _m of uint8 rows."""
-    out = np.empty((data.shape[0], n_per_row), dtype=np.float32)
-    data = np.ascontiguousarray(data)
-    grid = codebook(qt.name).astype(np.int32)
-    if qt.name == "IQ1_S":
-        _dequantize_iq1_s_rows(data, out, grid, FP16_TO_FP32)
-    elif qt.name == "IQ1_M":
-        _dequantize_iq1_m_rows(data, out, grid, FP16_TO_FP32)
-    else:
-        raise ValueError(f"iq1 does not implement {qt.name}")
+def quantize_iq1_m(rows: np.ndarray, imatrix) -> np.ndarray:
+    out = zeroed_rows("IQ1_M", rows)
+    _quantize_iq1_m_rows(rows, weights_or_zero(imatrix), imatrix is not None, out, grid_tables(2048).kernel_args())
     return out
+
+
+def dequantize_iq1_s(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return dequantize_on_grid(_dequantize_iq1_s_rows, "IQ1_S", data, n_per_row)
+
+
+def dequantize_iq1_m(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return dequantize_on_grid(_dequantize_iq1_m_rows, "IQ1_M", data, n_per_row)

@@ -21,12 +21,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..errors import ImatrixError
+from ..types import QK_K, known_type
 from .codebooks import grid as codebook
+from .codebooks import ksigns
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 from .search import GROUP_MAX_EPS, make_qp_quants
 
-QK_K = 256
 KMAP_SIZE = 43692  # 2 bits per element of an 8-element point, levels 0..2: max index 0xAAAA, + 2
 
 FLT_MAX = np.float32(np.finfo(np.float32).max)
@@ -874,42 +874,48 @@ def _dequantize_iq2_s_rows(data, out, grid, fp16):
 
 
 def _sign_table() -> np.ndarray:
-    from .codebooks import ksigns
-
     return ksigns().astype(np.int32)
 
 
-def quantize_rows(qt, rows: np.ndarray, imatrix) -> np.ndarray:
-    """ggml_quantize_chunk for IQ2_XXS / IQ2_XS / IQ2_S of float32 rows (n_per_row % 256 == 0)."""
-    nrows, n_per_row = rows.shape
-    out = np.zeros((nrows, qt.row_bytes(n_per_row)), dtype=np.uint8)
-    name = qt.name
-    if name in ("IQ2_XXS", "IQ2_XS") and imatrix is None:
-        raise ImatrixError(f"{name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
-    qw = np.zeros(1, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    if name == "IQ2_XS":
-        _quantize_iq2_xs_rows(rows, qw, out, grid_tables(512).kernel_args())
-    elif name == "IQ2_XXS":
-        _quantize_iq2_xxs_rows(rows, qw, out, grid_tables(256).kernel_args())
-    elif name == "IQ2_S":
-        _quantize_iq2_s_rows(rows, qw, imatrix is not None, out, grid_tables(1024).kernel_args())
-    else:
-        raise ValueError(f"iq2 does not implement {name}")
+def weights_or_zero(imatrix) -> np.ndarray:
+    return np.zeros(1, dtype=np.float32) if imatrix is None else imatrix
+
+
+def zeroed_rows(name: str, rows: np.ndarray) -> np.ndarray:
+    return np.zeros((rows.shape[0], known_type(name).row_bytes(rows.shape[1])), dtype=np.uint8)
+
+
+def quantize_iq2_xxs(rows: np.ndarray, imatrix) -> np.ndarray:
+    out = zeroed_rows("IQ2_XXS", rows)
+    _quantize_iq2_xxs_rows(rows, weights_or_zero(imatrix), out, grid_tables(256).kernel_args())
     return out
 
 
-def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
-    """dequantize_row_iq2_xxs / _xs / _s of uint8 rows."""
+def quantize_iq2_xs(rows: np.ndarray, imatrix) -> np.ndarray:
+    out = zeroed_rows("IQ2_XS", rows)
+    _quantize_iq2_xs_rows(rows, weights_or_zero(imatrix), out, grid_tables(512).kernel_args())
+    return out
+
+
+def quantize_iq2_s(rows: np.ndarray, imatrix) -> np.ndarray:
+    out = zeroed_rows("IQ2_S", rows)
+    _quantize_iq2_s_rows(rows, weights_or_zero(imatrix), imatrix is not None, out, grid_tables(1024).kernel_args())
+    return out
+
+
+def dequantize_on_grid(kernel, name: str, data: np.ndarray, n_per_row: int, *tables) -> np.ndarray:
     out = np.empty((data.shape[0], n_per_row), dtype=np.float32)
-    data = np.ascontiguousarray(data)
-    name = qt.name
-    grid = codebook(name).astype(np.int32)
-    if name == "IQ2_XXS":
-        _dequantize_iq2_xxs_rows(data, out, grid, _sign_table(), FP16_TO_FP32)
-    elif name == "IQ2_XS":
-        _dequantize_iq2_xs_rows(data, out, grid, _sign_table(), FP16_TO_FP32)
-    elif name == "IQ2_S":
-        _dequantize_iq2_s_rows(data, out, grid, FP16_TO_FP32)
-    else:
-        raise ValueError(f"iq2 does not implement {name}")
+    kernel(data, out, codebook(name).astype(np.int32), *tables, FP16_TO_FP32)
     return out
+
+
+def dequantize_iq2_xxs(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return dequantize_on_grid(_dequantize_iq2_xxs_rows, "IQ2_XXS", data, n_per_row, _sign_table())
+
+
+def dequantize_iq2_xs(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return dequantize_on_grid(_dequantize_iq2_xs_rows, "IQ2_XS", data, n_per_row, _sign_table())
+
+
+def dequantize_iq2_s(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return dequantize_on_grid(_dequantize_iq2_s_rows, "IQ2_S", data, n_per_row)

@@ -30,12 +30,11 @@ import functools
 import numba
 import numpy as np
 
-from ..errors import NonFiniteError, ShapeError
+from ..errors import NonFiniteError
+from ..types import QK_K
 from .codebooks import grid, ksigns
 from .numeric import FP16_TO_FP32, nearest_int, put_fp16
 
-QK_K = 256
-BLOCK_BYTES = {"IQ3_XXS": 98, "IQ3_S": 110}
 _GRID_SIZE = {"IQ3_XXS": 256, "IQ3_S": 512}
 _KMAP_SIZE = 4096  # 4 levels of 3 bits
 _GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
@@ -577,34 +576,31 @@ def _dequantize_iq3_s(data, n, gridv, fp16):
     return out
 
 
-def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """Quantize float32 rows (nrows, n_per_row) to IQ3_XXS / IQ3_S bytes (nrows, row bytes).
-
-    ``imatrix``: one importance weight per column, or None. Equals ``ggml_quantize_chunk``.
-    """
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] % QK_K:
-        raise ShapeError(f"{qt.name}: rows of shape {rows.shape} are not whole blocks of {QK_K}")
+def _quantize(name: str, kernel, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     use_w = imatrix is not None
-    weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1) if use_w else np.zeros(0, np.float32)
-    if use_w and weights.size != rows.shape[1]:
-        raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
-    levels, kmap, neighbours = neighbour_tables(qt.name)
-    kernel = _quantize_iq3_xxs if qt.name == "IQ3_XXS" else _quantize_iq3_s
-    out, bad = kernel(rows, weights, use_w, levels, kmap, neighbours, _candidate_slots(qt.name))
+    weights = imatrix if use_w else np.zeros(0, np.float32)
+    levels, kmap, neighbours = neighbour_tables(name)
+    out, bad = kernel(rows, weights, use_w, levels, kmap, neighbours, _candidate_slots(name))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise NonFiniteError(
-            f"{qt.name}: row {row} (largest |value| {float(np.abs(rows[row]).max()):.3g}) overflows float32 in the "
+            f"{name}: row {row} (largest |value| {float(np.abs(rows[row]).max()):.3g}) overflows float32 in the "
             f"grid search (llama.cpp aborts on such input); scale the tensor down or use another type"
         )
     return out
 
 
-def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
-    """float32 rows (nrows, n_per_row) from IQ3_XXS / IQ3_S bytes, as llama.cpp's dequantize_row_*."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    gridv = grid(qt.name).astype(np.float32)
-    if qt.name == "IQ3_XXS":
-        return _dequantize_iq3_xxs(data, int(n_per_row), gridv, ksigns(), FP16_TO_FP32)
-    return _dequantize_iq3_s(data, int(n_per_row), gridv, FP16_TO_FP32)
+def quantize_iq3_xxs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize("IQ3_XXS", _quantize_iq3_xxs, rows, imatrix)
+
+
+def quantize_iq3_s(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize("IQ3_S", _quantize_iq3_s, rows, imatrix)
+
+
+def dequantize_iq3_xxs(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_iq3_xxs(data, int(n_per_row), grid("IQ3_XXS").astype(np.float32), ksigns(), FP16_TO_FP32)
+
+
+def dequantize_iq3_s(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_iq3_s(data, int(n_per_row), grid("IQ3_S").astype(np.float32), FP16_TO_FP32)

@@ -23,14 +23,13 @@ import functools
 import numba
 import numpy as np
 
-from ..errors import ShapeError
+from ..types import known_type
 from .codebooks import iq4nl_values
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
-QK4_NL = 32
-QK_K = 256
-BLOCK_BYTES = {"IQ4_NL": 18, "IQ4_XS": 136}
-BLOCK_SIZE = {"IQ4_NL": QK4_NL, "IQ4_XS": QK_K}
+IQ4_NL = known_type("IQ4_NL")
+IQ4_XS = known_type("IQ4_XS")
+QK4_NL = IQ4_NL.block_size
 
 _NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 _GROUP_MAX_EPS = np.float32(1e-15)
@@ -273,33 +272,23 @@ def _dequantize_iq4_xs(data, n, values, fp16):
     return out
 
 
-def _check_rows(qt, rows: np.ndarray) -> np.ndarray:
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.ndim != 2:
-        raise ShapeError(f"{qt.name}: expected 2-D rows, got shape {rows.shape}")
-    block = BLOCK_SIZE[qt.name]
-    if rows.shape[1] % block:
-        raise ShapeError(f"{qt.name}: row length {rows.shape[1]} is not a multiple of {block}")
-    return rows
-
-
-def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """Quantize float32 rows (nrows, n_per_row) to IQ4_NL / IQ4_XS bytes (nrows, row bytes).
-
-    ``imatrix``: one importance weight per column, or None. Equals ``ggml_quantize_chunk``.
-    """
-    rows = _check_rows(qt, rows)
+def _quantize(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     use_w = imatrix is not None
-    weights = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1) if use_w else np.zeros(0, np.float32)
-    if use_w and weights.size != rows.shape[1]:
-        raise ShapeError(f"{qt.name}: imatrix has {weights.size} values for rows of {rows.shape[1]}")
-    return _quantize_rows(rows, weights, use_w, _values_f32(), index_thresholds(), BLOCK_SIZE[qt.name],
-                          BLOCK_BYTES[qt.name])
+    weights = imatrix if use_w else np.zeros(0, np.float32)
+    return _quantize_rows(rows, weights, use_w, _values_f32(), index_thresholds(), qt.block_size, qt.type_size)
 
 
-def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
-    """float32 rows (nrows, n_per_row) from IQ4_NL / IQ4_XS bytes, as llama.cpp's dequantize_row_*."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    if qt.name == "IQ4_NL":
-        return _dequantize_iq4_nl(data, int(n_per_row), _values_f32(), FP16_TO_FP32)
+def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize(IQ4_NL, rows, imatrix)
+
+
+def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    return _quantize(IQ4_XS, rows, imatrix)
+
+
+def dequantize_iq4_nl(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_iq4_nl(data, int(n_per_row), _values_f32(), FP16_TO_FP32)
+
+
+def dequantize_iq4_xs(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return _dequantize_iq4_xs(data, int(n_per_row), _values_f32(), FP16_TO_FP32)

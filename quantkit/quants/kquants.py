@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..errors import ShapeError
+from ..types import QK_K, known_type
 from .numeric import get_fp16, nearest_int, put_fp16
 from .search import (
     GROUP_MAX_EPS,
@@ -43,9 +43,8 @@ from .search import (
     to_lanes,
 )
 
-QK_K = 256
-_KIND = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
-_BLOCK_BYTES = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210}
+# ggml type ids: the dequantize kernel's type selector
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = (int(known_type(n).ggml) for n in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"))
 
 _F0 = np.float32(0.0)
 _I0 = np.int32(0)
@@ -693,16 +692,17 @@ def _quantize_q2_kernel(rows, qw):
 
 
 @numba.njit(parallel=True, cache=True)
-def _dequantize_kernel(data, kind, n_per_row):
+def _dequantize_kernel(data, kind, block_bytes, n_per_row):
+    """dequantize_row_q{2..6}_k of uint8 rows; ``kind`` is the ggml type id."""
     nrows = data.shape[0]
     nb = n_per_row // QK_K
-    bb = 84 if kind == 2 else 110 if kind == 3 else 144 if kind == 4 else 176 if kind == 5 else 210
+    bb = block_bytes
     y = np.empty((nrows, n_per_row), dtype=np.float32)
     for r in numba.prange(nrows):
         for i in range(nb):
             b = data[r, bb * i : bb * (i + 1)]
             o = y[r, QK_K * i : QK_K * (i + 1)]
-            if kind == 2:
+            if kind == Q2_K:
                 d = get_fp16(b, 80)
                 mn = get_fp16(b, 82)
                 k = 0
@@ -719,7 +719,7 @@ def _dequantize_kernel(data, kind, n_per_row):
                                 v = (np.int64(b[q + 16 * half + l]) >> shift) & 3
                                 o[k] = dl * np.float32(v) - ml
                                 k += 1
-            elif kind == 3:
+            elif kind == Q3_K:
                 d_all = get_fp16(b, 108)
                 k = 0
                 isc = 0
@@ -737,10 +737,10 @@ def _dequantize_kernel(data, kind, n_per_row):
                                 o[k] = dl * np.float32(v)
                                 k += 1
                         m <<= 1
-            elif kind == 4 or kind == 5:
+            elif kind == Q4_K or kind == Q5_K:
                 d = get_fp16(b, 0)
                 mn = get_fp16(b, 2)
-                qs = 16 if kind == 4 else 48
+                qs = 16 if kind == Q4_K else 48
                 u1 = 1
                 u2 = 2
                 k = 0
@@ -754,13 +754,13 @@ def _dequantize_kernel(data, kind, n_per_row):
                     m2 = mn * np.float32(m)
                     for l in range(32):
                         v = np.int64(b[qs + l] & 0xF)
-                        if kind == 5 and (b[16 + l] & u1) != 0:
+                        if kind == Q5_K and (b[16 + l] & u1) != 0:
                             v += 16
                         o[k] = d1 * np.float32(v) - m1
                         k += 1
                     for l in range(32):
                         v = np.int64(b[qs + l] >> 4)
-                        if kind == 5 and (b[16 + l] & u2) != 0:
+                        if kind == Q5_K and (b[16 + l] & u2) != 0:
                             v += 16
                         o[k] = d2 * np.float32(v) - m2
                         k += 1
@@ -791,32 +791,50 @@ def _dequantize_kernel(data, kind, n_per_row):
 # ------------------------------------------------------------------------------------------ front
 
 
-def check_row_length(qt, n_per_row: int) -> None:
-    """Refuse a row length that is not a whole number of 256-value super-blocks, naming what fits."""
-    if n_per_row % QK_K:
-        from ..types import known_type, supported_names
-
-        fits = [name for name in supported_names() if n_per_row % known_type(name).block_size == 0]
-        raise ShapeError(
-            f"row length {n_per_row} is not a multiple of {QK_K} ({qt.name}); "
-            f"types that fit: {', '.join(fits) or 'none'}"
-        )
+def _weights(imatrix):
+    return np.empty(0, dtype=np.float32) if imatrix is None else imatrix
 
 
-def quantize_rows(qt, rows, imatrix):
-    check_row_length(qt, rows.shape[1])
-    kind = _KIND[qt.name]
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    qw = np.empty(0, dtype=np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    if kind == 6:
-        return _quantize_q6_kernel(rows, qw)
-    if kind == 4 or kind == 5:
-        return _quantize_q45_kernel(rows, qw, kind == 5)
-    if kind == 3:
-        return _quantize_q3_kernel(rows, qw)
-    return _quantize_q2_kernel(rows, qw)
+def quantize_q2_k(rows, imatrix):
+    return _quantize_q2_kernel(rows, _weights(imatrix))
 
 
-def dequantize_rows(qt, data, n_per_row):
-    check_row_length(qt, n_per_row)
-    return _dequantize_kernel(np.ascontiguousarray(data, dtype=np.uint8), _KIND[qt.name], n_per_row)
+def quantize_q3_k(rows, imatrix):
+    return _quantize_q3_kernel(rows, _weights(imatrix))
+
+
+def quantize_q4_k(rows, imatrix):
+    return _quantize_q45_kernel(rows, _weights(imatrix), False)
+
+
+def quantize_q5_k(rows, imatrix):
+    return _quantize_q45_kernel(rows, _weights(imatrix), True)
+
+
+def quantize_q6_k(rows, imatrix):
+    return _quantize_q6_kernel(rows, _weights(imatrix))
+
+
+def _dequantize(name, data, n_per_row):
+    qt = known_type(name)
+    return _dequantize_kernel(data, int(qt.ggml), qt.type_size, n_per_row)
+
+
+def dequantize_q2_k(data, n_per_row):
+    return _dequantize("Q2_K", data, n_per_row)
+
+
+def dequantize_q3_k(data, n_per_row):
+    return _dequantize("Q3_K", data, n_per_row)
+
+
+def dequantize_q4_k(data, n_per_row):
+    return _dequantize("Q4_K", data, n_per_row)
+
+
+def dequantize_q5_k(data, n_per_row):
+    return _dequantize("Q5_K", data, n_per_row)
+
+
+def dequantize_q6_k(data, n_per_row):
+    return _dequantize("Q6_K", data, n_per_row)

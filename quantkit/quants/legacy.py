@@ -293,8 +293,7 @@ def _dequantize_kernel(data, kind, n):
 CHECKS_FINITE = True
 
 
-def quantize_rows(qt, rows, imatrix):
-    kind = _KIND[qt.name]
+def _quantize(kind, rows, imatrix):
     if imatrix is None or kind == 0:
         return _quantize_ref_kernel(rows, rows.view(np.uint32), kind, _BLOCK_BYTES[kind])
     nonfinite = nonfinite_rows(rows)
@@ -303,5 +302,41 @@ def quantize_rows(qt, rows, imatrix):
     return _quantize_weighted_kernel(rows, kind, _BLOCK_BYTES[kind], imatrix), nonfinite
 
 
-def dequantize_rows(qt, data, n_per_row):
-    return _dequantize_kernel(data, _KIND[qt.name], n_per_row)
+def quantize_q8_0(rows, imatrix):
+    return _quantize(_KIND["Q8_0"], rows, imatrix)
+
+
+def quantize_q4_0(rows, imatrix):
+    return _quantize(_KIND["Q4_0"], rows, imatrix)
+
+
+def quantize_q4_1(rows, imatrix):
+    return _quantize(_KIND["Q4_1"], rows, imatrix)
+
+
+def quantize_q5_0(rows, imatrix):
+    return _quantize(_KIND["Q5_0"], rows, imatrix)
+
+
+def quantize_q5_1(rows, imatrix):
+    return _quantize(_KIND["Q5_1"], rows, imatrix)
+
+
+def dequantize_q8_0(data, n_per_row):
+    return _dequantize_kernel(data, _KIND["Q8_0"], n_per_row)
+
+
+def dequantize_q4_0(data, n_per_row):
+    return _dequantize_kernel(data, _KIND["Q4_0"], n_per_row)
+
+
+def dequantize_q4_1(data, n_per_row):
+    return _dequantize_kernel(data, _KIND["Q4_1"], n_per_row)
+
+
+def dequantize_q5_0(data, n_per_row):
+    return _dequantize_kernel(data, _KIND["Q5_0"], n_per_row)
+
+
+def dequantize_q5_1(data, n_per_row):
+    return _dequantize_kernel(data, _KIND["Q5_1"], n_per_row)

@@ -19,11 +19,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..errors import ShapeError
+from ..types import QK_K
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, roundf
 
-QK_K = 256
-BLOCK_BYTES = {"TQ1_0": 54, "TQ2_0": 66}
 
 
 @numba.njit(inline="always", cache=True)
@@ -145,20 +143,19 @@ def _dequantize_tq2_0(data, n, fp16):
     return out
 
 
-def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """Quantize float32 rows (nrows, n_per_row) to TQ1_0 / TQ2_0 bytes; ``imatrix`` is ignored
-    (as by llama.cpp). Equals ``ggml_quantize_chunk``."""
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] % QK_K:
-        raise ShapeError(f"{qt.name}: rows of shape {rows.shape} are not whole blocks of {QK_K}")
-    if qt.name == "TQ1_0":
-        return _quantize_tq1_0(rows)
+def quantize_tq1_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """TQ1_0 bytes of float32 rows; ``imatrix`` is ignored, as by llama.cpp."""
+    return _quantize_tq1_0(rows)
+
+
+def quantize_tq2_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """TQ2_0 bytes of float32 rows; ``imatrix`` is ignored, as by llama.cpp."""
     return _quantize_tq2_0(rows)
 
 
-def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
-    """float32 rows (nrows, n_per_row) from TQ1_0 / TQ2_0 bytes, as llama.cpp's dequantize_row_*."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    if qt.name == "TQ1_0":
-        return _dequantize_tq1_0(data, int(n_per_row), FP16_TO_FP32)
+def dequantize_tq1_0(data: np.ndarray, n_per_row: int) -> np.ndarray:
+    return _dequantize_tq1_0(data, int(n_per_row), FP16_TO_FP32)
+
+
+def dequantize_tq2_0(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return _dequantize_tq2_0(data, int(n_per_row), FP16_TO_FP32)
