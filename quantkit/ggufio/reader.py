@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFFormatError, QuantkitError, ShapeError, UnsupportedTypeError
+from ..types import known_type
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -312,10 +313,10 @@ class GGUFFile:
         if name in self._by_name:
             raise cur.fail(f"duplicate tensor name {name!r} at offset {start}")
         try:
-            qtype = GGMLQuantizationType(raw_type)
-            block_size, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
+            qt = known_type(raw_type)
+        except UnsupportedTypeError:
             raise UnsupportedTypeError(f"{self.label}: tensor {name!r} has unknown type {raw_type}") from None
+        qtype, block_size, type_size = qt.ggml, qt.block_size, qt.type_size
         n_elements = 1
         for d in ne:
             n_elements *= d
@@ -383,6 +384,6 @@ class GGUFFile:
         return f"GGUFFile({str(self.path)!r}, version={self.version}, {len(self.metadata)} keys, {len(self.tensors)} tensors)"
 
 
-def read_gguf(path) -> GGUFFile:
+def read_gguf(path: str | os.PathLike) -> GGUFFile:
     """Open a GGUF v2/v3 file: header, metadata and tensor infos parsed, tensor data mapped lazily."""
     return GGUFFile(path)

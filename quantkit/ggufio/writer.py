@@ -25,7 +25,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
@@ -484,7 +484,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_gguf(path, metadata, tensors, overwrite: bool = False) -> Path:
+def write_gguf(path: str | os.PathLike, metadata: Mapping[str, Any], tensors: Iterable | Mapping,
+               overwrite: bool = False) -> Path:
     """Write a GGUF v3 file atomically; returns its path.
 
     ``tensors``: a sequence of objects with .name/.qtype/.shape/.data (reader tensors,

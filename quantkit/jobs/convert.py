@@ -17,12 +17,13 @@ llama-quantize's output for a lossless (bf16/f32) conversion of the same folder.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping
 
 import gguf
 import numpy as np
@@ -250,8 +251,10 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
             yield chunk(values, part, info.nbytes * (stop - start) // rows)
 
 
-def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor_types=(), dry_run: bool = False,
-            threads: int | None = None, overwrite: bool = False, progress: bool = True):
+def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, preset: str = "F16", *,
+            imatrix: str | os.PathLike | Mapping | None = None, tensor_types: Iterable[str] = (),
+            dry_run: bool = False, threads: int | None = None, overwrite: bool = False,
+            progress: bool = True) -> ConversionResult | ConversionPlan:
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);

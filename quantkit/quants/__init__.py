@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 from gguf import GGMLQuantizationType
+from numpy.typing import ArrayLike
 
 from ..errors import ImatrixError, NonFiniteError, QuantkitError, ShapeError
-from ..types import quant_type
+from ..types import QuantType, quant_type
+
+TypeSpec = Union[str, int, GGMLQuantizationType, QuantType]  # a type by name ("Q4_K"), ggml id or enum
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def _check_finite(rows: np.ndarray, what: str) -> None:
         raise NonFiniteError(f"{what}: non-finite value {rows[row, col]} at row {row}, column {col}")
 
 
-def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "tensor") -> QuantizedTensor:
+def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, threads: int | None = None,
+             name: str = "tensor") -> QuantizedTensor:
     """Quantize ``x`` (numpy array or torch tensor, rows along the last axis) to GGUF type ``qtype``.
 
     ``imatrix``: one importance weight per column (llama.cpp's importance matrix), or None.

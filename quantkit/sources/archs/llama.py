@@ -30,7 +30,7 @@ def permute_rotary(rows: np.ndarray, head_rows: int) -> np.ndarray:
 
 def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
     """Per rotary frequency scaling factors of Llama 3's ``rope_type: llama3`` (float32, head_dim/2)."""
-    import torch
+    import torch  # deferred: optional; torch's own float32 operations (pow in double, rdiv as reciprocal*x) are what the peer converter computes, so only it reproduces the factors bit for bit
 
     base = rope.get("rope_theta", 10000.0)
     freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
