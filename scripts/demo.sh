@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet "torch==2.13.0" -e .
+.venv/bin/pip install --quiet "torch==2.13.0" -e ".[eval]"
 .venv/bin/quantkit demo -o report "$@"
