@@ -6,6 +6,8 @@ import click
 
 from ..errors import OutputError, QuantkitError
 from ..extras import require_extra
+from ..jobs.imatrix import collect_imatrix
+from ..plan.imatrix_file import write_imatrix
 
 # The calibration text shipped with quantkit (sources and licences: CALIBRATION-SOURCES.md beside it).
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" / "calibration.txt"
@@ -24,8 +26,6 @@ DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" /
 def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force):
     """Compute MODEL_DIR's importance matrix over a text, in llama.cpp's imatrix GGUF format."""
     require_extra("eval", "quantkit imatrix")
-    from ..jobs.imatrix import collect_imatrix  # deferred until the extra is checked: it needs torch
-    from ..plan.imatrix_file import write_imatrix
 
     if Path(output).exists() and not force:
         raise OutputError(f"{output}: exists (use --force to overwrite)")

@@ -24,6 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import GGUFFormatError, QuantkitError, ShapeError, UnsupportedTypeError
+from ..quants import dequantize
 from ..types import known_type
 
 GGUF_MAGIC = b"GGUF"
@@ -119,8 +120,6 @@ class GGUFTensor:
 
     def dequantize(self, threads: int | None = None) -> np.ndarray:
         """float32 values in numpy shape; UnsupportedTypeError for types quantkit cannot decode."""
-        from ..quants import dequantize
-
         return dequantize(self, threads=threads)
 
     def __repr__(self) -> str:
