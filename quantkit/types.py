@@ -1,8 +1,10 @@
 """The type registry: GGUF tensor types quantkit knows, their block geometry and their kernels.
 
-Block geometry comes from ``gguf.GGML_QUANT_SIZES`` (elements per block, bytes per block); the
-enum is ``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``. Each
-supported type names the module under ``quantkit.quants`` that implements it; that module
+Block geometry comes from ``gguf.GGML_QUANT_SIZES`` (elements per block, bytes per block) and the
+names and ids from ``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``;
+:data:`GGMLType` is that enum plus the types ggml has and the ``gguf`` package does not know yet
+(:data:`_NOT_IN_GGUF`). Each supported type names the module under ``quantkit.quants`` that
+implements it; that module
 exposes ``quantize_rows(qt, rows, imatrix)`` and ``dequantize_rows(qt, data, n_per_row)``.
 This module imports neither numba nor torch.
 """
@@ -13,6 +15,7 @@ import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from enum import IntEnum
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -44,7 +47,21 @@ _FAMILY = {
     "IQ1_M": "iq1",
     "TQ1_0": "ternary",
     "TQ2_0": "ternary",
+    "MXFP4": "fp4",
+    "NVFP4": "fp4",
+    "Q1_0": "lowbit",
+    "Q2_0": "lowbit",
 }
+
+# ggml types the gguf package (0.19) lacks: name -> (ggml_type id, elements per block, bytes per block)
+_NOT_IN_GGUF = {"Q2_0": (42, 64, 18)}
+
+# gguf.GGMLQuantizationType plus _NOT_IN_GGUF; an IntEnum, so its members equal gguf's by value
+GGMLType = IntEnum("GGMLType", {**{t.name: t.value for t in GGMLQuantizationType},
+                                **{name: geometry[0] for name, geometry in _NOT_IN_GGUF.items()
+                                   if name not in GGMLQuantizationType.__members__}})
+_SIZES = {**{GGMLType(int(t)): size for t, size in GGML_QUANT_SIZES.items()},
+          **{GGMLType[name]: geometry[1:] for name, geometry in _NOT_IN_GGUF.items()}}
 
 # types llama.cpp refuses to quantize without an importance matrix (ggml_quantize_requires_imatrix)
 _REQUIRES_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ1_S"}
@@ -54,7 +71,7 @@ _REQUIRES_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ1_S"}
 class QuantType:
     """One GGUF tensor type: its enum, block geometry and implementing module."""
 
-    ggml: GGMLQuantizationType
+    ggml: GGMLType
     block_size: int  # elements per block
     type_size: int  # bytes per block
     family: str | None  # module under quantkit.quants that implements it (None: not planned)
@@ -98,9 +115,7 @@ class QuantType:
         return importlib.import_module(f"quantkit.quants.{self.family}")
 
 
-_REGISTRY = {
-    t: QuantType(t, *GGML_QUANT_SIZES[t], _FAMILY.get(t.name)) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES
-}
+_REGISTRY = {t: QuantType(t, *_SIZES[t], _FAMILY.get(t.name)) for t in GGMLType if t in _SIZES}
 
 
 @functools.cache
@@ -119,9 +134,9 @@ def known_type(value) -> QuantType:
         return value
     try:
         if isinstance(value, str):
-            ggml = GGMLQuantizationType[value.strip().upper()]
+            ggml = GGMLType[value.strip().upper()]
         else:
-            ggml = GGMLQuantizationType(int(value))
+            ggml = GGMLType(int(value))
         return _REGISTRY[ggml]
     except (KeyError, ValueError, TypeError):
         raise UnsupportedTypeError(

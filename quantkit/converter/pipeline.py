@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 from ..errors import ImatrixError, QuantkitError
 from ..ggufio import GGUFStreamWriter, TensorInfo, typed
 from ..source import HFSource
-from ..types import quant_type
+from ..types import known_type, quant_type
 from .archs import OutTensor, arch_for
 
 CHUNK_BYTES = 32 << 20  # float32 bytes of one row chunk
@@ -241,7 +241,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
 
         imatrix = read_imatrix(imatrix)
     types = _tensor_types(preset, out_tensors, metadata, overrides, imatrix)
-    planned = [PlannedTensor(t, GGMLQuantizationType(types[t.name])) for t in out_tensors]
+    planned = [PlannedTensor(t, known_type(types[t.name]).ggml) for t in out_tensors]
     if preset not in UNIFORM_PRESETS:  # llama-quantize writes its loader's order: by layer, then name
         planned.sort(key=lambda p: _presets().tensor_sort_key(p.name))
     for p in planned:

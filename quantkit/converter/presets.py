@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
-from ..types import known_type
+from ..types import GGMLType, known_type
 
-T = GGMLQuantizationType
+T = GGMLType  # gguf's GGMLQuantizationType and the types it lacks (Q2_0)
 F = LlamaFileType
 
 # preset name (llama-quantize's spelling) -> (general.file_type, default tensor type)
@@ -79,7 +79,7 @@ _NEEDS_IMATRIX = {T.IQ3_XXS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_M, T.IQ1_S}
 _FALLBACK = {
     T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL, T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL,
     T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL, T.IQ4_XS: T.IQ4_NL,
-    T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
+    T.Q2_0: T.Q4_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0,
     T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
 }
 # architectures whose 80-layer (jais2: 68-layer) models llama.cpp types as LLM_TYPE_70B
@@ -157,7 +157,7 @@ def allows_quantization(name: str, shape: Sequence[int], arch: str) -> bool:
 
 
 def _block_size(qtype: GGMLQuantizationType) -> int:
-    return GGML_QUANT_SIZES[qtype][0]
+    return known_type(qtype).block_size
 
 
 def _is_quantized(qtype: GGMLQuantizationType) -> bool:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from ..errors import GGUFFormatError, QuantkitError, ShapeError, UnsupportedTypeError
+from ..types import GGMLType, known_type
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -103,7 +104,7 @@ class GGUFTensor:
 
     __slots__ = ("name", "qtype", "shape", "offset", "nbytes", "source_path", "_file")
 
-    def __init__(self, name: str, qtype: GGMLQuantizationType, shape: tuple, offset: int, nbytes: int, file: GGUFFile):
+    def __init__(self, name: str, qtype: GGMLType, shape: tuple, offset: int, nbytes: int, file: GGUFFile):
         self.name = name
         self.qtype = qtype
         self.shape = shape  # numpy order: last axis = GGUF ne[0], the row
@@ -312,10 +313,10 @@ class GGUFFile:
         if name in self._by_name:
             raise cur.fail(f"duplicate tensor name {name!r} at offset {start}")
         try:
-            qtype = GGMLQuantizationType(raw_type)
-            block_size, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
+            qtype_info = known_type(raw_type)
+        except UnsupportedTypeError:
             raise UnsupportedTypeError(f"{self.label}: tensor {name!r} has unknown type {raw_type}") from None
+        qtype, block_size, type_size = qtype_info.ggml, qtype_info.block_size, qtype_info.type_size
         n_elements = 1
         for d in ne:
             n_elements *= d
