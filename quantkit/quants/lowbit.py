@@ -51,22 +51,31 @@ def _block_q2_0(x, xb, base, out, pos):
         out[pos + 2 + k] = np.uint8(byte)
 
 
-@numba.njit(parallel=True, cache=True)
-def _quantize_kernel(rows, one_bit):
-    nrows, n = rows.shape
+def _quantize_kernel(one_bit):
+    """The Q1_0 (one_bit) or Q2_0 kernel, the type a compile-time constant (no per-block branch)."""
     block = 128 if one_bit else 64
-    nblocks = n // block
-    bits = rows.view(np.uint32)
-    out = np.empty((nrows, nblocks * 18), dtype=np.uint8)
-    for r in numba.prange(nrows):
-        x = rows[r]
-        o = out[r]
-        for b in range(nblocks):
-            if one_bit:
-                _block_q1_0(x, b * block, o, b * 18)
-            else:
-                _block_q2_0(x, bits[r], b * block, o, b * 18)
-    return out
+
+    @numba.njit(parallel=True, cache=True)
+    def kernel(rows):
+        nrows, n = rows.shape
+        nblocks = n // block
+        bits = rows.view(np.uint32)
+        out = np.empty((nrows, nblocks * 18), dtype=np.uint8)
+        for r in numba.prange(nrows):
+            x = rows[r]
+            xb = bits[r]
+            o = out[r]
+            for b in range(nblocks):
+                if one_bit:
+                    _block_q1_0(x, b * block, o, b * 18)
+                else:
+                    _block_q2_0(x, xb, b * block, o, b * 18)
+        return out
+
+    return kernel
+
+
+_QUANTIZE = {"Q1_0": _quantize_kernel(True), "Q2_0": _quantize_kernel(False)}
 
 
 @numba.njit(parallel=True, cache=True)
@@ -93,7 +102,7 @@ def _dequantize_kernel(data, n, one_bit):
 
 def quantize_rows(qt, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """Q1_0 / Q2_0 bytes of float32 rows (nrows, n_per_row); ``imatrix`` is ignored (as by llama.cpp)."""
-    return _quantize_kernel(rows, qt.name == "Q1_0")
+    return _QUANTIZE[qt.name](rows)
 
 
 def dequantize_rows(qt, data: np.ndarray, n_per_row: int) -> np.ndarray:
