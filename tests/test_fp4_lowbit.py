@@ -182,3 +182,18 @@ def test_llamacpp_generates_from_smollm2_with_tensor_type(qtype, smollm2_path, t
     assert 1 <= len(tokens) <= 8 and all(isinstance(t, int) for t in tokens), tokens
     if qtype in ("MXFP4", "NVFP4"):  # 4 bits per weight keep the model's answer (Q1_0 / Q2_0 lose it)
         assert tokens[:len(paris)] == paris, tokens
+
+
+def test_rows_that_fit_no_block_are_refused_like_llama_quantize(smollm2_path, tmp_path):
+    """576-wide rows do not split into Q1_0's 128 values and llama.cpp has no fallback for Q1_0: both refuse."""
+    from test_presets import llama_quantize
+
+    [theirs] = llama_quantize([{"src": smollm2_path, "dst": None, "preset": "Q8_0", "imatrix": None,
+                                "overrides": [("attn_q", "Q1_0")]}])
+    assert theirs["rc"] != 0
+    result = CliRunner().invoke(main, ["quantize", str(smollm2_path), str(tmp_path / "out.gguf"), "Q8_0",
+                                       "--tensor-type", "attn_q=q1_0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip() == (f"quantkit: error: {smollm2_path}: blk.0.attn_q.weight: rows of 576 do not fit "
+                                     "Q1_0 and llama.cpp defines no fallback for it")
+    assert not (tmp_path / "out.gguf").exists()

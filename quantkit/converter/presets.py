@@ -516,7 +516,10 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
                     new = manual
                 elif not pure:
                     new = planner.choose(name, shape, category(name), default)
-                new = fallback_type(new, shape[-1])
+                try:
+                    new = fallback_type(new, shape[-1])
+                except ShapeError as exc:  # NVFP4, Q1_0: llama-quantize has no fallback either
+                    raise ShapeError(f"{name}: {exc}") from None
         chosen[name] = new
         # llama.cpp: without an imatrix any such tensor is refused; with one, those it requantizes need an entry
         # (and every requantized tensor's entry must have the right size)
