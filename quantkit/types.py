@@ -1,7 +1,9 @@
 """The type table: one trait record per GGUF tensor type quantkit knows.
 
 Geometry (elements and bytes per block) comes from ``gguf.GGML_QUANT_SIZES`` and the ids from
-``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``. Each type quantkit
+``gguf.GGMLQuantizationType``, whose values equal llama.cpp's ``ggml_type``; :data:`GGMLType` is that
+enum plus the types ggml has and the ``gguf`` package does not know yet (``_NOT_IN_GGUF``, with
+ggml's id and geometry). Each type quantkit
 implements has a row in ``TRAITS``: its family module under ``quantkit.quants``, which defines
 ``quantize_<name>(rows, imatrix)`` and ``dequantize_<name>(data, n_per_row)`` for it (as
 ggml-quants.c has ``quantize_q4_0`` / ``dequantize_row_q4_0``), whether llama.cpp requires an
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from enum import IntEnum
 from types import ModuleType
 from typing import Callable
 
@@ -21,7 +24,17 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import ShapeError, UnsupportedTypeError
 
-QK_K = GGML_QUANT_SIZES[GGMLQuantizationType.Q4_K][0]  # 256: the super-block of the k-quant and IQ types
+# ggml types the gguf package (0.19) lacks: name -> (ggml_type id, elements per block, bytes per block)
+_NOT_IN_GGUF = {"Q2_0": (42, 64, 18)}
+
+# gguf.GGMLQuantizationType plus _NOT_IN_GGUF; an IntEnum, so its members equal gguf's by value
+GGMLType = IntEnum("GGMLType", {**{t.name: t.value for t in GGMLQuantizationType},
+                                **{name: geometry[0] for name, geometry in _NOT_IN_GGUF.items()
+                                   if name not in GGMLQuantizationType.__members__}})
+_SIZES = {**{GGMLType(int(t)): size for t, size in GGML_QUANT_SIZES.items()},
+          **{GGMLType[name]: geometry[1:] for name, geometry in _NOT_IN_GGUF.items()}}
+
+QK_K = _SIZES[GGMLType.Q4_K][0]  # 256: the super-block of the k-quant and IQ types
 
 # name: (family module, llama.cpp requires an imatrix (ggml_quantize_requires_imatrix),
 #        fallback when rows do not split into blocks (llama-quant.cpp's tensor_type_fallback))
@@ -50,6 +63,10 @@ TRAITS: dict[str, tuple[str, bool, str | None]] = {
     "IQ1_M": ("iq1", False, "IQ4_NL"),
     "TQ1_0": ("ternary", False, "Q4_0"),
     "TQ2_0": ("ternary", False, "Q4_0"),
+    "MXFP4": ("fp4", False, None),
+    "NVFP4": ("fp4", False, None),
+    "Q1_0": ("lowbit", False, None),
+    "Q2_0": ("lowbit", False, "Q4_0"),
 }
 
 
@@ -57,7 +74,7 @@ TRAITS: dict[str, tuple[str, bool, str | None]] = {
 class QuantType:
     """One GGUF tensor type: its id, block geometry and (when quantkit implements it) its traits."""
 
-    ggml: GGMLQuantizationType
+    ggml: GGMLType
     block_size: int  # elements per block
     type_size: int  # bytes per block
     family: str | None = None  # module under quantkit.quants implementing it; None: not implemented
@@ -109,12 +126,12 @@ class QuantType:
         return getattr(self.kernels(), f"dequantize_{self.name.lower()}")
 
 
-def _entry(ggml: GGMLQuantizationType) -> QuantType:
+def _entry(ggml: GGMLType) -> QuantType:
     family, requires_imatrix, fallback = TRAITS.get(ggml.name, (None, False, None))
-    return QuantType(ggml, *GGML_QUANT_SIZES[ggml], family, requires_imatrix, fallback)
+    return QuantType(ggml, *_SIZES[ggml], family, requires_imatrix, fallback)
 
 
-_TABLE = {t: _entry(t) for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+_TABLE = {t: _entry(t) for t in GGMLType if t in _SIZES}
 
 
 def supported_names() -> list[str]:
@@ -128,9 +145,9 @@ def known_type(value) -> QuantType:
         return value
     try:
         if isinstance(value, str):
-            ggml = GGMLQuantizationType[value.strip().upper()]
+            ggml = GGMLType[value.strip().upper()]
         else:
-            ggml = GGMLQuantizationType(int(value))
+            ggml = GGMLType(int(value))
         return _TABLE[ggml]
     except (KeyError, ValueError, TypeError):
         raise UnsupportedTypeError(

@@ -11,7 +11,9 @@ import functools
 import os
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
+
+from quantkit.types import known_type
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 
@@ -32,8 +34,9 @@ def lib() -> ctypes.CDLL:
     return so
 
 
-def _qtype(qtype) -> GGMLQuantizationType:
-    return GGMLQuantizationType[qtype] if isinstance(qtype, str) else GGMLQuantizationType(qtype)
+def _qtype(qtype):
+    """The ggml type (gguf's enum, or quantkit's for the types gguf lacks, e.g. Q2_0)."""
+    return known_type(qtype).ggml
 
 
 def requires_imatrix(qtype) -> bool:
@@ -45,7 +48,7 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None) -> np.ndar
     t = _qtype(qtype)
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
     nrows, n_per_row = rows.shape
-    block, size = GGML_QUANT_SIZES[t]
+    block, size = known_type(t).block_size, known_type(t).type_size
     out = np.zeros(nrows * (n_per_row // block) * size, dtype=np.uint8)
     weights = None
     if imatrix is not None:

@@ -22,6 +22,7 @@ from quantkit.plan.presets import PRESETS, file_type, plan_types, resolve_preset
 from quantkit.errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
 from quantkit.ggufio import typed
 from quantkit.jobs.quantize import requantize
+from quantkit.types import known_type
 
 LLAMA_QUANTIZE = r"""
 import ctypes, json, re, sys
@@ -95,9 +96,9 @@ def llama_quantize(jobs: list[dict]) -> list[dict]:
     """
     payload = [{"src": str(j["src"]), "dst": None if j["dst"] is None else str(j["dst"]),
                 "ftype": int(file_type(j["preset"])), "imatrix": j["imatrix"] and str(j["imatrix"]),
-                "overrides": [(p, int(GGMLQuantizationType[t.upper()])) for p, t in j.get("overrides", ())],
+                "overrides": [(p, int(known_type(t).ggml)) for p, t in j.get("overrides", ())],
                 "pure": j.get("pure", False), "kv": j.get("kv", []),
-                **{k: int(GGMLQuantizationType[j[k].upper()]) for k in ("output_type", "token_embedding_type") if k in j}}
+                **{k: int(known_type(j[k]).ggml) for k in ("output_type", "token_embedding_type") if k in j}}
                for j in jobs]
     result = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE], input=json.dumps(payload), capture_output=True,
                             text=True, timeout=1200)
@@ -311,6 +312,11 @@ def test_synthetic_models_exercise_the_rules(synthetic_llama_plans):
     assert mixtral["blk.5.attn_v.weight"] == "Q8_0" and mixtral["blk.5.attn_k.weight"] == "Q8_0"
     assert mixtral["blk.5.attn_output.weight"] == "Q5_K" and mixtral["blk.5.ffn_gate_inp.weight"] == "F16"
     assert mixtral["blk.0.ffn_down_exps.weight"] == "Q6_K" and mixtral["blk.5.ffn_down_exps.weight"] == "Q4_K"
+    mxfp4_moe = synthetic_llama_plans[("qwen2moe", "MXFP4_MOE", False)]["types"]  # experts MXFP4, the rest Q8_0
+    assert {mxfp4_moe[f"blk.3.ffn_{p}_exps.weight"] for p in ("gate", "up", "down")} == {"MXFP4"}
+    assert mxfp4_moe["blk.3.ffn_down_shexp.weight"] == mxfp4_moe["blk.3.attn_q.weight"] == "Q8_0"
+    assert mxfp4_moe["output.weight"] == mxfp4_moe["token_embd.weight"] == "Q8_0"
+    assert mxfp4_moe["blk.3.ffn_gate_inp.weight"] == "F16"
     llama70b = synthetic_llama_plans[("llama70b", "Q3_K_S", False)]["types"]
     assert llama70b["blk.40.attn_v.weight"] == "Q5_K" and llama70b["output.weight"] == "Q6_K"
     falcon = synthetic_llama_plans[("falcon", "Q3_K_L", False)]["types"]
@@ -395,7 +401,7 @@ def test_imatrix_preset_file_equals_llama_quantize(smollm2_f16, smollm2_imatrix,
     assert ours.read_bytes() == theirs.read_bytes()
 
 
-@pytest.mark.parametrize("preset", ["Q4_K_M", "IQ2_XS"])
+@pytest.mark.parametrize("preset", ["Q4_K_M", "IQ2_XS", "MXFP4_MOE"])
 def test_moe_file_with_imatrix_equals_llama_quantize(preset, tmp_path):
     """A small random MoE (4 experts, 3-D expert tensors): each expert's rows use its own imatrix row."""
     metadata, shapes = _model("llama", 8, _moe(4, ff=256), n_expert=4)
@@ -448,6 +454,8 @@ OVERRIDE_CASES = {
     # an override skips the rules, so blk.0's attn_v does not count: Q3_K_M's first two Q5_K are blk.1 and blk.2
     "Q3_K_M": [(r"blk\.0\.attn_v", "q8_0"), ("ffn_down", "iq4_nl")],
     "Q4_K_M": [("attn_(q|k)", "Q6_K"), ("token_embd", "Q4_K"), ("ffn_up", "F16")],
+    # the newest types (Q1_0 fits only the 1536-wide ffn_down rows)
+    "Q8_0": [("ffn_down", "q1_0"), ("attn_(q|k)", "NVFP4"), ("ffn_up", "q2_0"), ("attn_v", "mxfp4")],
 }
 
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from ..errors import GGUFFormatError, QuantkitError, ShapeError, UnsupportedTypeError
 from ..quants import dequantize
-from ..types import known_type
+from ..types import GGMLType, known_type
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -105,7 +105,7 @@ class GGUFTensor:
 
     __slots__ = ("name", "qtype", "shape", "offset", "nbytes", "source_path", "_file")
 
-    def __init__(self, name: str, qtype: GGMLQuantizationType, shape: tuple, offset: int, nbytes: int, file: GGUFFile):
+    def __init__(self, name: str, qtype: GGMLType, shape: tuple, offset: int, nbytes: int, file: GGUFFile):
         self.name = name
         self.qtype = qtype
         self.shape = shape  # numpy order: last axis = GGUF ne[0], the row

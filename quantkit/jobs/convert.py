@@ -38,7 +38,7 @@ from ..plan.imatrix_file import read_imatrix
 from ..plan.overrides import override_type, parse_overrides
 from ..sources.archs import OutTensor, arch_for
 from ..sources.hf import HFSource
-from ..types import quant_type
+from ..types import known_type, quant_type
 
 UNIFORM_PRESETS = {
     "F32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
@@ -211,7 +211,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
     if isinstance(imatrix, (str, Path)):
         imatrix = read_imatrix(imatrix)
     types = _tensor_types(preset, out_tensors, metadata, overrides, imatrix)
-    planned = [PlannedTensor(t, GGMLQuantizationType(types[t.name])) for t in out_tensors]
+    planned = [PlannedTensor(t, known_type(types[t.name]).ggml) for t in out_tensors]
     if preset not in UNIFORM_PRESETS:  # llama-quantize writes its loader's order: by layer, then name
         planned.sort(key=lambda p: presets.tensor_sort_key(p.name))
     for p in planned:

@@ -23,10 +23,10 @@ import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError, ShapeError, UnsupportedTypeError
-from ..types import known_type
+from ..types import GGMLType, known_type
 from .overrides import override_type, parse_overrides
 
-T = GGMLQuantizationType
+T = GGMLType  # gguf's GGMLQuantizationType and the types it lacks (Q2_0)
 F = LlamaFileType
 
 # preset name (llama-quantize's spelling) -> (general.file_type, default tensor type)
@@ -63,6 +63,7 @@ PRESETS: dict[str, tuple[LlamaFileType, GGMLQuantizationType]] = {
     "IQ4_XS": (F.MOSTLY_IQ4_XS, T.IQ4_XS),
     "TQ1_0": (F.MOSTLY_TQ1_0, T.TQ1_0),
     "TQ2_0": (F.MOSTLY_TQ2_0, T.TQ2_0),
+    "MXFP4_MOE": (F.MOSTLY_MXFP4_MOE, T.MXFP4),
 }
 # llama-quantize's aliases
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
@@ -264,11 +265,16 @@ class _Planner:
         if cat == "output" or (self.tied_embeddings and cat == "token_embd"):
             if self.output_type is not None:
                 return self.output_type
-            if model.arch == "falcon" or int(shape[-1]) % _block_size(new) != 0:
+            if ftype == F.MOSTLY_MXFP4_MOE or model.arch == "falcon" or int(shape[-1]) % _block_size(new) != 0:
                 return T.Q8_0
             if ftype in _OUTPUT_Q5_K:
                 return T.Q5_K
             return new if new == T.Q8_0 else T.Q6_K
+        if ftype == F.MOSTLY_MXFP4_MOE:  # expert tensors (3-D: ne[2] > 1) MXFP4, everything else Q8_0
+            experts = len(shape) >= 3 and int(shape[-3]) > 1
+            if experts and (model.arch != "bailingmoe3" or cat in ("ffn_up", "ffn_gate", "ffn_down")):
+                return T.MXFP4
+            return T.Q8_0
         if cat == "token_embd":
             if self.token_embedding_type is not None:
                 return self.token_embedding_type
@@ -484,7 +490,10 @@ def plan_types(preset: str, metadata: Mapping[str, Any], tensors: Sequence[tuple
                     new = manual
                 elif not pure:
                     new = planner.choose(name, shape, category(name), default)
-                new = fallback_type(new, shape[-1])
+                try:
+                    new = fallback_type(new, shape[-1])
+                except ShapeError as exc:  # NVFP4, Q1_0: llama-quantize has no fallback either
+                    raise ShapeError(f"{name}: {exc}") from None
         chosen[name] = new
         # llama.cpp: without an imatrix any such tensor is refused; with one, those it requantizes need an entry
         # (and every requantized tensor's entry must have the right size)
