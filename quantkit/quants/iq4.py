@@ -236,41 +236,44 @@ def _quantize_rows(rows, imatrix, use_w, values, thresholds, sb, block_bytes):
     return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _dequantize_iq4_nl(data, n, values, fp16):
-    nrows = data.shape[0]
-    nblocks = n // 32
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ib in range(nblocks):
-            b = ib * 18
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            for j in range(16):
-                q = data[r, b + 2 + j]
-                out[r, ib * 32 + j] = d * values[q & 0xF]
-                out[r, ib * 32 + 16 + j] = d * values[q >> 4]
-    return out
+@numba.njit(inline="always", cache=True)
+def _unpack_nibbles(q, qoff, dl, values, y, yoff):
+    """32 weights from q[qoff:qoff+16] (weight j in the low nibble of byte j, j+16 in the high one)."""
+    for j in range(16):
+        v = q[qoff + j]
+        y[yoff + j] = dl * values[v & 0xF]
+        y[yoff + 16 + j] = dl * values[v >> 4]
 
 
 @numba.njit(parallel=True, cache=True)
-def _dequantize_iq4_xs(data, n, values, fp16):
+def _dequantize_blocks(data, n, values, fp16, xs):
+    """float32 rows from IQ4_XS (``xs``: 256 weights in 136 bytes) or IQ4_NL (32 in 18) blocks."""
+    sb = QK_K if xs else QK4_NL
+    block_bytes = 136 if xs else 18
     nrows = data.shape[0]
-    nblocks = n // 256
     out = np.empty((nrows, n), dtype=np.float32)
     for r in numba.prange(nrows):
-        for ibl in range(nblocks):
-            b = ibl * 136
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            scales_h = np.int64(data[r, b + 2]) | (np.int64(data[r, b + 3]) << 8)
+        q = data[r]
+        y = out[r]
+        for ibl in range(n // sb):
+            b = ibl * block_bytes
+            d = fp16[np.int64(q[b]) | (np.int64(q[b + 1]) << 8)]
+            if not xs:
+                _unpack_nibbles(q, b + 2, d, values, y, ibl * QK4_NL)
+                continue
+            scales_h = np.int64(q[b + 2]) | (np.int64(q[b + 3]) << 8)
             for ib in range(8):
-                ls = ((np.int64(data[r, b + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
-                dl = d * np.float32(ls - 32)
-                y = ibl * 256 + ib * 32
-                for j in range(16):
-                    q = data[r, b + 8 + ib * 16 + j]
-                    out[r, y + j] = dl * values[q & 0xF]
-                    out[r, y + 16 + j] = dl * values[q >> 4]
+                ls = ((np.int64(q[b + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
+                _unpack_nibbles(q, b + 8 + ib * 16, d * np.float32(ls - 32), values, y, ibl * QK_K + ib * 32)
     return out
+
+
+def _dequantize_iq4_nl(data, n, values, fp16):
+    return _dequantize_blocks(data, n, values, fp16, False)
+
+
+def _dequantize_iq4_xs(data, n, values, fp16):
+    return _dequantize_blocks(data, n, values, fp16, True)
 
 
 def _check_rows(qt, rows: np.ndarray) -> np.ndarray:
