@@ -103,6 +103,21 @@ def _index(thresholds, x):
     return l
 
 
+@numba.njit(inline="always", cache=True)
+def _levels_and_sums(thresholds, values, x, o, inv, weight, idx):
+    """Levels of inv*x[o:o+32] into idx; returns sum w*q*x and sum w*q*q, accumulated in C's order."""
+    for j in range(32):
+        idx[j] = _index(thresholds, inv * x[o + j])
+    sumqx = np.float32(0.0)
+    sumq2 = np.float32(0.0)
+    for j in range(32):
+        q = values[idx[j]]
+        w = weight[j]
+        sumqx += w * q * x[o + j]
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
 @numba.njit(cache=True)
 def _quantize_superblock(x, qw, use_w, values, thresholds, out, L, scales, weight, idx):
     """quantize_row_iq4_nl_impl(len(x), 32, ...) with ntry = 7, writing one block into ``out``.
@@ -141,33 +156,14 @@ def _quantize_superblock(x, qw, use_w, values, thresholds, out, L, scales, weigh
             scales[ib] = zero
             continue
         d = -vmax / values[0]
-        inv = np.float32(1.0) / d
+        sumqx, sumq2 = _levels_and_sums(thresholds, values, x, o, np.float32(1.0) / d, weight, idx)
         for j in range(32):
-            idx[j] = _index(thresholds, inv * x[o + j])
-        sumqx = zero
-        sumq2 = zero
-        for j in range(32):
-            xj = x[o + j]
-            l = idx[j]
-            L[o + j] = l
-            q = values[l]
-            w = weight[j]
-            sumqx += w * q * xj
-            sumq2 += w * q * q
+            L[o + j] = idx[j]
         d = sumqx / sumq2 if sumq2 > zero else zero
         best = d * sumqx
         for itry in range(-_NTRY, _NTRY + 1):
             inv = np.float32(itry - 127) / vmax  # (itry + values[0]) / max
-            for j in range(32):
-                idx[j] = _index(thresholds, inv * x[o + j])
-            sumqx = zero
-            sumq2 = zero
-            for j in range(32):
-                xj = x[o + j]
-                q = values[idx[j]]
-                w = weight[j]
-                sumqx += w * q * xj
-                sumq2 += w * q * q
+            sumqx, sumq2 = _levels_and_sums(thresholds, values, x, o, inv, weight, idx)
             if sumq2 > zero and sumqx * sumqx > best * sumq2:
                 d = sumqx / sumq2
                 best = d * sumqx
