@@ -14,6 +14,7 @@ page cache until used (``tensor.data`` is a zero-copy view into the map).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -223,6 +224,13 @@ class _Cursor:
         return values, ArrayType(elem, tuple(specs))
 
 
+def close_quietly(handle, ignored: type[BaseException]) -> None:
+    """Close ``handle`` unless it is None; an ``ignored`` error from closing is dropped."""
+    if handle is not None:
+        with contextlib.suppress(ignored):
+            handle.close()
+
+
 class GGUFFile:
     """A GGUF file opened read-only and memory-mapped.
 
@@ -367,11 +375,7 @@ class GGUFFile:
     def close(self) -> None:
         """Release the map; tensor data views taken earlier keep it alive until they are dropped."""
         mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass  # numpy views still point into it: it is unmapped when the last one goes
+        close_quietly(mm, BufferError)  # numpy views still point into it: it is unmapped when the last one goes
 
     def __enter__(self) -> GGUFFile:
         return self

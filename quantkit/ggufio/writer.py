@@ -32,7 +32,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError, QuantkitError, ShapeError
 from ..types import known_type
-from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType
+from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType, close_quietly
 
 GGUF_VERSION = 3
 COPY_CHUNK_BYTES = 16 << 20  # write_gguf copies tensor data in slices of this size
@@ -446,11 +446,7 @@ class GGUFStreamWriter:
     def _discard(self) -> None:
         """Close and delete the temporary file (safe from the write-behind thread)."""
         file, self._file = self._file, None
-        if file is not None:
-            try:
-                file.close()
-            except OSError:
-                pass
+        close_quietly(file, OSError)
         self._finalizer()
 
     def __enter__(self) -> GGUFStreamWriter:

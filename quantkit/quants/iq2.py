@@ -507,9 +507,7 @@ def _trial_scales(nis, lanes, denom, n, work, kmap, nbr_list):
 def _search16(work, kmap, nbr_list):
     """IQ2_XS / IQ2_S scale search over 16 values (two groups of 8); fills work.L, returns the scale."""
     xval, weight, waux, L, on_grid, t, t4 = work.xval, work.weight, work.waux, work.L, work.on_grid, work.t, work.t4
-    vmax = xval[0]
-    for i in range(1, 16):
-        vmax = vmax if vmax > xval[i] else xval[i]
+    vmax = largest(xval, 16)
     for i in range(16):
         L[i] = 0
     best = F0
@@ -571,6 +569,55 @@ def _signs_with_parity(xb, off, weight, xval):
     return s & 127
 
 
+@njit(inline="always", cache=True)
+def plain_signs(xb, off, xval):
+    """Absolute values of 8 weights into xval; returns their 8 sign bits (IQ2_S, IQ3_S)."""
+    s = 0
+    for i in range(8):
+        v = xb[off + i]
+        if v >= F0:
+            xval[off + i] = v
+        else:
+            xval[off + i] = -v
+            s |= 1 << i
+    return s
+
+
+@njit(inline="always", cache=True)
+def flip_signs(signs, n, mask):
+    """Invert the sign fields signs[0:n] (``mask``: their bits) for a negative scale."""
+    for k in range(n):
+        signs[k] = (~signs[k]) & mask
+
+
+@njit(inline="always", cache=True)
+def largest(xval, n):
+    """max(xval[0:n]) in C's loop order (``max = max > x ? max : x``)."""
+    vmax = xval[0]
+    for i in range(1, n):
+        vmax = vmax if vmax > xval[i] else xval[i]
+    return vmax
+
+
+@njit(inline="always", cache=True)
+def scale_code(id_, scale):
+    """The 4-bit sub-block scale of IQ2/IQ3: nearest_int(0.5*(scale/d - 1)) clamped to 0..15 (id_ = 1/d)."""
+    return max(0, min(15, nearest_int(FHALF * (id_ * scale - F1))))
+
+
+@njit(inline="always", cache=True)
+def _weights(xb, qw, qoff, has_qw, sigma2, n, weight, waux):
+    """weight = imatrix * sqrt(sigma2 + x^2) (without an imatrix 0.25*sigma2 + x^2), waux = sqrt(weight)."""
+    if has_qw:
+        for i in range(n):
+            weight[i] = qw[qoff + i] * np.sqrt(sigma2 + xb[i] * xb[i])
+    else:
+        for i in range(n):
+            weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
+    for i in range(n):
+        waux[i] = np.sqrt(weight[i])
+
+
 @njit(cache=True, error_model="numpy", _nrt=False)
 def _put_u16(out, p, v):
     out[p] = np.uint8(v & 255)
@@ -600,23 +647,16 @@ def _quantize_row_iq2_xs(x, qw, out, tabs, work):
         sigma2 = _sigma2(xbl, F1)
         for ib in range(QK_K // 16):
             xb = xbl[16 * ib:16 * ib + 16]
-            for i in range(16):
-                weight[i] = qw[QK_K * ibl + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-            for i in range(16):
-                waux[i] = np.sqrt(weight[i])
+            _weights(xb, qw, QK_K * ibl + 16 * ib, True, sigma2, 16, weight, waux)
             for k in range(2):
                 signs[k] = _signs_with_parity(xb, 8 * k, weight, xval)
-            vmax = xval[0]
-            for i in range(1, 16):
-                vmax = vmax if vmax > xval[i] else xval[i]
-            if vmax < GROUP_MAX_EPS:
+            if largest(xval, 16) < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
             scale = _search16(work, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
-                for k in range(2):
-                    signs[k] = (~signs[k]) & 127
+                flip_signs(signs, 2, 127)
             for k in range(2):
                 q2[2 * ib + k] = kmap[grid_point(L, 8 * k)] | (signs[k] << 9)
             scales[ib] = scale
@@ -627,9 +667,7 @@ def _quantize_row_iq2_xs(x, qw, out, tabs, work):
         _put_u16(out, o, fp32_to_fp16_bits(d))
         id_ = F1 / d
         for ib in range(QK_K // 16):
-            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
-            l = max(0, min(15, l))
-            out[o + 66 + ib // 2] |= np.uint8(l << (4 * (ib % 2)))
+            out[o + 66 + ib // 2] |= np.uint8(scale_code(id_, scales[ib]) << (4 * (ib % 2)))
         for j in range(QK_K // 8):
             _put_u16(out, o + 2 + 2 * j, q2[j])
 
@@ -648,35 +686,16 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs, work):
         sigma2 = _sigma2(xbl, np.float32(2.0))
         for ib in range(QK_K // 16):
             xb = xbl[16 * ib:16 * ib + 16]
-            if has_qw:
-                for i in range(16):
-                    weight[i] = qw[QK_K * ibl + 16 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-            else:
-                for i in range(16):
-                    weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
-            for i in range(16):
-                waux[i] = np.sqrt(weight[i])
+            _weights(xb, qw, QK_K * ibl + 16 * ib, has_qw, sigma2, 16, weight, waux)
             for k in range(2):
-                s = 0
-                for i in range(8):
-                    v = xb[8 * k + i]
-                    if v >= F0:
-                        xval[8 * k + i] = v
-                    else:
-                        xval[8 * k + i] = -v
-                        s |= 1 << i
-                signs[k] = s
-            vmax = xval[0]
-            for i in range(1, 16):
-                vmax = vmax if vmax > xval[i] else xval[i]
-            if vmax < GROUP_MAX_EPS_IQ2_S:
+                signs[k] = plain_signs(xb, 8 * k, xval)
+            if largest(xval, 16) < GROUP_MAX_EPS_IQ2_S:
                 scales[ib] = F0
                 continue
             scale = _search16(work, kmap, nbr_list)
             if scale < F0:
                 scale = -scale
-                for k in range(2):
-                    signs[k] = (~signs[k]) & 255
+                flip_signs(signs, 2, 255)
             for k in range(2):
                 gi = kmap[grid_point(L, 8 * k)]
                 i8 = 2 * ib + k
@@ -691,9 +710,7 @@ def _quantize_row_iq2_s(x, qw, has_qw, out, tabs, work):
         _put_u16(out, o, fp32_to_fp16_bits(d * np.float32(0.9875)))
         id_ = F1 / d
         for ib in range(QK_K // 16):
-            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
-            l = max(0, min(15, l))
-            out[o + 74 + ib // 2] |= np.uint8(l << (4 * (ib % 2)))
+            out[o + 74 + ib // 2] |= np.uint8(scale_code(id_, scales[ib]) << (4 * (ib % 2)))
 
 
 @njit(cache=True, error_model="numpy", _nrt=False)
@@ -713,16 +730,10 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
         sigma2 = _sigma2(xbl, F1)
         for ib in range(QK_K // 32):
             xb = xbl[32 * ib:32 * ib + 32]
-            for i in range(32):
-                weight[i] = qw[QK_K * ibl + 32 * ib + i] * np.sqrt(sigma2 + xb[i] * xb[i])
-            for i in range(32):
-                waux[i] = np.sqrt(weight[i])
+            _weights(xb, qw, QK_K * ibl + 32 * ib, True, sigma2, 32, weight, waux)
             for k in range(4):
                 signs[k] = _signs_with_parity(xb, 8 * k, weight, xval)
-            vmax = xval[0]
-            for i in range(1, 32):
-                vmax = vmax if vmax > xval[i] else xval[i]
-            if vmax < GROUP_MAX_EPS:
+            if largest(xval, 32) < GROUP_MAX_EPS:
                 scales[ib] = F0
                 continue
             scale = make_qp_quants(32, 4, xval, Lqp, weight)
@@ -756,8 +767,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
                     scale = sumqx / sumq2
             if scale < F0:
                 scale = -scale
-                for k in range(4):
-                    signs[k] = (~signs[k]) & 127
+                flip_signs(signs, 4, 127)
             for k in range(4):
                 gi = kmap[grid_point(L, 8 * k)]
                 q2[2 * ib] |= np.uint32(gi) << np.uint32(8 * k)
@@ -770,9 +780,7 @@ def _quantize_row_iq2_xxs(x, qw, out, tabs, work):
         _put_u16(out, o, fp32_to_fp16_bits(d))
         id_ = F1 / d
         for ib in range(QK_K // 32):
-            l = nearest_int(FHALF * (id_ * scales[ib] - F1))
-            l = max(0, min(15, l))
-            q2[2 * ib + 1] |= np.uint32(l) << np.uint32(28)
+            q2[2 * ib + 1] |= np.uint32(scale_code(id_, scales[ib])) << np.uint32(28)
         for j in range(QK_K // 16):
             v = q2[j]
             for b in range(4):

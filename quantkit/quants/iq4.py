@@ -23,13 +23,14 @@ import functools
 import numba
 import numpy as np
 
-from ..types import known_type
+from ..types import QK_K, known_type
 from .codebooks import iq4nl_values
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 IQ4_NL = known_type("IQ4_NL")
 IQ4_XS = known_type("IQ4_XS")
 QK4_NL = IQ4_NL.block_size
+IQ4_NL_BYTES, IQ4_XS_BYTES = IQ4_NL.type_size, IQ4_XS.type_size
 
 _NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 _GROUP_MAX_EPS = np.float32(1e-15)
@@ -102,6 +103,21 @@ def _index(thresholds, x):
     return l
 
 
+@numba.njit(inline="always", cache=True)
+def _levels_and_sums(thresholds, values, x, o, inv, weight, idx):
+    """Levels of inv*x[o:o+32] into idx; returns sum w*q*x and sum w*q*q, accumulated in C's order."""
+    for j in range(32):
+        idx[j] = _index(thresholds, inv * x[o + j])
+    sumqx = np.float32(0.0)
+    sumq2 = np.float32(0.0)
+    for j in range(32):
+        q = values[idx[j]]
+        w = weight[j]
+        sumqx += w * q * x[o + j]
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
 @numba.njit(cache=True)
 def _quantize_superblock(x, qw, use_w, values, thresholds, out, L, scales, weight, idx):
     """quantize_row_iq4_nl_impl(len(x), 32, ...) with ntry = 7, writing one block into ``out``.
@@ -140,33 +156,14 @@ def _quantize_superblock(x, qw, use_w, values, thresholds, out, L, scales, weigh
             scales[ib] = zero
             continue
         d = -vmax / values[0]
-        inv = np.float32(1.0) / d
+        sumqx, sumq2 = _levels_and_sums(thresholds, values, x, o, np.float32(1.0) / d, weight, idx)
         for j in range(32):
-            idx[j] = _index(thresholds, inv * x[o + j])
-        sumqx = zero
-        sumq2 = zero
-        for j in range(32):
-            xj = x[o + j]
-            l = idx[j]
-            L[o + j] = l
-            q = values[l]
-            w = weight[j]
-            sumqx += w * q * xj
-            sumq2 += w * q * q
+            L[o + j] = idx[j]
         d = sumqx / sumq2 if sumq2 > zero else zero
         best = d * sumqx
         for itry in range(-_NTRY, _NTRY + 1):
             inv = np.float32(itry - 127) / vmax  # (itry + values[0]) / max
-            for j in range(32):
-                idx[j] = _index(thresholds, inv * x[o + j])
-            sumqx = zero
-            sumq2 = zero
-            for j in range(32):
-                xj = x[o + j]
-                q = values[idx[j]]
-                w = weight[j]
-                sumqx += w * q * xj
-                sumq2 += w * q * q
+            sumqx, sumq2 = _levels_and_sums(thresholds, values, x, o, inv, weight, idx)
             if sumq2 > zero and sumqx * sumqx > best * sumq2:
                 d = sumqx / sumq2
                 best = d * sumqx
@@ -235,40 +232,35 @@ def _quantize_rows(rows, imatrix, use_w, values, thresholds, sb, block_bytes):
     return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _dequantize_iq4_nl(data, n, values, fp16):
-    nrows = data.shape[0]
-    nblocks = n // 32
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ib in range(nblocks):
-            b = ib * 18
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            for j in range(16):
-                q = data[r, b + 2 + j]
-                out[r, ib * 32 + j] = d * values[q & 0xF]
-                out[r, ib * 32 + 16 + j] = d * values[q >> 4]
-    return out
+@numba.njit(inline="always", cache=True)
+def _unpack_nibbles(q, qoff, dl, values, y, yoff):
+    """32 weights from q[qoff:qoff+16] (weight j in the low nibble of byte j, j+16 in the high one)."""
+    for j in range(16):
+        v = q[qoff + j]
+        y[yoff + j] = dl * values[v & 0xF]
+        y[yoff + 16 + j] = dl * values[v >> 4]
 
 
 @numba.njit(parallel=True, cache=True)
-def _dequantize_iq4_xs(data, n, values, fp16):
+def _dequantize_blocks(data, n, values, fp16, xs):
+    """float32 rows from IQ4_XS (``xs``: 256 weights in 136 bytes) or IQ4_NL (32 in 18) blocks."""
+    sb = QK_K if xs else QK4_NL
+    block_bytes = IQ4_XS_BYTES if xs else IQ4_NL_BYTES
     nrows = data.shape[0]
-    nblocks = n // 256
     out = np.empty((nrows, n), dtype=np.float32)
     for r in numba.prange(nrows):
-        for ibl in range(nblocks):
-            b = ibl * 136
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            scales_h = np.int64(data[r, b + 2]) | (np.int64(data[r, b + 3]) << 8)
+        q = data[r]
+        y = out[r]
+        for ibl in range(n // sb):
+            b = ibl * block_bytes
+            d = fp16[np.int64(q[b]) | (np.int64(q[b + 1]) << 8)]
+            if not xs:
+                _unpack_nibbles(q, b + 2, d, values, y, ibl * QK4_NL)
+                continue
+            scales_h = np.int64(q[b + 2]) | (np.int64(q[b + 3]) << 8)
             for ib in range(8):
-                ls = ((np.int64(data[r, b + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
-                dl = d * np.float32(ls - 32)
-                y = ibl * 256 + ib * 32
-                for j in range(16):
-                    q = data[r, b + 8 + ib * 16 + j]
-                    out[r, y + j] = dl * values[q & 0xF]
-                    out[r, y + 16 + j] = dl * values[q >> 4]
+                ls = ((np.int64(q[b + 4 + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
+                _unpack_nibbles(q, b + 8 + ib * 16, d * np.float32(ls - 32), values, y, ibl * QK_K + ib * 32)
     return out
 
 
@@ -287,8 +279,8 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
 
 
 def dequantize_iq4_nl(data: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_iq4_nl(data, int(n_per_row), _values_f32(), FP16_TO_FP32)
+    return _dequantize_blocks(data, int(n_per_row), _values_f32(), FP16_TO_FP32, False)
 
 
 def dequantize_iq4_xs(data: np.ndarray, n_per_row: int) -> np.ndarray:
-    return _dequantize_iq4_xs(data, int(n_per_row), _values_f32(), FP16_TO_FP32)
+    return _dequantize_blocks(data, int(n_per_row), _values_f32(), FP16_TO_FP32, True)

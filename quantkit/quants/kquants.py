@@ -27,19 +27,17 @@ from .numeric import get_fp16, nearest_int, put_fp16
 from .search import (
     GROUP_MAX_EPS,
     ST_FLAT,
-    ST_IS,
     ST_MN,
-    ST_MX,
     ST_NST,
     ST_SC,
     ST_SL,
     ST_SL2,
     ST_TS,
-    absmax_lanes,
     make_qp_quants,
     make_qx_quants,
     qkx2_lanes,
     qx_lanes,
+    symmetric_start,
     to_lanes,
 )
 
@@ -60,23 +58,13 @@ def _q3_lanes(G, n, nmax, X, L, st, ist):
     the fit (sum(wxl)^2/sum(wl^2)) improves; a group stops after a pass without change.
     Result: st[ST_SC].
     """
-    absmax_lanes(G, n, X, st)
-    mx = st[ST_MX]
-    amax = st[ST_IS]
-    flat = st[ST_FLAT]
-    scale = st[ST_SC]
-    sumlx = st[ST_SL]
-    suml2 = st[ST_SL2]
-    iscale = st[ST_TS]
-    fnmax = np.float32(nmax)
+    symmetric_start(G, n, nmax, X, st)
+    flat, scale, sumlx, suml2, iscale = st[ST_FLAT], st[ST_SC], st[ST_SL], st[ST_SL2], st[ST_TS]
     nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
     lo32 = np.int32(-nmax)
     hi32 = np.int32(nmax - 1)
-    for g in range(G):
-        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
-        iscale[g] = -fnmax / mx[g]
-        sumlx[g] = _F0
-        suml2[g] = _F0
+    sumlx[:G] = _F0
+    suml2[:G] = _F0
     for i in range(n):
         for g in range(G):
             x = X[i * G + g]

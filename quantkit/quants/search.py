@@ -195,23 +195,9 @@ def qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
     following trials, as in C. Results: st[ST_SC] (scale), st[ST_MN] (min; C returns -min), L.
     Requires nstep >= 1.
     """
-    mn = st[ST_MN]
-    mx = st[ST_MX]
-    sum_w = st[ST_SW]
-    sum_x = st[ST_SX]
-    iscale = st[ST_IS]
-    scale = st[ST_SC]
-    best = st[ST_BEST]
-    sl = st[ST_SL]
-    sl2 = st[ST_SL2]
-    sxl = st[ST_SXL]
-    ts = st[ST_TS]
-    tm = st[ST_TM]
-    err = st[ST_ERR]
-    flat = st[ST_FLAT]
-    acc = st[ST_ACC]
-    best_is = st[ST_BIS]
-    best_mn = st[ST_BMN]
+    mn, mx, sum_w, sum_x, flat = st[ST_MN], st[ST_MX], st[ST_SW], st[ST_SX], st[ST_FLAT]
+    iscale, scale, best, best_is, best_mn = st[ST_IS], st[ST_SC], st[ST_BEST], st[ST_BIS], st[ST_BMN]
+    sl, sl2, sxl, ts, tm, err, acc = st[ST_SL], st[ST_SL2], st[ST_SXL], st[ST_TS], st[ST_TM], st[ST_ERR], st[ST_ACC]
     fnmax = np.float32(nmax)
     nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
     for g in range(G):
@@ -289,8 +275,10 @@ def qkx2_lanes(G, n, nmax, X, W, L, Laux, rmin, rdelta, nstep, use_mad, st):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def absmax_lanes(G, n, X, st):
-    """Per group: st[ST_MX] = the value of largest magnitude (first on ties), st[ST_IS] = its magnitude."""
+def symmetric_start(G, n, nmax, X, st):
+    """make_qx_quants' start on G groups: st[ST_MX] = the value of largest magnitude (first on
+    ties), st[ST_FLAT] = 1 where that magnitude is below GROUP_MAX_EPS (the group is all zero
+    levels), st[ST_TS] = -nmax/max, the first inverse scale."""
     mx = st[ST_MX]
     amax = st[ST_IS]
     for g in range(G):
@@ -303,6 +291,9 @@ def absmax_lanes(G, n, X, st):
             big = a > amax[g]
             amax[g] = a if big else amax[g]
             mx[g] = v if big else mx[g]
+    for g in range(G):
+        st[ST_FLAT, g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
+        st[ST_TS, g] = -np.float32(nmax) / mx[g]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -314,29 +305,18 @@ def qx_lanes(G, n, nmax, X, W, L, st):
     whose weighted least-squares scale fits best (largest sum(wxl)^2/sum(wl^2)). Result: st[ST_SC];
     L is rounded once, at the end, with the winning inverse scale (the levels C keeps).
     """
-    absmax_lanes(G, n, X, st)
-    mx = st[ST_MX]
-    amax = st[ST_IS]
-    flat = st[ST_FLAT]
-    scale = st[ST_SC]
-    best = st[ST_BEST]
-    sumlx = st[ST_SL]
-    suml2 = st[ST_SL2]
-    iscale = st[ST_TS]
-    best_is = st[ST_TM]
+    symmetric_start(G, n, nmax, X, st)
+    mx, flat, scale, best = st[ST_MX], st[ST_FLAT], st[ST_SC], st[ST_BEST]
+    sumlx, suml2, iscale, best_is = st[ST_SL], st[ST_SL2], st[ST_TS], st[ST_TM]
     fnmax = np.float32(nmax)
     nmax32 = np.int32(nmax)  # int32 levels: vectorizes better than int64
     lo32 = np.int32(-nmax)
     hi32 = np.int32(nmax - 1)
-    for g in range(G):
-        flat[g] = _F1 if amax[g] < GROUP_MAX_EPS else _F0
-    for k in range(-10, 10):  # -10: the starting scale; then k = -9..9 without 0, as in C
+    for k in range(-10, 10):  # -10: the starting scale (set by symmetric_start); then k = -9..9 without 0, as in C
         if k == 0:
             continue
         for g in range(G):
-            if k == -10:
-                iscale[g] = -fnmax / mx[g]
-            else:
+            if k != -10:
                 iscale[g] = -(fnmax + np.float32(0.1) * np.float32(k)) / mx[g]
             sumlx[g] = _F0
             suml2[g] = _F0

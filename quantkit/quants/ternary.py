@@ -44,46 +44,56 @@ def _trits(x, inv, t):
         t[j] = np.int64(roundf(x[j] * inv)) + 1
 
 
+@numba.njit(inline="always", cache=True)
+def _pack_tq1_0(t, y):
+    """TQ1_0's qs and qh from the block's trits t (0..2)."""
+    for m in range(32):  # 5 trits per byte along 32 bytes: weights 0..159
+        q = (((t[m] * 3 + t[m + 32]) * 3 + t[m + 64]) * 3 + t[m + 96]) * 3 + t[m + 128]
+        y[m] = np.uint8((q * 256 + 242) // 243)
+    for m in range(16):  # along 16 bytes: weights 160..239
+        q = (((t[160 + m] * 3 + t[176 + m]) * 3 + t[192 + m]) * 3 + t[208 + m]) * 3 + t[224 + m]
+        y[32 + m] = np.uint8((q * 256 + 242) // 243)
+    for j in range(4):  # 4 trits per byte (+ a 0 trit): weights 240..255
+        q = (((t[240 + j] * 3 + t[244 + j]) * 3 + t[248 + j]) * 3 + t[252 + j]) * 3
+        y[48 + j] = np.uint8((q * 256 + 242) // 243)
+
+
+@numba.njit(inline="always", cache=True)
+def _pack_tq2_0(t, y):
+    """TQ2_0's qs from the block's trits t (0..2)."""
+    for c in range(2):
+        for m in range(32):
+            o = 128 * c + m
+            y[32 * c + m] = np.uint8((t[o] & 3) | ((t[o + 32] & 3) << 2) | ((t[o + 64] & 3) << 4)
+                                     | ((t[o + 96] & 3) << 6))
+
+
 @numba.njit(parallel=True, cache=True)
+def _quantize_ternary(rows, tq1):
+    """TQ1_0 (``tq1``) or TQ2_0 blocks of float32 rows; the fp16 scale is each block's last 2 bytes."""
+    block_bytes = 54 if tq1 else 66
+    nrows, n = rows.shape
+    nb = n // QK_K
+    out = np.zeros((nrows, nb * block_bytes), dtype=np.uint8)
+    for r in numba.prange(nrows):
+        t = np.empty(QK_K, dtype=np.int64)
+        for ib in range(nb):
+            x = rows[r, ib * QK_K:(ib + 1) * QK_K]
+            y = out[r, ib * block_bytes:(ib + 1) * block_bytes]
+            _trits(x, _scale(x, y, block_bytes - 2), t)
+            if tq1:
+                _pack_tq1_0(t, y)
+            else:
+                _pack_tq2_0(t, y)
+    return out
+
+
 def _quantize_tq1_0(rows):
-    nrows, n = rows.shape
-    nb = n // QK_K
-    out = np.zeros((nrows, nb * 54), dtype=np.uint8)
-    for r in numba.prange(nrows):
-        t = np.empty(QK_K, dtype=np.int64)
-        for ib in range(nb):
-            x = rows[r, ib * QK_K:(ib + 1) * QK_K]
-            y = out[r, ib * 54:(ib + 1) * 54]
-            _trits(x, _scale(x, y, 52), t)
-            for m in range(32):  # 5 trits per byte along 32 bytes: weights 0..159
-                q = (((t[m] * 3 + t[m + 32]) * 3 + t[m + 64]) * 3 + t[m + 96]) * 3 + t[m + 128]
-                y[m] = np.uint8((q * 256 + 242) // 243)
-            for m in range(16):  # along 16 bytes: weights 160..239
-                q = (((t[160 + m] * 3 + t[176 + m]) * 3 + t[192 + m]) * 3 + t[208 + m]) * 3 + t[224 + m]
-                y[32 + m] = np.uint8((q * 256 + 242) // 243)
-            for j in range(4):  # 4 trits per byte (+ a 0 trit): weights 240..255
-                q = (((t[240 + j] * 3 + t[244 + j]) * 3 + t[248 + j]) * 3 + t[252 + j]) * 3
-                y[48 + j] = np.uint8((q * 256 + 242) // 243)
-    return out
+    return _quantize_ternary(rows, True)
 
 
-@numba.njit(parallel=True, cache=True)
 def _quantize_tq2_0(rows):
-    nrows, n = rows.shape
-    nb = n // QK_K
-    out = np.zeros((nrows, nb * 66), dtype=np.uint8)
-    for r in numba.prange(nrows):
-        t = np.empty(QK_K, dtype=np.int64)
-        for ib in range(nb):
-            x = rows[r, ib * QK_K:(ib + 1) * QK_K]
-            y = out[r, ib * 66:(ib + 1) * 66]
-            _trits(x, _scale(x, y, 64), t)
-            for c in range(2):
-                for m in range(32):
-                    o = 128 * c + m
-                    y[32 * c + m] = np.uint8((t[o] & 3) | ((t[o + 32] & 3) << 2) | ((t[o + 64] & 3) << 4)
-                                             | ((t[o + 96] & 3) << 6))
-    return out
+    return _quantize_ternary(rows, False)
 
 
 @numba.njit(inline="always", cache=True)
@@ -93,54 +103,55 @@ def _untrit(byte, pow3):
     return np.float32(((q * 3) >> 8) - 1)
 
 
+@numba.njit(inline="always", cache=True)
+def _unpack_tq1_0(q, d, y):
+    """The 256 values of a TQ1_0 block (bytes q, scale d) into y."""
+    o = 0
+    for start, nbytes, ntrits in ((0, 32, 5), (32, 16, 5), (48, 4, 4)):
+        p = 1
+        for k in range(ntrits):
+            for m in range(nbytes):
+                y[o] = _untrit(q[start + m], p) * d
+                o += 1
+            p *= 3
+
+
+@numba.njit(inline="always", cache=True)
+def _unpack_tq2_0(q, d, y):
+    """The 256 values of a TQ2_0 block (bytes q, scale d) into y."""
+    o = 0
+    for c in range(2):
+        for k in range(4):
+            for m in range(32):
+                y[o] = np.float32(((np.int64(q[32 * c + m]) >> (2 * k)) & 3) - 1) * d
+                o += 1
+
+
 @numba.njit(parallel=True, cache=True)
+def _dequantize_ternary(data, n, fp16, tq1):
+    """float32 rows from TQ1_0 (``tq1``) or TQ2_0 blocks."""
+    block_bytes = 54 if tq1 else 66
+    nrows = data.shape[0]
+    nb = n // QK_K
+    out = np.empty((nrows, n), dtype=np.float32)
+    for r in numba.prange(nrows):
+        for ib in range(nb):
+            q = data[r, ib * block_bytes:(ib + 1) * block_bytes]
+            d = fp16[np.int64(q[block_bytes - 2]) | (np.int64(q[block_bytes - 1]) << 8)]
+            y = out[r, ib * QK_K:(ib + 1) * QK_K]
+            if tq1:
+                _unpack_tq1_0(q, d, y)
+            else:
+                _unpack_tq2_0(q, d, y)
+    return out
+
+
 def _dequantize_tq1_0(data, n, fp16):
-    nrows = data.shape[0]
-    nb = n // QK_K
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ib in range(nb):
-            b = ib * 54
-            d = fp16[np.int64(data[r, b + 52]) | (np.int64(data[r, b + 53]) << 8)]
-            y = ib * QK_K
-            p = 1
-            for k in range(5):
-                for m in range(32):
-                    out[r, y] = _untrit(data[r, b + m], p) * d
-                    y += 1
-                p *= 3
-            p = 1
-            for k in range(5):
-                for m in range(16):
-                    out[r, y] = _untrit(data[r, b + 32 + m], p) * d
-                    y += 1
-                p *= 3
-            p = 1
-            for k in range(4):
-                for j in range(4):
-                    out[r, y] = _untrit(data[r, b + 48 + j], p) * d
-                    y += 1
-                p *= 3
-    return out
+    return _dequantize_ternary(data, n, fp16, True)
 
 
-@numba.njit(parallel=True, cache=True)
 def _dequantize_tq2_0(data, n, fp16):
-    nrows = data.shape[0]
-    nb = n // QK_K
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ib in range(nb):
-            b = ib * 66
-            d = fp16[np.int64(data[r, b + 64]) | (np.int64(data[r, b + 65]) << 8)]
-            y = ib * QK_K
-            for c in range(2):
-                for k in range(4):
-                    for m in range(32):
-                        q = (np.int64(data[r, b + 32 * c + m]) >> (2 * k)) & 3
-                        out[r, y] = np.float32(q - 1) * d
-                        y += 1
-    return out
+    return _dequantize_ternary(data, n, fp16, False)
 
 
 def quantize_tq1_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

@@ -158,7 +158,9 @@ def _load_tokenizer(folder: Path):
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise SourceError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer  # deferred: optional and heavy (the [hf] extra)
+    from transformers import (
+        AutoTokenizer,  # deferred: optional and heavy (the [hf] extra)
+    )
 
     try:
         return AutoTokenizer.from_pretrained(str(folder))
@@ -221,7 +223,9 @@ def set_bpe_vocab(w, folder: Path, config: dict) -> None:
 
 def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
     """SentencePiece pieces, scores and types from tokenizer.model, with added tokens on top."""
-    from sentencepiece import SentencePieceProcessor  # deferred: optional (the [hf] extra)
+    from sentencepiece import (
+        SentencePieceProcessor,  # deferred: optional (the [hf] extra)
+    )
 
     model_file = folder / "tokenizer.model"
     if not model_file.is_file():

@@ -39,6 +39,18 @@ REGISTRY = {
 }
 
 
+
+def kinds(*names: str) -> tuple:
+    """gguf.MODEL_TENSOR kinds by name: ``kinds("ATTN_Q", "ATTN_K")``."""
+    return tuple(gguf.MODEL_TENSOR[name] for name in names)
+
+
+# outside the blocks, every decoder has these (Arch.required_tensors' default)
+DECODER_TENSORS = kinds("TOKEN_EMBD", "OUTPUT_NORM")
+# the block of a Llama-like decoder: norm, separate Q/K/V, output, FFN norm (the FFN varies)
+DECODER_BLOCK = kinds("ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "FFN_NORM")
+
+
 @dataclass
 class OutTensor:
     """One GGUF tensor and how to make it.
@@ -189,7 +201,7 @@ class Arch:
                 names.append(gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight")
         return [gguf.TENSOR_NAMES[k] + ".weight" for k in self.required_tensors] + names
 
-    required_tensors: tuple = ()  # gguf.MODEL_TENSOR kinds outside the blocks
+    required_tensors: tuple = DECODER_TENSORS  # gguf.MODEL_TENSOR kinds outside the blocks
     required_block_tensors: tuple = ()  # kinds every block has
 
     def tensors(self) -> list[OutTensor]:

@@ -12,8 +12,8 @@ import json
 import gguf
 
 from ..hf import SourceError
-from . import Arch
 from ..vocab import set_wordpiece_vocab
+from . import Arch, kinds
 
 _POOLING = {
     "pooling_mode_mean_tokens": gguf.PoolingType.MEAN,
@@ -26,11 +26,9 @@ _SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias
 class BertArch(Arch):
     architectures = ("BertModel",)
     model_arch = gguf.MODEL_ARCH.BERT
-    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.TOKEN_EMBD_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT,
-        gguf.MODEL_TENSOR.ATTN_OUT_NORM, gguf.MODEL_TENSOR.FFN_UP, gguf.MODEL_TENSOR.FFN_DOWN,
-        gguf.MODEL_TENSOR.LAYER_OUT_NORM,
+    required_tensors = kinds("TOKEN_EMBD", "TOKEN_EMBD_NORM")
+    required_block_tensors = kinds(
+        "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "ATTN_OUT_NORM", "FFN_UP", "FFN_DOWN", "LAYER_OUT_NORM"
     )
 
     def set_parameters(self, w) -> None:

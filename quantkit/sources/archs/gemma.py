@@ -11,8 +11,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from . import Arch
 from ..vocab import set_sentencepiece_vocab
+from . import Arch, kinds
 
 
 def plus_one(rows: np.ndarray) -> np.ndarray:
@@ -22,11 +22,8 @@ def plus_one(rows: np.ndarray) -> np.ndarray:
 class Gemma2Arch(Arch):
     architectures = ("Gemma2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.GEMMA2
-    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-        gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.ATTN_POST_NORM, gguf.MODEL_TENSOR.FFN_PRE_NORM,
-        gguf.MODEL_TENSOR.FFN_POST_NORM,
+    required_block_tensors = kinds(
+        "ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "ATTN_POST_NORM", "FFN_PRE_NORM", "FFN_POST_NORM"
     )
 
     def set_parameters(self, w) -> None:

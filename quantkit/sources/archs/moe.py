@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..hf import SourceError
-from . import OutTensor
+from . import OutTensor, kinds
 
 
 class MergedExperts:
@@ -25,6 +25,7 @@ class MergedExperts:
 
     expert_pattern: re.Pattern
     expert_projections: tuple[str, ...]
+    block_tensors = kinds("FFN_GATE_INP", "FFN_GATE_EXP", "FFN_UP_EXP", "FFN_DOWN_EXP")  # a MoE block's router and experts
 
     def merged_name(self, layer: int, projection: str) -> str:
         raise NotImplementedError

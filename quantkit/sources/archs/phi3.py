@@ -15,18 +15,14 @@ import gguf
 import numpy as np
 
 from ..hf import SourceError
-from . import Arch, OutTensor
 from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
+from . import Arch, OutTensor, kinds
 
 
 class Phi3Arch(Arch):
     architectures = ("Phi3ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.PHI3
-    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_QKV, gguf.MODEL_TENSOR.ATTN_OUT,
-        gguf.MODEL_TENSOR.FFN_NORM, gguf.MODEL_TENSOR.FFN_UP, gguf.MODEL_TENSOR.FFN_DOWN,
-    )
+    required_block_tensors = kinds("ATTN_NORM", "ATTN_QKV", "ATTN_OUT", "FFN_NORM", "FFN_UP", "FFN_DOWN")
 
     @property
     def rope_dims(self) -> int:

@@ -10,19 +10,15 @@ import re
 
 import gguf
 
-from . import Arch
-from .moe import MergedExperts
 from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
+from . import DECODER_BLOCK, Arch
+from .moe import MergedExperts
 
 
 class Qwen2Arch(Arch):
     architectures = ("Qwen2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN2
-    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K,
-        gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM,
-    )
+    required_block_tensors = DECODER_BLOCK
 
     def set_vocab(self, w) -> None:
         if (self.source.folder / "tokenizer.model").is_file():
@@ -41,11 +37,7 @@ class Qwen3MoeArch(MergedExperts, Qwen2Arch):
     model_arch = gguf.MODEL_ARCH.QWEN3MOE
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
     expert_projections = ("down_proj", "gate_proj", "up_proj")  # llama.cpp's emission order
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-        gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM, gguf.MODEL_TENSOR.FFN_GATE_INP,
-        gguf.MODEL_TENSOR.FFN_GATE_EXP, gguf.MODEL_TENSOR.FFN_UP_EXP, gguf.MODEL_TENSOR.FFN_DOWN_EXP,
-    )
+    required_block_tensors = DECODER_BLOCK + MergedExperts.block_tensors
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
