@@ -7,11 +7,9 @@ pooler or masked-LM head tensors (llama.cpp computes embeddings only).
 
 from __future__ import annotations
 
-import json
-
 import gguf
 
-from ...source import SourceError
+from ...source import SourceError, read_json
 from . import Arch
 
 _POOLING = {
@@ -25,12 +23,14 @@ _SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias
 class BertArch(Arch):
     architectures = ("BertModel",)
     model_arch = gguf.MODEL_ARCH.BERT
-    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.TOKEN_EMBD_NORM)
+    required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_EMBD_NORM)
+    required_biases = (gguf.MODEL_TENSOR.TOKEN_EMBD_NORM,)
     required_block_tensors = (
         gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT,
         gguf.MODEL_TENSOR.ATTN_OUT_NORM, gguf.MODEL_TENSOR.FFN_UP, gguf.MODEL_TENSOR.FFN_DOWN,
         gguf.MODEL_TENSOR.LAYER_OUT_NORM,
     )
+    required_block_biases = (gguf.MODEL_TENSOR.ATTN_OUT_NORM, gguf.MODEL_TENSOR.LAYER_OUT_NORM)
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
@@ -44,12 +44,13 @@ class BertArch(Arch):
         modules_file = self.source.folder / "modules.json"
         if not modules_file.is_file():
             return None
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        folder = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), None)
+        modules = read_json(modules_file, list)
+        folder = next((m.get("path") for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Pooling")),
+                      None)
         if folder is None:
             return None
         config_file = self.source.folder / folder / "config.json"
-        pooling = json.loads(config_file.read_text(encoding="utf-8"))
+        pooling = read_json(config_file)
         for key, kind in _POOLING.items():
             if pooling.get(key):
                 return kind

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from . import Arch
+from . import ATTENTION_BLOCK, GATED_FFN, Arch
 
 
 def plus_one(rows: np.ndarray) -> np.ndarray:
@@ -22,10 +22,8 @@ class Gemma2Arch(Arch):
     architectures = ("Gemma2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.GEMMA2
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-        gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.ATTN_POST_NORM, gguf.MODEL_TENSOR.FFN_PRE_NORM,
-        gguf.MODEL_TENSOR.FFN_POST_NORM,
+    required_block_tensors = ATTENTION_BLOCK + GATED_FFN + (
+        gguf.MODEL_TENSOR.ATTN_POST_NORM, gguf.MODEL_TENSOR.FFN_POST_NORM,
     )
 
     def set_parameters(self, w) -> None:

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ...source import SourceError
-from . import Arch, OutTensor
+from . import ATTENTION_BLOCK, GATED_FFN, MOE_FFN, Arch, OutTensor
 from .moe import MergedExperts
 
 
@@ -55,10 +55,7 @@ class LlamaArch(Arch):
     model_arch = gguf.MODEL_ARCH.LLAMA
     permute_qk = True
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K,
-        gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM,
-    )
+    required_block_tensors = ATTENTION_BLOCK + GATED_FFN
 
     @property
     def head_dim(self) -> int:
@@ -101,10 +98,7 @@ class MixtralArch(MergedExperts, LlamaArch):
     architectures = ("MixtralForCausalLM",)
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
     expert_projections = ("w1", "w2", "w3")  # llama.cpp's emission order
-    required_block_tensors = LlamaArch.required_block_tensors + (
-        gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_EXP, gguf.MODEL_TENSOR.FFN_UP_EXP,
-        gguf.MODEL_TENSOR.FFN_DOWN_EXP,
-    )
+    required_block_tensors = ATTENTION_BLOCK + MOE_FFN
 
     def merged_name(self, layer: int, projection: str) -> str:
         return f"layers.{layer}.feed_forward.experts.{projection}.weight"

@@ -59,7 +59,13 @@ class MergedExperts:
                 del pending[layer]
         if pending:
             layer, found = next(iter(pending.items()))
-            raise SourceError(f"{self.source.folder}: layer {layer} has {len(found)} of {n_parts} expert tensors")
+            projection, expert = next((p, e) for p in self.expert_projections for e in range(n_experts)
+                                      if (p, e) not in found)
+            _, name = super().gguf_name(self.merged_name(layer, projection))
+            raise SourceError(
+                f"{self.source.folder}: checkpoint lacks expert {expert} of {name!r} "
+                f"(layer {layer} has {len(found)} of {n_parts} expert tensors)"
+            )
         return out
 
     def _merged(self, layer: int, projection: str, parts: list[str]) -> OutTensor:

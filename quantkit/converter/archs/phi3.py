@@ -8,13 +8,12 @@ and the attention factor key, as llama.cpp's converter writes them.
 
 from __future__ import annotations
 
-import json
 import math
 
 import gguf
 import numpy as np
 
-from ...source import SourceError
+from ...source import SourceError, read_json
 from . import Arch, OutTensor
 
 
@@ -77,6 +76,6 @@ class Phi3Arch(Arch):
         from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
 
         config_file = self.source.folder / "tokenizer_config.json"
-        if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class") == "GPT2Tokenizer":
+        if config_file.is_file() and read_json(config_file).get("tokenizer_class") == "GPT2Tokenizer":
             return set_bpe_vocab(w, self.source.folder, self.config)
         set_sentencepiece_vocab(w, self.source.folder, self.config)

@@ -10,18 +10,17 @@ import re
 
 import gguf
 
-from . import Arch
+from . import ATTENTION_BLOCK, GATED_FFN, MOE_FFN, Arch
 from .moe import MergedExperts
+
+QK_NORMS = (gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM)  # Qwen3's per-head norms
 
 
 class Qwen2Arch(Arch):
     architectures = ("Qwen2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN2
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K,
-        gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM,
-    )
+    required_block_tensors = ATTENTION_BLOCK + GATED_FFN
 
     def set_vocab(self, w) -> None:
         from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
@@ -35,6 +34,7 @@ class Qwen2Arch(Arch):
 class Qwen3Arch(Qwen2Arch):
     architectures = ("Qwen3ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN3
+    required_block_tensors = Qwen2Arch.required_block_tensors + QK_NORMS
 
 
 class Qwen3MoeArch(MergedExperts, Qwen2Arch):
@@ -42,11 +42,7 @@ class Qwen3MoeArch(MergedExperts, Qwen2Arch):
     model_arch = gguf.MODEL_ARCH.QWEN3MOE
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
     expert_projections = ("down_proj", "gate_proj", "up_proj")  # llama.cpp's emission order
-    required_block_tensors = (
-        gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-        gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM, gguf.MODEL_TENSOR.FFN_GATE_INP,
-        gguf.MODEL_TENSOR.FFN_GATE_EXP, gguf.MODEL_TENSOR.FFN_UP_EXP, gguf.MODEL_TENSOR.FFN_DOWN_EXP,
-    )
+    required_block_tensors = ATTENTION_BLOCK + QK_NORMS + MOE_FFN
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
