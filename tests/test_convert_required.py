@@ -85,3 +85,21 @@ def test_dropped_tensor_is_named_or_optional_in_llama_cpp(name, smollm2_hf_dir, 
     assert outcomes["token_embd.weight"] == "error"
     ffn_down = "blk.1.ffn_down_exps.weight" if name in ("mixtral", "qwen3moe") else "blk.1.ffn_down.weight"
     assert outcomes[ffn_down] == "error"
+
+
+def test_required_tensors_are_tensors_of_the_gguf_architecture():
+    """Each architecture's required kinds are in gguf.MODEL_TENSORS of its GGUF architecture."""
+    import importlib
+
+    import gguf
+
+    from quantkit.converter.archs import REGISTRY, Arch
+
+    for module_name in set(REGISTRY.values()):
+        module = importlib.import_module(f"quantkit.converter.archs.{module_name}")
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, Arch) and cls.architectures:
+                kinds = (cls.required_tensors + cls.required_block_tensors + cls.required_biases
+                         + cls.required_block_biases)
+                assert cls.required_tensors and cls.required_block_tensors, cls.__name__
+                assert set(kinds) <= set(gguf.MODEL_TENSORS[cls.model_arch]), cls.__name__

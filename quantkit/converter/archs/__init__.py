@@ -39,10 +39,10 @@ REGISTRY = {
 
 
 # Tensors llama.cpp's loader requires (created without TENSOR_NOT_REQUIRED in src/models/<arch>.cpp):
-# the attention part of a decoder block, its gated feed-forward, and the feed-forward of a MoE block.
-ATTENTION_BLOCK = (
+# the attention of a decoder block, its gated feed-forward, and the feed-forward of a MoE block.
+ATTENTION = (
     gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-    gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.FFN_NORM,
+    gguf.MODEL_TENSOR.ATTN_OUT,
 )
 GATED_FFN = (gguf.MODEL_TENSOR.FFN_GATE, gguf.MODEL_TENSOR.FFN_DOWN, gguf.MODEL_TENSOR.FFN_UP)
 MOE_FFN = (

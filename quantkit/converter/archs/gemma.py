@@ -11,7 +11,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from . import ATTENTION_BLOCK, GATED_FFN, Arch
+from . import ATTENTION, GATED_FFN, Arch
 
 
 def plus_one(rows: np.ndarray) -> np.ndarray:
@@ -22,8 +22,8 @@ class Gemma2Arch(Arch):
     architectures = ("Gemma2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.GEMMA2
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = ATTENTION_BLOCK + GATED_FFN + (
-        gguf.MODEL_TENSOR.ATTN_POST_NORM, gguf.MODEL_TENSOR.FFN_POST_NORM,
+    required_block_tensors = ATTENTION + GATED_FFN + (  # gguf calls Gemma's ffn_norm FFN_PRE_NORM
+        gguf.MODEL_TENSOR.ATTN_POST_NORM, gguf.MODEL_TENSOR.FFN_PRE_NORM, gguf.MODEL_TENSOR.FFN_POST_NORM,
     )
 
     def set_parameters(self, w) -> None:

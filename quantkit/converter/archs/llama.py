@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ...source import SourceError
-from . import ATTENTION_BLOCK, GATED_FFN, MOE_FFN, Arch, OutTensor
+from . import ATTENTION, GATED_FFN, MOE_FFN, Arch, OutTensor
 from .moe import MergedExperts
 
 
@@ -55,7 +55,7 @@ class LlamaArch(Arch):
     model_arch = gguf.MODEL_ARCH.LLAMA
     permute_qk = True
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = ATTENTION_BLOCK + GATED_FFN
+    required_block_tensors = ATTENTION + (gguf.MODEL_TENSOR.FFN_NORM,) + GATED_FFN
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +98,7 @@ class MixtralArch(MergedExperts, LlamaArch):
     architectures = ("MixtralForCausalLM",)
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
     expert_projections = ("w1", "w2", "w3")  # llama.cpp's emission order
-    required_block_tensors = ATTENTION_BLOCK + MOE_FFN
+    required_block_tensors = ATTENTION + (gguf.MODEL_TENSOR.FFN_NORM,) + MOE_FFN
 
     def merged_name(self, layer: int, projection: str) -> str:
         return f"layers.{layer}.feed_forward.experts.{projection}.weight"

@@ -10,7 +10,7 @@ import re
 
 import gguf
 
-from . import ATTENTION_BLOCK, GATED_FFN, MOE_FFN, Arch
+from . import ATTENTION, GATED_FFN, MOE_FFN, Arch
 from .moe import MergedExperts
 
 QK_NORMS = (gguf.MODEL_TENSOR.ATTN_Q_NORM, gguf.MODEL_TENSOR.ATTN_K_NORM)  # Qwen3's per-head norms
@@ -20,7 +20,7 @@ class Qwen2Arch(Arch):
     architectures = ("Qwen2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN2
     required_tensors = (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM)
-    required_block_tensors = ATTENTION_BLOCK + GATED_FFN
+    required_block_tensors = ATTENTION + (gguf.MODEL_TENSOR.FFN_NORM,) + GATED_FFN
 
     def set_vocab(self, w) -> None:
         from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
@@ -42,7 +42,7 @@ class Qwen3MoeArch(MergedExperts, Qwen2Arch):
     model_arch = gguf.MODEL_ARCH.QWEN3MOE
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
     expert_projections = ("down_proj", "gate_proj", "up_proj")  # llama.cpp's emission order
-    required_block_tensors = ATTENTION_BLOCK + QK_NORMS + MOE_FFN
+    required_block_tensors = ATTENTION + QK_NORMS + (gguf.MODEL_TENSOR.FFN_NORM,) + MOE_FFN
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
