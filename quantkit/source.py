@@ -86,7 +86,7 @@ def _entry(path: Path, name: str, entry) -> tuple[str, tuple, int, int]:
     for d in shape:
         size *= d
     if stop - start != size:
-        raise SourceError(f"{where}: data size {stop - start} does not match shape {tuple(shape)} {dtype}"[:200])
+        raise SourceError(f"{where}: data size {stop - start} does not match shape {str(tuple(shape))[:40]} {dtype}")
     return dtype, tuple(shape), start, stop
 
 
@@ -205,7 +205,7 @@ class HFSource:
             header = _header(path)
             for name, (dtype, shape) in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
                 if name in tensors:
-                    raise SourceError(f"{path.name}: tensor {name!r} is also in {tensors[name].path.name}")
+                    raise SourceError(f"{path.name}: tensor {name[:60]!r} is also in {tensors[name].path.name}")
                 tensors[name] = SourceTensor(name, path, dtype, shape)
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))
