@@ -150,8 +150,20 @@ def load_pretrained(loader, folder, what: str, **kwargs):
     except QuantkitError:
         raise
     except Exception as e:  # transformers raises many kinds (ValueError, OSError, KeyError, ...) for a bad folder
-        raise SourceError(f"{folder}: cannot load the {what} (quantkit never runs a folder's own code): "
-                          f"{first_line(e, 80)}") from None
+        raise load_error(folder, what, e) from None
+
+
+def load_error(folder, what: str, error: Exception) -> SourceError:
+    """The one-line error for a folder transformers could not load: it names the folder's own code
+    (an ``auto_map``) when there is some, else gives the first line of transformers' error."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in read_json(Path(folder) / name):
+                return SourceError(f"{folder}: cannot load the {what}: {name}'s auto_map names Python code in the "
+                                   "folder, which quantkit never runs")
+        except (OSError, QuantkitError):
+            continue
+    return SourceError(f"{folder}: cannot load the {what}: {first_line(error, 80)}")
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:

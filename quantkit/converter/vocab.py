@@ -25,7 +25,7 @@ from pathlib import Path
 import gguf
 
 from ..errors import first_line
-from ..source import SourceError, load_pretrained, read_json
+from ..source import SourceError, load_error, load_pretrained, read_json
 
 # added tokens llama.cpp treats as control tokens even when not marked special
 _LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
@@ -308,8 +308,7 @@ def set_llama_vocab(w, folder: Path, config: dict) -> None:
     except (FileNotFoundError, TypeError):
         return set_bpe_vocab(w, folder, config)
     except Exception as e:  # a tokenizer.json of another structure, or one transformers cannot load
-        raise SourceError(f"{folder}: cannot load the tokenizer (quantkit never runs a folder's own code): "
-                          f"{first_line(e, 80)}") from None
+        raise load_error(folder, "tokenizer", e) from None
     tokens, scores, types = zip(*hf_vocab.all_tokens())
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
