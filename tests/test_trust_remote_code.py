@@ -115,3 +115,23 @@ def test_marker_module_runs_when_trusted(tmp_path, smollm2_hf_dir):
     code = f"from transformers import AutoConfig; AutoConfig.from_pretrained({str(folder)!r}, trust_remote_code=True)"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
     assert marker.exists()
+
+
+def test_every_transformers_load_in_quantkit_refuses_folder_code():
+    """Each ``from_pretrained(...)`` or ``SentenceTransformer(...)`` call in quantkit/ passes
+    ``trust_remote_code=False`` (the others hand the method to source.load_pretrained, which does)."""
+    import ast
+
+    import quantkit
+
+    calls = 0
+    for path in sorted(Path(quantkit.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name in ("from_pretrained", "SentenceTransformer", "loader"):
+                calls += 1
+                value = {k.arg: k.value for k in node.keywords}.get("trust_remote_code")
+                assert isinstance(value, ast.Constant) and value.value is False, f"{path.name}:{node.lineno}"
+    assert calls >= 3
