@@ -16,7 +16,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import QuantkitError
+from .errors import MESSAGE_LIMIT, QuantkitError
 
 EXIT_USER_ERROR = 2
 
@@ -44,9 +44,19 @@ class QuantkitGroup(click.Group):
             return getattr(module, name)
         return super().get_command(ctx, name)
 
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:  # bare ``quantkit``: click prints the help
+            raise
+        except click.UsageError as e:  # an option of the group itself, e.g. ``quantkit --bogus``
+            fail(usage_message(e))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a command's arguments: a file where a folder is expected, ...
+            fail(usage_message(e))
         except QuantkitError as e:
             fail(str(e))
         except BrokenPipeError:  # output piped into e.g. head, which has exited: stop quietly
@@ -57,10 +67,24 @@ class QuantkitGroup(click.Group):
             fail(f"{where}{e.strerror or e}")
 
 
-def fail(message: str):
-    """Print ``quantkit: error: <message>`` (first line only) to stderr and exit with status 2."""
+def usage_message(error: click.UsageError) -> str:
+    """Click's usage error in one line (click itself prints the usage, a hint and the error over several)."""
+    command = error.ctx.command_path if error.ctx is not None else "quantkit"
+    return f"{command}: {error.format_message()} (see {command} --help)"
+
+
+def one_line(message: str) -> str:
+    """The first line of ``message``, non-printable characters (control characters, the surrogates of
+    undecodable bytes in a file name) escaped, cut to MESSAGE_LIMIT characters."""
     lines = str(message).strip().splitlines() or ["unknown error"]
-    click.echo(f"quantkit: error: {lines[0]}", err=True)
+    line = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in lines[0])
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."
+
+
+def fail(message: str):
+    """Print ``quantkit: error: <message>`` (one line, see :func:`one_line`) to stderr and exit with status 2."""
+    click.echo(f"quantkit: error: {one_line(message)}", err=True)
     raise click.exceptions.Exit(EXIT_USER_ERROR)
 
 

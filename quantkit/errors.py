@@ -5,6 +5,18 @@ that line and exits with status 2; library users catch :class:`QuantkitError`.
 """
 
 
+MESSAGE_LIMIT = 200  # characters in one error line
+
+
+def first_line(error: BaseException, limit: int = 100) -> str:
+    """The first line of another library's exception, at most ``limit`` characters, printable ASCII
+    (other characters escaped): safe to embed in a quantkit error's one line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class QuantkitError(Exception):
     """Base class: a problem with the user's input or request, reported in one line."""
 

@@ -239,3 +239,74 @@ def test_valid_patch_still_reads(tmp_path, small):
     with read_gguf(path) as f:
         assert f.metadata["test.k1"] == 1234
         assert np.array_equal(f.tensor("tensor_a").data.view("<f4"), np.arange(64, dtype=np.float32))
+
+
+def _mutations(small: bytes, rng: random.Random):
+    """Derandomized mutations of the small file: bit flips anywhere, truncations, huge or odd values
+    in the count, length, dimension and offset fields, and bytes inserted or deleted in the header."""
+    header_end = len(small) - 64 - 256
+    u64_fields = [8, 16] + [kv_pos(small, k)["key"] for k in METADATA] + [  # counts, key lengths,
+        info_pos(small, n)[f] for n in ("tensor_a", "tensor_b") for f in ("name", "ne0", "offset")]  # names...
+    values = [0, 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1, len(small), len(small) - 1]
+    for i in range(600):
+        data = bytearray(small)
+        kind = i % 5
+        if kind == 0:  # bit flips anywhere in the file
+            for _ in range(rng.randint(1, 8)):
+                at = rng.randrange(len(data))
+                data[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # truncation
+            data = data[: rng.randrange(len(data))]
+        elif kind == 2:  # a huge or edge value in a count, length, dimension or offset field
+            at = rng.choice(u64_fields)
+            if at == info_pos(small, "tensor_a")["name"] or at == info_pos(small, "tensor_b")["name"]:
+                at -= 8  # the name's length
+            struct.pack_into("<Q", data, at, rng.choice(values + [rng.getrandbits(64)]))
+        elif kind == 3:  # a random 4- or 8-byte value at a random header position
+            width = rng.choice((4, 8))
+            at = rng.randrange(header_end - width)
+            data[at : at + width] = rng.getrandbits(8 * width).to_bytes(width, "little")
+        else:  # bytes inserted into or deleted from the header
+            at = rng.randrange(header_end)
+            if rng.random() < 0.5:
+                del data[at : at + rng.randint(1, 16)]
+            else:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        yield i, bytes(data)
+
+
+def _read_everything(path) -> None:
+    with read_gguf(path) as f:
+        dict(f.metadata)
+        for t in f.tensors:
+            if all(t.shape):  # a zero dimension: the API-edge tests cover dequantizing an empty tensor
+                t.dequantize()
+
+
+def test_fuzz_reader_and_inspect(tmp_path, small):
+    """600 derandomized mutations: the reader (and dequantizing every tensor of a file it accepts)
+    gives success or a one-line quantkit error (at most 200 characters besides the file's path);
+    ``quantkit inspect`` (every third one) exit 0 or 2 with one error line of at most 200."""
+    from click.testing import CliRunner
+
+    from quantkit.cli import main
+
+    rng = random.Random(20261202)
+    path = tmp_path / "fuzz.gguf"
+    outcomes = {"ok": 0, "error": 0}
+    for i, data in _mutations(small, rng):
+        path.write_bytes(data)
+        try:
+            _read_everything(path)
+            outcomes["ok"] += 1
+        except QuantkitError as e:
+            assert "\n" not in str(e) and len(str(e).replace(str(path), "")) <= 200, (i, str(e))
+            outcomes["error"] += 1
+        if i % 3 == 0:
+            result = CliRunner().invoke(main, ["inspect", str(path)])
+            assert result.exit_code in (0, 2), (i, result.output, result.exception)
+            if result.exit_code == 2:
+                lines = result.stderr.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith("quantkit: error: "), (i, result.stderr)
+                assert len(lines[0]) <= 200 + len("quantkit: error: ") and lines[0].isprintable(), (i, lines[0])
+    assert outcomes["ok"] > 0 and outcomes["error"] > 300, outcomes

@@ -75,7 +75,7 @@ def describe(f) -> dict:
         for d in t.shape:
             n *= d
         tensors.append({
-            "name": t.name,
+            "name": _clean(t.name),
             "shape": list(t.shape),
             "type": t.qtype.name,
             "bytes": t.nbytes,
@@ -91,7 +91,7 @@ def describe(f) -> dict:
         "version": f.version,
         "alignment": f.alignment,
         "data_offset": f.data_offset,
-        "metadata": {k: _json_value(v, f.metadata.value_type(k)) for k, v in f.metadata.items()},
+        "metadata": {_clean(k): _json_value(v, f.metadata.value_type(k)) for k, v in f.metadata.items()},
         "tensors": tensors,
         "totals": {
             "tensors": len(tensors),
@@ -110,7 +110,7 @@ def _print_text(f, info: dict) -> None:
     out(f"\nmetadata ({len(f.metadata)} keys):")
     for key, value in f.metadata.items():
         spec = f.metadata.value_type(key)
-        out(f"  {key} [{_type_name(spec)}] = {_text_value(value, spec)}")
+        out(f"  {_clean(key)} [{_type_name(spec)}] = {_text_value(value, spec)}")
     out(f"\ntensors ({len(info['tensors'])}):")
     rows = [("name", "shape", "type", "bytes", "bpw")]
     for t in info["tensors"]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuantkitError
+from ..sources.hf import load_pretrained, read_json
 from .metrics import TopK, top_k
 
 BASELINE = "baseline"
@@ -168,9 +169,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 
 def can_generate(model_dir: Path) -> bool:
     """Whether config.json names a causal language model (``...ForCausalLM``) that can answer prompts."""
-    import json
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = read_json(Path(model_dir) / "config.json")
     return any(str(a).endswith("ForCausalLM") for a in config.get("architectures") or [])
 
 
@@ -200,7 +199,8 @@ class TorchBackend:
         self.can_generate = can_generate(self.model_dir)
         self.model = None
         if self.can_generate:
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self.model = load_pretrained(transformers.AutoModelForCausalLM.from_pretrained, self.model_dir, "model",
+                                         local_files_only=True, dtype=torch.float32)
             self.model.eval()
             self.params = dict(self.model.named_parameters())
             self.eos_ids = _eos_ids(self.model.generation_config)
@@ -357,7 +357,7 @@ class LlamaCppBackend:
     def generate(self, prompts: list, max_new_tokens: int) -> list:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.model_dir, "tokenizer", local_files_only=True)
         answers = []
         for ids in prompts:
             text = self._complete({"prompt": list(ids), "max_tokens": max_new_tokens})["text"]

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuantkitError
+from ..sources.hf import load_pretrained
 from . import metrics
 from .backends import BASELINE, make_backend
 
@@ -237,7 +238,8 @@ def _load_embedder(path):
     path = Path(path)
     if not (path / "config.json").exists() and not (path / "modules.json").exists():
         raise QuantkitError(f"{path}: not a sentence-transformers model folder (no modules.json or config.json)")
-    return SentenceTransformer(str(path), device="cpu")
+    return load_pretrained(SentenceTransformer, path, "sentence-transformers model", device="cpu",
+                           local_files_only=True)
 
 
 def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str = "torch", imatrix=None,
@@ -265,7 +267,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     _check_types(model_dir, names, imatrix)
     out = Path(out_dir)
     runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, "tokenizer", local_files_only=True)
     notes = []
     if not runner.can_generate:
         notes.append(f"{model_dir.name} cannot generate (no causal language-model head): answer and distribution "

@@ -57,6 +57,12 @@ MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
 MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 
 
+def _quoted(name: str, limit: int = 40) -> str:
+    """A key or tensor name for an error message: repr'd (invalid UTF-8 shows as escapes), cut to ``limit``."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
 @dataclass(frozen=True)
 class ArrayType:
     """The GGUF type of an array value: its element type and, for an array of arrays, the
@@ -287,9 +293,9 @@ class GGUFFile:
             start = cur.pos
             key = cur.string("metadata key")
             if key in self.metadata:
-                raise cur.fail(f"duplicate metadata key {key!r} at offset {start}")
-            vtype = cur.value_type(f"key {key!r}")
-            value, spec = cur.value(vtype, f"key {key!r}")
+                raise cur.fail(f"duplicate metadata key {_quoted(key)} at offset {start}")
+            vtype = cur.value_type(f"key {_quoted(key)}")
+            value, spec = cur.value(vtype, f"key {_quoted(key)}")
             self.metadata[key] = value
             self.metadata.set_value_type(key, spec)
         self.alignment = self._alignment()
@@ -311,28 +317,28 @@ class GGUFFile:
     def _tensor_info(self, cur: _Cursor):
         start = cur.pos
         name = cur.string("tensor name")
-        n_dims = cur.unpack("I", f"tensor {name!r} n_dims")
+        n_dims = cur.unpack("I", f"tensor {_quoted(name)} n_dims")
         if n_dims > MAX_DIMS:
-            raise cur.fail(f"tensor {name!r} has {n_dims} dimensions, at most {MAX_DIMS} are allowed")
-        ne = [cur.unpack("Q", f"tensor {name!r} dimension") for _ in range(n_dims)]
-        raw_type = cur.unpack("I", f"tensor {name!r} type")
-        offset = cur.unpack("Q", f"tensor {name!r} offset")
+            raise cur.fail(f"tensor {_quoted(name)} has {n_dims} dimensions, at most {MAX_DIMS} are allowed")
+        ne = [cur.unpack("Q", f"tensor {_quoted(name)} dimension") for _ in range(n_dims)]
+        raw_type = cur.unpack("I", f"tensor {_quoted(name)} type")
+        offset = cur.unpack("Q", f"tensor {_quoted(name)} offset")
         if name in self._by_name:
-            raise cur.fail(f"duplicate tensor name {name!r} at offset {start}")
+            raise cur.fail(f"duplicate tensor name {_quoted(name)} at offset {start}")
         try:
             qt = known_type(raw_type)
         except UnsupportedTypeError:
-            raise UnsupportedTypeError(f"{self.label}: tensor {name!r} has unknown type {raw_type}") from None
+            raise UnsupportedTypeError(f"{self.label}: tensor {_quoted(name)} has unknown type {raw_type}") from None
         qtype, block_size, type_size = qt.ggml, qt.block_size, qt.type_size
         n_elements = 1
         for d in ne:
             n_elements *= d
         if n_elements >= 2**63:
-            raise cur.fail(f"tensor {name!r} has {n_elements} elements, more than GGUF's int64 allows")
+            raise cur.fail(f"tensor {_quoted(name)} has {n_elements} elements, more than GGUF's int64 allows")
         row = ne[0] if ne else 1
         if row % block_size:
             raise ShapeError(
-                f"{self.label}: tensor {name!r} row length {row} is not a multiple of {qtype.name}'s block size {block_size}"
+                f"{self.label}: tensor {_quoted(name)} row length {row} is not a multiple of {qtype.name}'s block size {block_size}"
             )
         nbytes = n_elements // block_size * type_size
         tensor = GGUFTensor(name, qtype, tuple(reversed(ne)), offset, nbytes, self)
@@ -343,17 +349,17 @@ class GGUFFile:
         """Turn relative offsets absolute and check alignment, bounds and overlaps."""
         for t in infos:
             if t.offset % self.alignment:
-                raise GGUFFormatError(f"{self.label}: tensor {t.name!r} offset {t.offset} is not a multiple of the alignment {self.alignment}")
+                raise GGUFFormatError(f"{self.label}: tensor {_quoted(t.name)} offset {t.offset} is not a multiple of the alignment {self.alignment}")
             t.offset += self.data_offset
             if t.offset + t.nbytes > self.size:
                 raise GGUFFormatError(
-                    f"{self.label}: tensor {t.name!r} data [offset {t.offset}, {t.nbytes} bytes] runs past the end of the file (size {self.size})"
+                    f"{self.label}: tensor {_quoted(t.name)} data [offset {t.offset}, {t.nbytes} bytes] runs past the end of the file (size {self.size})"
                 )
         previous = None
         for t in sorted(infos, key=lambda t: t.offset):
             if previous is not None and t.offset < previous.offset + previous.nbytes:
                 raise GGUFFormatError(
-                    f"{self.label}: tensor {t.name!r} data at offset {t.offset} overlaps tensor {previous.name!r} "
+                    f"{self.label}: tensor {_quoted(t.name)} data at offset {t.offset} overlaps tensor {_quoted(previous.name)} "
                     f"[offset {previous.offset}, {previous.nbytes} bytes]"
                 )
             if t.nbytes:
@@ -370,7 +376,7 @@ class GGUFFile:
         try:
             return self._by_name[name]
         except KeyError:
-            raise QuantkitError(f"{self.label}: no tensor named {name!r}") from None
+            raise QuantkitError(f"{self.label}: no tensor named {_quoted(name)}") from None
 
     def close(self) -> None:
         """Release the map; tensor data views taken earlier keep it alive until they are dropped."""

@@ -192,7 +192,7 @@ def _add_keys(w, arch, out_tensors, ftype) -> None:
     arch.set_parameters(w)
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    arch.set_vocab(w)
+    arch.write_vocab(w)
 
 
 def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=()) -> ConversionPlan:

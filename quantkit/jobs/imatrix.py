@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ImatrixError, QuantkitError
 from ..plan.imatrix_file import Imatrix, ImatrixEntry
 from ..sources.archs import arch_for
-from ..sources.hf import HFSource
+from ..sources.hf import HFSource, load_pretrained
 
 
 @dataclass
@@ -140,12 +140,12 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, "tokenizer", local_files_only=True)
     token_chunks = tokenize_chunks(tokenizer, text, ctx, chunks)
 
     dtype = torch.float32 if device.type == "cpu" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype,
-                                                 experts_implementation="eager").to(device).eval()
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, "model", local_files_only=True,
+                            dtype=dtype, experts_implementation="eager").to(device).eval()
     targets, accumulators = _targets(model, name_map, process_output, device)
     if not accumulators:
         raise QuantkitError(f"{model_dir}: no weight matrix of the model maps to a GGUF tensor name")

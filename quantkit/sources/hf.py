@@ -14,6 +14,7 @@ next to the shards; single ones are ``model.safetensors``. Pickle checkpoints
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from dataclasses import dataclass
@@ -23,10 +24,11 @@ import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' num
 import numpy as np
 from safetensors import safe_open
 
-from ..errors import QuantkitError, ShapeError
+from ..errors import QuantkitError, ShapeError, first_line
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype name -> bytes per element
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype name -> bytes per element
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit on the header's length
 WEIGHT_DTYPES = ("F32", "F16", "BF16")  # what a converted tensor may be stored as
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -50,38 +52,120 @@ class SourceTensor:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPE_BYTES[self.dtype]
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, kind: type = dict):
+    """The JSON value in ``path``, which must be UTF-8 and a ``kind`` (object or list); one line otherwise."""
     try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise SourceError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(value, dict):
-        raise SourceError(f"{path}: expected a JSON object")
+    except RecursionError:
+        raise SourceError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(value, kind):
+        raise SourceError(f"{path}: expected a JSON {'object' if kind is dict else 'list'}")
     return value
 
 
-def _header(path: Path) -> dict:
-    """The safetensors header of ``path``: tensor name -> {"dtype", "shape", "data_offsets"}."""
+def _entry(path: Path, name: str, entry) -> tuple[str, tuple, int, int]:
+    """(dtype, shape, start, stop) of one safetensors header entry, checked for types and size."""
+    where = f"{path}: tensor {name[:60]!r}"
+    if not isinstance(entry, dict):
+        raise SourceError(f"{where}: header entry is not a JSON object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise SourceError(f"{where} has unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise SourceError(f"{where}: shape is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise SourceError(f"{where}: data_offsets is not a pair of integers")
+    start, stop = offsets
+    if not 0 <= start <= stop:
+        raise SourceError(f"{where}: data_offsets [{start}, {stop}] are negative or reversed")
+    size = DTYPE_BYTES[dtype]
+    for d in shape:
+        size *= d
+    if stop - start != size:
+        raise SourceError(f"{where}: data size {stop - start} does not match shape {str(tuple(shape))[:40]} {dtype}")
+    return dtype, tuple(shape), start, stop
+
+
+def parse_header(path: Path, raw: bytes, data_size: int) -> dict[str, tuple[str, tuple]]:
+    """A safetensors header (the JSON after the length) checked as the safetensors library checks it
+    when it opens the file, against a data section of ``data_size`` bytes: name -> (dtype, shape).
+
+    The tensors' byte ranges, in offset order, must tile the data section: each starts where the
+    previous one stopped (no overlap, no gap) and the last stops at its end (no truncation).
+    """
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise SourceError(f"{path}: corrupt safetensors header (not UTF-8 JSON)") from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{path}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise SourceError(f"{path}: safetensors __metadata__ is not an object of strings")
+    entries = {name: _entry(path, name, entry) for name, entry in header.items()}
+    end = 0
+    for name, (_, _, start, stop) in sorted(entries.items(), key=lambda item: item[1][2:]):
+        if stop > data_size:
+            raise SourceError(f"{path}: tensor {name[:60]!r} data [{start}, {stop}] runs past the end of the file "
+                              f"(data section of {data_size} bytes; truncated?)")
+        if start != end:
+            what = "overlaps the tensor before it" if start < end else f"leaves a gap at byte {end}"
+            raise SourceError(f"{path}: tensor {name[:60]!r} data at offset {start} {what}")
+        end = stop
+    if end != data_size:
+        raise SourceError(f"{path}: {data_size - end} bytes after the last tensor's data")
+    return {name: (dtype, shape) for name, (dtype, shape, _, _) in entries.items()}
+
+
+def _header(path: Path) -> dict[str, tuple[str, tuple]]:
+    """The checked safetensors header of ``path``: tensor name -> (dtype, shape); offsets are
+    validated against the file's size before anything else is read."""
     try:
         with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise SourceError(f"{path}: truncated safetensors file (no header)")
             (size,) = struct.unpack("<Q", head)
-            if size > 100 << 20:
-                raise SourceError(f"{path}: safetensors header of {size} bytes is not plausible")
+            if size > min(MAX_HEADER_BYTES, file_size - 8):
+                raise SourceError(f"{path}: safetensors header of {size} bytes does not fit the file ({file_size} bytes)")
             raw = f.read(size)
     except FileNotFoundError:
         raise SourceError(f"{path}: shard listed in {INDEX_FILE} is missing") from None
     if len(raw) < size:
         raise SourceError(f"{path}: truncated safetensors header")
+    return parse_header(path, raw, file_size - 8 - size)
+
+
+def load_pretrained(loader, folder, what: str, **kwargs):
+    """``loader(folder, trust_remote_code=False, **kwargs)``: a transformers or sentence-transformers
+    ``from_pretrained`` (or constructor) that never imports Python code from the folder (an ``auto_map``
+    in config.json or tokenizer_config.json), and whose errors for a broken folder become one line."""
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SourceError(f"{path}: corrupt safetensors header") from None
-    header.pop("__metadata__", None)
-    return header
+        return loader(str(folder), trust_remote_code=False, **kwargs)
+    except QuantkitError:
+        raise
+    except Exception as e:  # transformers raises many kinds (ValueError, OSError, KeyError, ...) for a bad folder
+        raise load_error(folder, what, e) from None
+
+
+def load_error(folder, what: str, error: Exception) -> SourceError:
+    """The one-line error for a folder transformers could not load: it names the folder's own code
+    (an ``auto_map``) when there is some, else gives the first line of transformers' error."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            if "auto_map" in read_json(Path(folder) / name):
+                return SourceError(f"{folder}: cannot load the {what}: {name}'s auto_map names Python code in the "
+                                   "folder, which quantkit never runs")
+        except (OSError, QuantkitError):
+            continue
+    return SourceError(f"{folder}: cannot load the {what}: {first_line(error, 80)}")
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -105,15 +189,15 @@ class HFSource:
         config_path = self.folder / "config.json"
         if not config_path.is_file():
             raise SourceError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
-        self.config = _read_json(config_path)
+        self.config = read_json(config_path)
         self.tensors = self._index()
 
     def _shards(self) -> tuple[list[Path], dict | None]:
         index_path = self.folder / INDEX_FILE
         if index_path.is_file():
-            weight_map = _read_json(index_path).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise SourceError(f"{index_path}: no weight_map")
+            weight_map = read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(f, str) for f in weight_map.values()):
+                raise SourceError(f"{index_path}: no weight_map (an object of tensor name -> shard file)")
             return sorted({self.folder / f for f in weight_map.values()}), weight_map
         if (self.folder / SINGLE_FILE).is_file():
             return [self.folder / SINGLE_FILE], None
@@ -133,16 +217,9 @@ class HFSource:
         tensors: dict[str, SourceTensor] = {}
         for path in shards:
             header = _header(path)
-            for name, entry in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
-                dtype = entry["dtype"]
-                if dtype not in DTYPE_BYTES:
-                    raise SourceError(f"{path.name}: tensor {name!r} has unknown dtype {dtype}")
-                shape = tuple(int(d) for d in entry["shape"])
-                start, stop = entry["data_offsets"]
-                if stop - start != int(np.prod(shape, dtype=np.int64)) * DTYPE_BYTES[dtype]:
-                    raise SourceError(f"{path.name}: tensor {name!r}: data size does not match shape {shape} {dtype}")
+            for name, (dtype, shape) in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
                 if name in tensors:
-                    raise SourceError(f"{path.name}: tensor {name!r} is also in {tensors[name].path.name}")
+                    raise SourceError(f"{path.name}: tensor {name[:60]!r} is also in {tensors[name].path.name}")
                 tensors[name] = SourceTensor(name, path, dtype, shape)
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from hashlib import sha256
 from pathlib import Path
 
 import gguf
 from tokenizers import Tokenizer
 
-from .hf import SourceError
+from ..errors import first_line
+from .hf import SourceError, load_error, load_pretrained, read_json
 from .pretokenizers import CHECK_TEXT, PRE_TOKENIZERS
 
 # added tokens llama.cpp treats as control tokens even when not marked special
@@ -70,7 +72,7 @@ def add_special_vocab(w, folder: Path, **kwargs) -> None:
     gguf.SpecialVocab(folder, **kwargs).add_to_gguf(w, quiet=True)
     tokenizer_json = folder / "tokenizer.json"
     if tokenizer_json.is_file():
-        normalizer = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("normalizer")
+        normalizer = read_json(tokenizer_json).get("normalizer")
         for name, value in normalizer_flags(normalizer).items():
             w.add_bool(NORMALIZER_KEYS[name], bool(value))
 
@@ -156,17 +158,13 @@ def _load_tokenizer(folder: Path):
         try:
             return JsonTokenizer(folder / "tokenizer.json")
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
-            raise SourceError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
+            raise SourceError(f"{folder}: cannot load the tokenizer: {first_line(e)}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import (
         AutoTokenizer,  # deferred: optional and heavy (the [hf] extra)
     )
 
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except Exception as e:  # transformers raises many kinds for a broken tokenizer
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SourceError(f"{folder}: cannot load the tokenizer: {message}") from None
+    return load_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer", local_files_only=True)
 
 
 def pre_tokenizer_name(tokenizer, folder: Path) -> str:
@@ -254,12 +252,12 @@ def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
             types[i] = gguf.TokenType.NORMAL
     added_file = folder / "added_tokens.json"
     if added_file.is_file():
-        for text, i in json.loads(added_file.read_text(encoding="utf-8")).items():
+        for text, i in read_json(added_file).items():
             if i < size:
                 tokens[i], scores[i], types[i] = text.encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file():
-        decoders = json.loads(config_file.read_text(encoding="utf-8")).get("added_tokens_decoder", {})
+        decoders = read_json(config_file).get("added_tokens_decoder", {})
         for key, entry in decoders.items():
             i, text = int(key), entry["content"]
             if i >= size:
@@ -278,12 +276,27 @@ def set_sentencepiece_vocab(w, folder: Path, config: dict) -> None:
     add_special_vocab(w, folder, n_vocab=len(tokens))
 
 
+@contextmanager
+def _custom_code_refused():
+    """transformers' "run the custom code? [y/N]" prompt answered no without reading stdin, while
+    gguf-py's LlamaHfVocab loads the tokenizer (it passes no ``trust_remote_code``): a folder's
+    ``auto_map`` code is then never imported, whatever stdin holds."""
+    from transformers import dynamic_module_utils
+
+    saved = dynamic_module_utils.TIME_OUT_REMOTE_CODE
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0  # 0: refuse instead of asking (transformers' CI setting)
+    try:
+        yield
+    finally:
+        dynamic_module_utils.TIME_OUT_REMOTE_CODE = saved
+
+
 def set_llama_vocab(w, folder: Path, config: dict) -> None:
     """Llama-family order: tokenizer.model (SentencePiece), else a byte-fallback tokenizer.json
     (gguf.LlamaHfVocab), else BPE; plus ``add_space_prefix`` from tokenizer_config.json."""
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file():
-        prefix = json.loads(config_file.read_text(encoding="utf-8")).get("add_prefix_space")
+        prefix = read_json(config_file).get("add_prefix_space")
         if prefix is not None:
             w.add_add_space_prefix(prefix)
     if (folder / "tokenizer.model").is_file():
@@ -291,9 +304,12 @@ def set_llama_vocab(w, folder: Path, config: dict) -> None:
     if not (folder / "tokenizer.json").is_file():
         raise SourceError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model)")
     try:
-        hf_vocab = gguf.LlamaHfVocab(folder)
+        with _custom_code_refused():
+            hf_vocab = gguf.LlamaHfVocab(folder)
     except (FileNotFoundError, TypeError):
         return set_bpe_vocab(w, folder, config)
+    except Exception as e:  # a tokenizer.json of another structure, or one transformers cannot load
+        raise load_error(folder, "tokenizer", e) from None
     tokens, scores, types = zip(*hf_vocab.all_tokens())
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")

@@ -21,7 +21,7 @@ from typing import Callable
 import gguf
 import numpy as np
 
-from ...errors import QuantkitError
+from ...errors import QuantkitError, first_line
 from ..hf import HFSource, SourceError
 from ..vocab import set_bpe_vocab
 
@@ -45,10 +45,14 @@ def kinds(*names: str) -> tuple:
     return tuple(gguf.MODEL_TENSOR[name] for name in names)
 
 
-# outside the blocks, every decoder has these (Arch.required_tensors' default)
+# Tensors llama.cpp's loader requires (created without TENSOR_NOT_REQUIRED in src/models/<arch>.cpp):
+# outside the blocks of every decoder (Arch.required_tensors' default); the attention of a decoder
+# block, with its FFN norm; its gated feed-forward; the feed-forward of a MoE block.
 DECODER_TENSORS = kinds("TOKEN_EMBD", "OUTPUT_NORM")
-# the block of a Llama-like decoder: norm, separate Q/K/V, output, FFN norm (the FFN varies)
-DECODER_BLOCK = kinds("ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "FFN_NORM")
+ATTENTION = kinds("ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT")
+DECODER_BLOCK = ATTENTION + kinds("FFN_NORM")
+GATED_FFN = kinds("FFN_GATE", "FFN_DOWN", "FFN_UP")
+MOE_FFN = kinds("FFN_GATE_INP", "FFN_GATE_EXP", "FFN_DOWN_EXP", "FFN_UP_EXP")
 
 
 @dataclass
@@ -161,6 +165,17 @@ class Arch:
     def set_vocab(self, w) -> None:
         set_bpe_vocab(w, self.source.folder, self.config)
 
+    def write_vocab(self, w) -> None:
+        """``set_vocab``, with tokenizer files of an unexpected structure (a list where gguf-py or the
+        tokenizer code expects an object, a missing field, ...) reported in one line."""
+        try:
+            self.set_vocab(w)
+        except QuantkitError:
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, RecursionError) as e:
+            raise SourceError(f"{self.source.folder}: tokenizer files of an unexpected structure "
+                              f"({type(e).__name__}: {first_line(e, 60)})") from None
+
     # --- tensors --------------------------------------------------------------------------------
 
     def rename(self, hf_name: str) -> str | None:
@@ -194,15 +209,20 @@ class Arch:
         return out
 
     def expected_tensors(self) -> list[str]:
-        """GGUF names every checkpoint of this architecture must provide (checked before writing)."""
-        names = []
+        """GGUF names every checkpoint of this architecture must provide (checked before writing): the
+        tensors llama.cpp's loader requires for the architecture, so no file is written that it cannot load."""
+        names = [gguf.TENSOR_NAMES[k] + ".weight" for k in self.required_tensors]
+        names += [gguf.TENSOR_NAMES[k] + ".bias" for k in self.required_biases]
         for bid in range(self.block_count):
-            for kind in self.required_block_tensors:
-                names.append(gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight")
-        return [gguf.TENSOR_NAMES[k] + ".weight" for k in self.required_tensors] + names
+            names += [gguf.TENSOR_NAMES[k].format(bid=bid) + ".weight" for k in self.required_block_tensors]
+            names += [gguf.TENSOR_NAMES[k].format(bid=bid) + ".bias" for k in self.required_block_biases]
+        return names
 
-    required_tensors: tuple = DECODER_TENSORS  # gguf.MODEL_TENSOR kinds outside the blocks
-    required_block_tensors: tuple = ()  # kinds every block has
+    # gguf.MODEL_TENSOR kinds llama.cpp requires (src/models/<arch>.cpp: created without TENSOR_NOT_REQUIRED)
+    required_tensors: tuple = DECODER_TENSORS  # outside the blocks: their .weight
+    required_block_tensors: tuple = ()  # in every block: their .weight
+    required_biases: tuple = ()  # outside the blocks: their .bias (BERT's layer norms)
+    required_block_biases: tuple = ()  # in every block: their .bias
 
     def tensors(self) -> list[OutTensor]:
         items = []
@@ -246,6 +266,12 @@ def supported_architectures() -> list[str]:
     return sorted(REGISTRY)
 
 
+def _short_list(names: list[str], suffix: str = "ForCausalLM") -> str:
+    """``BertModel; Gemma2, Llama, ...ForCausalLM``: the names, those ending in ``suffix`` folded (short messages)."""
+    folded = [n[: -len(suffix)] for n in names if n.endswith(suffix)]
+    return "; ".join([n for n in names if not n.endswith(suffix)] + [", ".join(folded) + suffix])
+
+
 def arch_for(source: HFSource) -> Arch:
     """The Arch converting ``source`` (by config.json's ``architectures``)."""
     names = source.config.get("architectures") or []
@@ -255,8 +281,8 @@ def arch_for(source: HFSource) -> Arch:
     module_name = REGISTRY.get(hf_arch)
     if module_name is None:
         raise QuantkitError(
-            f"{source.folder / 'config.json'}: architecture {hf_arch!r} is not supported; "
-            f"supported: {', '.join(supported_architectures())}"
+            f"{source.folder.name}/config.json: architecture {str(hf_arch)[:40]!r} is not supported; "
+            f"supported: {_short_list(supported_architectures())}"
         )
     module = importlib.import_module(f"{__name__}.{module_name}")
     for cls in vars(module).values():

@@ -7,11 +7,9 @@ pooler or masked-LM head tensors (llama.cpp computes embeddings only).
 
 from __future__ import annotations
 
-import json
-
 import gguf
 
-from ..hf import SourceError
+from ..hf import SourceError, read_json
 from ..vocab import set_wordpiece_vocab
 from . import Arch, kinds
 
@@ -26,10 +24,12 @@ _SKIPPED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias
 class BertArch(Arch):
     architectures = ("BertModel",)
     model_arch = gguf.MODEL_ARCH.BERT
-    required_tensors = kinds("TOKEN_EMBD", "TOKEN_EMBD_NORM")
+    required_tensors = kinds("TOKEN_EMBD", "POS_EMBD", "TOKEN_EMBD_NORM")
+    required_biases = kinds("TOKEN_EMBD_NORM")
     required_block_tensors = kinds(
         "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "ATTN_OUT_NORM", "FFN_UP", "FFN_DOWN", "LAYER_OUT_NORM"
     )
+    required_block_biases = kinds("ATTN_OUT_NORM", "LAYER_OUT_NORM")
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
@@ -43,12 +43,13 @@ class BertArch(Arch):
         modules_file = self.source.folder / "modules.json"
         if not modules_file.is_file():
             return None
-        modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        folder = next((m["path"] for m in modules if m.get("type", "").endswith("Pooling")), None)
+        modules = read_json(modules_file, list)
+        folder = next((m.get("path") for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith("Pooling")),
+                      None)
         if folder is None:
             return None
         config_file = self.source.folder / folder / "config.json"
-        pooling = json.loads(config_file.read_text(encoding="utf-8"))
+        pooling = read_json(config_file)
         for key, kind in _POOLING.items():
             if pooling.get(key):
                 return kind

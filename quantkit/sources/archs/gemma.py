@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 
 from ..vocab import set_sentencepiece_vocab
-from . import Arch, kinds
+from . import ATTENTION, GATED_FFN, Arch, kinds
 
 
 def plus_one(rows: np.ndarray) -> np.ndarray:
@@ -22,8 +22,8 @@ def plus_one(rows: np.ndarray) -> np.ndarray:
 class Gemma2Arch(Arch):
     architectures = ("Gemma2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.GEMMA2
-    required_block_tensors = kinds(
-        "ATTN_NORM", "ATTN_Q", "ATTN_K", "ATTN_V", "ATTN_OUT", "ATTN_POST_NORM", "FFN_PRE_NORM", "FFN_POST_NORM"
+    required_block_tensors = ATTENTION + GATED_FFN + kinds(  # gguf calls Gemma's ffn_norm FFN_PRE_NORM
+        "ATTN_POST_NORM", "FFN_PRE_NORM", "FFN_POST_NORM"
     )
 
     def set_parameters(self, w) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..hf import SourceError
 from ..vocab import set_llama_vocab
-from . import DECODER_BLOCK, Arch, OutTensor
+from . import DECODER_BLOCK, GATED_FFN, MOE_FFN, Arch, OutTensor
 from .moe import MergedExperts
 
 
@@ -55,7 +55,7 @@ class LlamaArch(Arch):
     architectures = ("LlamaForCausalLM", "MistralForCausalLM")
     model_arch = gguf.MODEL_ARCH.LLAMA
     permute_qk = True
-    required_block_tensors = DECODER_BLOCK
+    required_block_tensors = DECODER_BLOCK + GATED_FFN
 
     @property
     def head_dim(self) -> int:
@@ -96,7 +96,7 @@ class MixtralArch(MergedExperts, LlamaArch):
     architectures = ("MixtralForCausalLM",)
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
     expert_projections = ("w1", "w2", "w3")  # llama.cpp's emission order
-    required_block_tensors = DECODER_BLOCK + MergedExperts.block_tensors
+    required_block_tensors = DECODER_BLOCK + MOE_FFN
 
     def merged_name(self, layer: int, projection: str) -> str:
         return f"layers.{layer}.feed_forward.experts.{projection}.weight"

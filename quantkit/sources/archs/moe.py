@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ..hf import SourceError
-from . import OutTensor, kinds
+from . import OutTensor
 
 
 class MergedExperts:
@@ -25,7 +25,6 @@ class MergedExperts:
 
     expert_pattern: re.Pattern
     expert_projections: tuple[str, ...]
-    block_tensors = kinds("FFN_GATE_INP", "FFN_GATE_EXP", "FFN_UP_EXP", "FFN_DOWN_EXP")  # a MoE block's router and experts
 
     def merged_name(self, layer: int, projection: str) -> str:
         raise NotImplementedError
@@ -60,7 +59,13 @@ class MergedExperts:
                 del pending[layer]
         if pending:
             layer, found = next(iter(pending.items()))
-            raise SourceError(f"{self.source.folder}: layer {layer} has {len(found)} of {n_parts} expert tensors")
+            projection, expert = next((p, e) for p in self.expert_projections for e in range(n_experts)
+                                      if (p, e) not in found)
+            _, name = super().gguf_name(self.merged_name(layer, projection))
+            raise SourceError(
+                f"{self.source.folder}: checkpoint lacks expert {expert} of {name!r} "
+                f"(layer {layer} has {len(found)} of {n_parts} expert tensors)"
+            )
         return out
 
     def _merged(self, layer: int, projection: str, parts: list[str]) -> OutTensor:

@@ -8,13 +8,12 @@ and the attention factor key, as llama.cpp's converter writes them.
 
 from __future__ import annotations
 
-import json
 import math
 
 import gguf
 import numpy as np
 
-from ..hf import SourceError
+from ..hf import SourceError, read_json
 from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
 from . import Arch, OutTensor, kinds
 
@@ -72,6 +71,6 @@ class Phi3Arch(Arch):
 
     def set_vocab(self, w) -> None:
         config_file = self.source.folder / "tokenizer_config.json"
-        if config_file.is_file() and json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class") == "GPT2Tokenizer":
+        if config_file.is_file() and read_json(config_file).get("tokenizer_class") == "GPT2Tokenizer":
             return set_bpe_vocab(w, self.source.folder, self.config)
         set_sentencepiece_vocab(w, self.source.folder, self.config)

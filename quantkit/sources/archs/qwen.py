@@ -11,14 +11,16 @@ import re
 import gguf
 
 from ..vocab import set_bpe_vocab, set_sentencepiece_vocab
-from . import DECODER_BLOCK, Arch
+from . import DECODER_BLOCK, GATED_FFN, MOE_FFN, Arch, kinds
 from .moe import MergedExperts
+
+QK_NORMS = kinds("ATTN_Q_NORM", "ATTN_K_NORM")  # Qwen3's per-head norms
 
 
 class Qwen2Arch(Arch):
     architectures = ("Qwen2ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN2
-    required_block_tensors = DECODER_BLOCK
+    required_block_tensors = DECODER_BLOCK + GATED_FFN
 
     def set_vocab(self, w) -> None:
         if (self.source.folder / "tokenizer.model").is_file():
@@ -30,6 +32,7 @@ class Qwen2Arch(Arch):
 class Qwen3Arch(Qwen2Arch):
     architectures = ("Qwen3ForCausalLM",)
     model_arch = gguf.MODEL_ARCH.QWEN3
+    required_block_tensors = Qwen2Arch.required_block_tensors + QK_NORMS
 
 
 class Qwen3MoeArch(MergedExperts, Qwen2Arch):
@@ -37,7 +40,7 @@ class Qwen3MoeArch(MergedExperts, Qwen2Arch):
     model_arch = gguf.MODEL_ARCH.QWEN3MOE
     expert_pattern = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
     expert_projections = ("down_proj", "gate_proj", "up_proj")  # llama.cpp's emission order
-    required_block_tensors = DECODER_BLOCK + MergedExperts.block_tensors
+    required_block_tensors = DECODER_BLOCK + QK_NORMS + MOE_FFN
 
     def set_parameters(self, w) -> None:
         super().set_parameters(w)
