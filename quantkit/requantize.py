@@ -68,7 +68,7 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     """
     from tqdm import tqdm
 
-    from .quants import dequantize, quantize
+    from .quants import check_finite, dequantize, quantize
 
     name = resolve_preset(preset)
     source = read_gguf(src)
@@ -101,6 +101,7 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             for tensor, p in zip(tensors, plans):
                 bar.set_postfix_str(p.name, refresh=False)
                 if p.source == p.target:
+                    check_finite(tensor, p.name)  # F32/F16/BF16 copies are checked as quantized tensors are
                     writer.write(p.name, tensor.data)
                     bar.update(tensor.nbytes)
                     continue

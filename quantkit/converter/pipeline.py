@@ -253,14 +253,16 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
 
 def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[bytes, int]]:
     """(GGUF bytes as a uint8 array, checkpoint bytes consumed) of ``p``, one row chunk at a time."""
-    from ..quants import quantize
+    from ..quants import check_finite, quantize
 
     t = p.tensor
     weights = None if plan.imatrix is None else plan.imatrix.get(p.name)
 
     def encode(values: np.ndarray, part: int) -> np.ndarray:
         if p.qtype == GGMLQuantizationType.F32:
-            return np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1)
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            check_finite(values, p.name)  # as quantize() does for every other type
+            return values.view(np.uint8).reshape(-1)
         w = None
         if weights is not None:  # (n_cols,), or one row per expert (n_expert, n_cols) or flat
             w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]

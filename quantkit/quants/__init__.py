@@ -69,12 +69,23 @@ def numba_threads(threads: int | None):
         numba.set_num_threads(previous)
 
 
-def _check_finite(rows: np.ndarray, what: str) -> None:
-    from .checks import first_nonfinite
+def check_finite(q, name: str = "tensor") -> None:
+    """NonFiniteError, as :func:`quantize` raises it, when a float32 array, or a tensor stored as F32,
+    F16 or BF16 (an object with qtype, shape, data), holds NaN or Inf; other stored types are not checked."""
+    from .checks import EXPONENT_BITS, first_nonfinite
 
-    row, col = first_nonfinite(rows)
+    if isinstance(q, np.ndarray):
+        fmt, shape, data = "F32", q.shape, np.ascontiguousarray(q, dtype=np.float32)
+    else:
+        fmt, shape, data = GGMLQuantizationType(q.qtype).name, q.shape, np.asarray(q.data)
+    if fmt not in EXPONENT_BITS or data.size == 0:
+        return
+    n_per_row = int(shape[-1]) if len(shape) else 1
+    rows = data.view(EXPONENT_BITS[fmt].dtype).reshape(-1, n_per_row)
+    row, col = first_nonfinite(rows, fmt)
     if row >= 0:
-        raise NonFiniteError(f"{what}: non-finite value {rows[row, col]} at row {row}, column {col}")
+        value = dequantize(QuantizedTensor(GGMLQuantizationType[fmt], (1, 1), rows[row, col : col + 1].view(np.uint8)))
+        raise NonFiniteError(f"{name}: non-finite value {value[0, 0]} at row {row}, column {col}")
 
 
 def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "tensor") -> QuantizedTensor:
@@ -108,9 +119,9 @@ def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "te
         if getattr(kernels, "CHECKS_FINITE", False):
             data, nonfinite = kernels.quantize_rows(qt, rows, weights)
             if nonfinite.any():
-                _check_finite(rows, name)
+                check_finite(rows, name)
         else:
-            _check_finite(rows, name)
+            check_finite(rows, name)
             data = kernels.quantize_rows(qt, rows, weights)
     return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
 
