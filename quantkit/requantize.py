@@ -41,6 +41,8 @@ def _row_chunks(tensor, rows_per_chunk: int):
     """
     from .quants import QuantizedTensor
 
+    if tensor.nbytes == 0:  # a zero dimension: no rows
+        return
     n_per_row = tensor.shape[-1]
     nrows = tensor.nbytes // quant_type(tensor.qtype).row_bytes(n_per_row)
     rows_per_expert = tensor.shape[-2] if len(tensor.shape) >= 2 else 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import numbers
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -117,6 +118,9 @@ def known_type(value) -> QuantType:
     """Look up a type known to the GGUF format by name, enum or number; raise if unknown."""
     if isinstance(value, QuantType):
         return value
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+        raise UnsupportedTypeError(f"a tensor type is a name like 'Q4_K' or an integer id, not {type(value).__name__} "
+                                   f"{value!r}")
     try:
         if isinstance(value, str):
             ggml = GGMLQuantizationType[value.strip().upper()]

@@ -258,6 +258,7 @@ class GGUFStreamWriter:
         self._check_target(overwrite, inputs)
         self.alignment = self._alignment(metadata)
         self.sizes = self._sizes()
+        self._empty = {info.name for info, size in zip(self.infos, self.sizes) if size == 0}
         header = self._header(metadata)
         self._index = 0  # tensor being written
         self._done = 0  # its bytes written so far
@@ -379,6 +380,8 @@ class GGUFStreamWriter:
         if self._file is None:
             raise OutputError(f"{self.path}: writer is closed")
         try:
+            if not _nbytes(chunk) and (name is None or name in self._empty):
+                return  # nothing to write (e.g. a tensor with a zero dimension, which takes no bytes)
             if self._index >= len(self.infos):
                 raise OutputError(f"{self.path}: all {len(self.infos)} tensors are already written")
             info, size = self.infos[self._index], self.sizes[self._index]
@@ -461,6 +464,10 @@ class GGUFStreamWriter:
             self.close()
         else:
             self.abort()
+
+
+def _nbytes(chunk) -> int:
+    return chunk.nbytes if isinstance(chunk, np.ndarray) else memoryview(chunk).nbytes
 
 
 def _remove(path: Path) -> None:

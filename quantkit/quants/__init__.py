@@ -38,16 +38,19 @@ class QuantizedTensor:
 
 
 def _as_float32(x, what: str) -> np.ndarray:
-    """A C-contiguous float32 numpy copy/view of a numpy array or torch tensor (f32, f16, bf16)."""
+    """A C-contiguous float32 numpy copy/view of a numpy array or torch tensor (f64, f32, f16, bf16).
+
+    float64 is rounded to the nearest float32, as llama.cpp's converter casts it before quantizing.
+    """
     if type(x).__module__.startswith("torch"):
         import torch
 
-        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise QuantkitError(f"{what}: dtype {x.dtype} is not float32, float16 or bfloat16")
+        if x.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+            raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
         return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
     x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float16) and x.dtype.name != "bfloat16":
-        raise QuantkitError(f"{what}: dtype {x.dtype} is not float32, float16 or bfloat16")
+    if x.dtype not in (np.float64, np.float32, np.float16) and x.dtype.name != "bfloat16":
+        raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -98,13 +101,10 @@ def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "te
     values = _as_float32(x, name)
     shape = tuple(int(d) for d in values.shape) or (1,)
     n_per_row = shape[-1]
-    if n_per_row == 0 or values.size == 0:
-        raise ShapeError(f"{name}: empty tensor of shape {shape}")
     try:
         qt.row_bytes(n_per_row)
     except ShapeError as e:
         raise ShapeError(f"{name}: {e}") from None
-    rows = values.reshape(-1, n_per_row)
     weights = None
     if imatrix is not None:
         weights = _as_float32(imatrix, f"{name} imatrix").reshape(-1)
@@ -115,6 +115,9 @@ def quantize(x, qtype, imatrix=None, threads: int | None = None, name: str = "te
     if qt.requires_imatrix and weights is None:
         raise ImatrixError(f"{name}: {qt.name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
     kernels = qt.kernels()
+    if values.size == 0:  # a zero dimension: no blocks, as ggml_quantize_chunk writes none
+        return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
+    rows = values.reshape(-1, n_per_row)
     with numba_threads(threads):
         if getattr(kernels, "CHECKS_FINITE", False):
             data, nonfinite = kernels.quantize_rows(qt, rows, weights)
@@ -135,6 +138,8 @@ def dequantize(q: QuantizedTensor, threads: int | None = None) -> np.ndarray:
     data = np.asarray(q.data).view(np.uint8).reshape(-1)
     if data.size != nbytes:
         raise ShapeError(f"{qt.name} tensor of shape {shape} needs {nbytes} bytes, got {data.size}")
+    if nbytes == 0:  # a zero dimension
+        return np.zeros(shape, dtype=np.float32)
     rows = data.reshape(-1, qt.row_bytes(n_per_row))
     with numba_threads(threads):
         values = qt.kernels().dequantize_rows(qt, rows, n_per_row)
