@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -421,18 +422,36 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     is recorded only with ``process_output`` (llama-imatrix's ``--process-output``). ``dataset``
     is recorded as the file's dataset name.
     """
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     from .converter.archs import arch_for
     from .source import HFSource
 
     model_dir = Path(model_dir)
     name_map = arch_for(HFSource(model_dir)).name_map  # the names the converter gives the tensors
+    with _quiet_transformers():
+        return _collect(model_dir, name_map, text, ctx, chunks, device, progress, dataset, process_output)
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' logging at errors only and its progress bars off, restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _collect(model_dir: Path, name_map, text, ctx, chunks, device, progress, dataset, process_output) -> Imatrix:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     token_chunks = tokenize_chunks(tokenizer, text, ctx, chunks)

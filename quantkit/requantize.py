@@ -11,6 +11,7 @@ size. The output is written atomically.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,5 +119,5 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         source.close()
     if progress:
         size = Path(dst).stat().st_size
-        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return plans

@@ -163,6 +163,18 @@ def test_moe_experts_get_their_own_rows(tiny_moe_dir):
     np.testing.assert_allclose(im.entries["blk.0.ffn_gate_exps.weight"].sums, expected.numpy(), rtol=1e-5)
 
 
+def test_collection_restores_transformers_logging(tiny_llama_dir):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        collect_imatrix(tiny_llama_dir, CALIBRATION[:5000], ctx=32, chunks=1, device="cpu", progress=False)
+        assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == (hf_logging.INFO, True)
+    finally:
+        hf_logging.set_verbosity_warning()
+
+
 def test_text_shorter_than_one_chunk(tiny_llama_dir):
     with pytest.raises(ImatrixError, match=r"the calibration text has 8 tokens, fewer than one chunk of 64"):
         collect_imatrix(tiny_llama_dir, "A short sentence of eight tokens here.", ctx=64, progress=False)

@@ -149,8 +149,6 @@ def _load_tokenizer(folder: Path):
     known to give the same tokenizer: then the `tokenizers` library reads it, without the seconds
     that importing transformers (and torch) costs.
     """
-    import os
-
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise SourceError(f"{folder}: no tokenizer (tokenizer.json, tokenizer.model or vocab.txt)")
     if _transformers_uses_json_as_is(folder):
@@ -158,11 +156,10 @@ def _load_tokenizer(folder: Path):
             return JsonTokenizer(folder / "tokenizer.json")
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise SourceError(f"{folder}: cannot load the tokenizer: {str(e).splitlines()[0]}") from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)  # never a model hub
     except Exception as e:  # transformers raises many kinds for a broken tokenizer
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SourceError(f"{folder}: cannot load the tokenizer: {message}") from None

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuantkitError
+from ..files import write_atomic
 from .metrics import TopK, top_k
 
 BASELINE = "baseline"
@@ -110,7 +111,7 @@ class VariantFiles:
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
                              overwrite=True, progress=self.progress)
-            seconds_file.write_text(f"{result.seconds:.3f}\n")
+            write_atomic(seconds_file, f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)
             elements = sum(int(np.prod(t.shape)) for t in f.tensors)
@@ -200,7 +201,8 @@ class TorchBackend:
         self.can_generate = can_generate(self.model_dir)
         self.model = None
         if self.can_generate:
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
+                                                                          local_files_only=True)
             self.model.eval()
             self.params = dict(self.model.named_parameters())
             self.eos_ids = _eos_ids(self.model.generation_config)
@@ -360,7 +362,7 @@ class LlamaCppBackend:
     def generate(self, prompts: list, max_new_tokens: int) -> list:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         answers = []
         for ids in prompts:
             text = self._complete({"prompt": list(ids), "max_tokens": max_new_tokens})["text"]

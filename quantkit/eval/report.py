@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuantkitError
+from ..files import write_atomic
 from . import metrics
 from .backends import BASELINE, make_backend
 
@@ -265,7 +265,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     _check_types(model_dir, names, imatrix)
     out = Path(out_dir)
     runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     notes = []
     if not runner.can_generate:
         notes.append(f"{model_dir.name} cannot generate (no causal language-model head): answer and distribution "
@@ -294,7 +294,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
                 continue
             rows[name] = run.baseline() if name == BASELINE else run.measure(name)
             cache.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cached[name], json.dumps(rows[name]))
+            write_atomic(cached[name], json.dumps(rows[name]))
     baseline = rows.pop(BASELINE)
     runner.close()
     ordered = sorted(rows.values(), key=lambda r: -r["size_bytes"])
@@ -346,15 +346,6 @@ def _mark_noise(rows: list[dict], seed: int) -> None:
 
 
 # --- writing ----------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, content, binary: bool = False) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    if binary:
-        partial.write_bytes(content)
-    else:
-        partial.write_text(content, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _ci(ci: dict | None, digits: int) -> str:
@@ -467,6 +458,6 @@ def plot(result: dict) -> bytes:
 def write_report(result: dict, out_dir) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "scorecard.json", json.dumps(result, indent=1, ensure_ascii=False))
-    _atomic_write(out / "scorecard.md", markdown(result))
-    _atomic_write(out / "scorecard.png", plot(result), binary=True)
+    write_atomic(out / "scorecard.json", json.dumps(result, indent=1, ensure_ascii=False))
+    write_atomic(out / "scorecard.md", markdown(result))
+    write_atomic(out / "scorecard.png", plot(result))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError, QuantkitError, ShapeError
+from ..files import create_temp
 from ..types import known_type
 from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType
 
@@ -262,8 +262,7 @@ class GGUFStreamWriter:
         header = self._header(metadata)
         self._index = 0  # tensor being written
         self._done = 0  # its bytes written so far
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
-        self.tmp_path = Path(tmp)
+        fd, self.tmp_path = create_temp(self.path)
         self._finalizer = weakref.finalize(self, _remove, self.tmp_path)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         try:

@@ -3,7 +3,6 @@
 import numba
 import numpy as np
 
-
 # the exponent bits of each float format as stored: all set means NaN or Inf
 EXPONENT_BITS = {"F32": np.uint32(0x7F800000), "F16": np.uint16(0x7C00), "BF16": np.uint16(0x7F80)}
 
