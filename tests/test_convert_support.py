@@ -244,7 +244,7 @@ class LlamaServer:
     def _post(self, route: str, body: dict) -> dict:
         request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(request) as response:
             return json.loads(response.read())
 
     def tokenize(self, text: str) -> list[int]:

@@ -18,6 +18,7 @@ from quantkit.types import quant_type
 
 SETTINGS = Settings(max_new_tokens=20, text_tokens=96)
 TYPES = ["F16", "Q8_0", "Q4_K_M", "Q2_K"]
+KLD_AGREEMENT = 0.10  # docs/scorecard.md, "The two backends"
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +93,22 @@ def test_report_files(torch_run, report_dir):
     assert saved["versions"]["torch"] and saved["baseline"]["tensor_types"] == {"BF16": 211, "F32": 61}
     assert (report_dir / "scorecard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in TYPES:  # the converted files, with the size the report gives
-        gguf = report_dir / "files" / f"{saved['model'].rstrip('/').split('/')[-1]}.{name}.gguf"
+        [gguf] = (report_dir / "files").glob(f"{saved['model'].rstrip('/').split('/')[-1]}.{name}.*.gguf")
         assert gguf.stat().st_size == _rows(saved)[name]["size_bytes"]
 
 
-def test_cached_run_is_reused(torch_run, smollm2_hf_dir, report_dir, prompts_file):
-    again = scorecard(smollm2_hf_dir, TYPES, report_dir, prompts=prompts_file, settings=SETTINGS, progress=False, threads=1)
+def test_cached_run_is_reused(torch_run, smollm2_hf_dir, report_dir, prompts_file, monkeypatch):
+    from quantkit.eval import report
+
+    def measured(*args):
+        raise AssertionError("a cached result was measured again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(report.Run, "baseline", measured)
+        patched.setattr(report.Run, "measure", measured)
+        again = scorecard(smollm2_hf_dir, TYPES, report_dir, prompts=prompts_file, settings=SETTINGS, progress=False,
+                          threads=1)
     assert again["types"] == torch_run["types"]
-    assert again["seconds"] < 30
     # the command line with the same settings finds the same cached results
     (report_dir / "scorecard.md").unlink()
     args = ["scorecard", str(smollm2_hf_dir), "--types", ",".join(TYPES), "--prompts", str(prompts_file),
@@ -113,9 +122,9 @@ def test_cached_run_is_reused(torch_run, smollm2_hf_dir, report_dir, prompts_fil
 
 
 def test_backends_agree_on_kld(torch_run, llama_run):
-    """Same estimator on both sides (top-k lumped KLD over the same text): same order, within 30% for
-    the types of at most 4.5 nominal bits per weight (Q4_K_M, Q2_K; Q8_0's KLD is of the size of
-    llama.cpp's own activation rounding)."""
+    """Same estimator on both sides (top-k lumped KLD over the same text): same order, within
+    KLD_AGREEMENT (the level docs/scorecard.md states) for the types of at most 4.5 nominal bits per
+    weight (Q4_K_M, Q2_K; Q8_0's KLD is of the size of llama.cpp's own activation rounding)."""
     t, ll = _rows(torch_run), _rows(llama_run)
     names = ["Q8_0", "Q4_K_M", "Q2_K"]
     torch_kld = [t[n]["text"]["kld_topk"]["mean"] for n in names]
@@ -124,7 +133,7 @@ def test_backends_agree_on_kld(torch_run, llama_run):
     assert np.argsort(torch_kld).tolist() == np.argsort(llama_kld).tolist() == [0, 1, 2]
     for name, a, b in zip(names, torch_kld, llama_kld):
         if quant_type(name.replace("_M", "")).bits_per_weight <= 4.5:
-            assert abs(a - b) <= 0.3 * max(a, b), (name, a, b)
+            assert abs(a - b) <= KLD_AGREEMENT * max(a, b), (name, a, b)
     # the same files, and the baseline answers the same through both backends
     assert [ll[n]["size_bytes"] for n in names] == [t[n]["size_bytes"] for n in names]
     assert llama_run["baseline"]["answers"]["texts"] == torch_run["baseline"]["answers"]["texts"][:4]

@@ -1,7 +1,7 @@
 """The reader on the real SmolLM2 GGUF (written by llama.cpp), checked against gguf-py's GGUFReader."""
 
 import struct
-import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -121,11 +121,15 @@ def test_missing_tensor_name(smollm2):
 
 
 def test_open_reads_no_tensor_data(smollm2_path):
-    start = time.perf_counter()
-    f = read_gguf(smollm2_path)
-    elapsed = time.perf_counter() - start
+    """Opening parses the metadata (the tokenizer arrays) and copies none of the 96 MB of tensors."""
+    tracemalloc.start()
+    try:
+        f = read_gguf(smollm2_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     f.close()
-    assert elapsed < 2.0  # metadata only (the tokenizer arrays); the 96 MB of tensors stay unread
+    assert peak < 32 << 20, peak
 
 
 def test_closed_file_refuses_data(smollm2_path):
@@ -146,11 +150,15 @@ def test_huge_sparse_file_opens_instantly(tmp_path):
     with open(path, "wb") as fh:
         fh.write(header)
         fh.truncate(data_offset + 65536 * 65536 * 4)
-    start = time.perf_counter()
-    with read_gguf(path) as f:
-        t = f.tensor("huge.weight")
-        data = t.data
-        assert (t.shape, t.nbytes, data.size, t.offset) == ((65536, 65536), 2**34, 2**34, data_offset)
-        assert data[-1] == 0
-        del data
-    assert time.perf_counter() - start < 1.0
+    tracemalloc.start()
+    try:
+        with read_gguf(path) as f:
+            t = f.tensor("huge.weight")
+            data = t.data
+            assert (t.shape, t.nbytes, data.size, t.offset) == ((65536, 65536), 2**34, 2**34, data_offset)
+            assert data[-1] == 0
+            del data
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # a view into the map: nothing of the 16 GiB copied

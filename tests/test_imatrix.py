@@ -164,6 +164,18 @@ def test_moe_experts_get_their_own_rows(tiny_moe_dir):
     np.testing.assert_allclose(im.entries["blk.0.ffn_gate_exps.weight"].sums, expected.numpy(), rtol=1e-5)
 
 
+def test_collection_restores_transformers_logging(tiny_llama_dir):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        collect_imatrix(tiny_llama_dir, CALIBRATION[:5000], ctx=32, chunks=1, device="cpu", progress=False)
+        assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == (hf_logging.INFO, True)
+    finally:
+        hf_logging.set_verbosity_warning()
+
+
 def test_text_shorter_than_one_chunk(tiny_llama_dir):
     with pytest.raises(ImatrixError, match=r"the calibration text has 8 tokens, fewer than one chunk of 64"):
         collect_imatrix(tiny_llama_dir, "A short sentence of eight tokens here.", ctx=64, progress=False)
@@ -295,6 +307,63 @@ def test_bad_gguf_imatrices(tmp_path):
         read_imatrix(_gguf_file(tmp_path / "keys.gguf", {"a.weight.in_sum2": sums, "a.weight.counts": counts}, keys=False))
     with pytest.raises(ImatrixError, match=r"rows\.gguf: a\.weight has 2 matrices of sums but 1 counts"):
         read_imatrix(_gguf_file(tmp_path / "rows.gguf", {"a.weight.in_sum2": np.ones((2, 8), np.float32), "a.weight.counts": counts}))
+
+
+def _imatrix_gguf(path, metadata: dict, sums, counts):
+    """An imatrix GGUF holding one matrix ``a.weight`` and exactly ``metadata``."""
+    from quantkit.ggufio import write_gguf
+    from quantkit.plan.imatrix_file import _F32
+
+    tensors = [_F32("a.weight.counts", np.asarray(counts, np.float32)), _F32("a.weight.in_sum2", np.asarray(sums, np.float32))]
+    return write_gguf(path, {"general.type": "imatrix", **metadata}, tensors)
+
+
+GOOD_KEYS = {"imatrix.datasets": ["d.txt"], "imatrix.chunk_count": 1, "imatrix.chunk_size": 4}
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("imatrix.datasets", 7, "an integer"), ("imatrix.datasets", "d.txt", "a string"), ("imatrix.datasets", [1, 2], "an array"),
+    ("imatrix.chunk_count", "many", "a string"), ("imatrix.chunk_count", 1.5, "a float"), ("imatrix.chunk_size", True, "a bool"),
+    ("imatrix.chunk_size", ["4"], "an array"), ("imatrix.chunk_count", -3, "-3"),
+])
+def test_mistyped_imatrix_metadata_is_one_line(tmp_path, key, value, shown):
+    path = _imatrix_gguf(tmp_path / "typed.gguf", {**GOOD_KEYS, key: value}, np.ones((1, 8)), [[4]])
+    with pytest.raises(ImatrixError) as info:
+        read_imatrix(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key} is {shown}, expected ") and "\n" not in message and len(message) <= 200
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -1.0])
+@pytest.mark.parametrize("where", ["sums", "counts"])
+def test_nonfinite_imatrix_values_are_an_error(tmp_path, bad, where):
+    sums, counts = np.ones((1, 8), np.float32), np.full((1, 1), 4, np.float32)
+    (sums if where == "sums" else counts).reshape(-1)[-1] = bad
+    path = _imatrix_gguf(tmp_path / "bad.gguf", GOOD_KEYS, sums, counts)
+    suffix = ".in_sum2" if where == "sums" else ".counts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, not a warning
+        with pytest.raises(ImatrixError, match=rf"bad\.gguf: a\.weight\{suffix} holds {bad} at index"):
+            read_imatrix(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_legacy_imatrix_values_are_an_error(tmp_path, bad):
+    values = np.array([1, 2, bad, 4], dtype="<f4")
+    path = tmp_path / "bad.dat"
+    path.write_bytes(struct.pack("<ii", 1, 8) + b"a.weight" + struct.pack("<ii", 1, 4) + values.tobytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImatrixError, match=rf"bad\.dat: a\.weight holds {bad} at index 2"):
+            read_imatrix(path)
+
+
+def test_bad_imatrix_on_the_command_line_is_one_line(tmp_path, smollm2_path):
+    path = _imatrix_gguf(tmp_path / "typed.gguf", {**GOOD_KEYS, "imatrix.chunk_count": "x"}, np.ones((1, 8)), [[4]])
+    result = CliRunner().invoke(main, ["quantize", str(smollm2_path), str(tmp_path / "o.gguf"), "Q4_K_M", "--imatrix", str(path)])
+    assert result.exit_code == 2
+    assert result.output == f"quantkit: error: {path}: imatrix.chunk_count is a string, expected a non-negative integer\n"
+    assert not (tmp_path / "o.gguf").exists()
 
 
 # --- use by the quantizers --------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "quantkit"
 # lowest first; a module's layer is that of the first prefix matching its dotted name
 LAYERS = [
-    ("quantkit.types", "quantkit.errors", "quantkit.extras"),
+    ("quantkit.types", "quantkit.errors", "quantkit.extras", "quantkit.files"),
     ("quantkit.quants",),
     ("quantkit.ggufio",),
     ("quantkit.engine",),

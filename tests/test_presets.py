@@ -101,7 +101,7 @@ def llama_quantize(jobs: list[dict]) -> list[dict]:
                 **{k: int(known_type(j[k]).ggml) for k in ("output_type", "token_embedding_type") if k in j}}
                for j in jobs]
     result = subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE], input=json.dumps(payload), capture_output=True,
-                            text=True, timeout=1200)
+                            text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT:")]
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     return json.loads(lines[0][len("RESULT:"):])

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import QuantkitError
 from ..sources.hf import load_pretrained, read_json
+from ..files import write_atomic
 from .metrics import TopK, top_k
 
 BASELINE = "baseline"
@@ -81,21 +82,71 @@ def check_variant(model_dir: Path, name: str, imatrix=None) -> None:
     plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
 
 
-class VariantFiles:
-    """``<cache>/<model>.<name>[.<imatrix tag>].gguf`` made by ``quantkit.convert`` once, reused after.
+def digest(*parts) -> str:
+    """16 hex digits of the sha256 of the parts' reprs: a cache key."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
-    The conversion's seconds are kept next to the file (``.seconds``) so that a reused file still
-    reports its quantize time.
+
+# files besides the weights that change what a model computes or how it is converted
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+               "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+               "model.safetensors.index.json")
+SAMPLES, SAMPLE_BYTES = 64, 4096  # bytes of each safetensors data section read into the digest
+
+
+def model_digest(model_dir) -> str:
+    """sha256 of a model folder's content, read in milliseconds: the files of MODEL_FILES and, per
+    ``*.safetensors``, its header (tensor names, dtypes, shapes, offsets) and SAMPLES evenly spaced
+    pieces of SAMPLE_BYTES of its data (so two fine-tunes of one architecture differ)."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for name in MODEL_FILES:
+        if (model_dir / name).is_file():
+            h.update(f"{name}\0".encode() + (model_dir / name).read_bytes() + b"\0")
+    for path in safetensors_files(model_dir):
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            header_len = int.from_bytes(fh.read(8), "little")
+            start = min(8 + header_len, size)
+            h.update(f"{path.name}\0{size}\0".encode() + fh.read(start - 8))
+            span = size - start
+            if span <= SAMPLES * SAMPLE_BYTES:
+                h.update(fh.read(span))
+                continue
+            for i in range(SAMPLES):
+                fh.seek(start + i * (span - SAMPLE_BYTES) // (SAMPLES - 1))
+                h.update(fh.read(SAMPLE_BYTES))
+    return h.hexdigest()
+
+
+def quantkit_version() -> str:
+    import quantkit
+
+    return quantkit.__version__
+
+
+class VariantFiles:
+    """``<cache>/<model>.<name>.<key>.gguf`` made by ``quantkit.convert`` once, reused after.
+
+    The key digests the model's content (:func:`model_digest`), quantkit's version, the variant and
+    the imatrix file's bytes, so another model of the same folder name, a changed model or another
+    quantkit never reuses a file. The conversion's seconds are kept next to the file (``.seconds``)
+    so that a reused file still reports its quantize time.
     """
 
     def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True):
         self.model_dir, self.cache_dir = Path(model_dir), Path(cache_dir)
         self.imatrix, self.threads, self.progress = imatrix, threads, progress
+        self.model_digest = model_digest(self.model_dir)
+        self.imatrix_digest = None if imatrix is None else hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()
 
     def path(self, name: str) -> Path:
-        tag = "" if self.imatrix is None or name == BASELINE else "." + hashlib.sha256(
-            Path(self.imatrix).read_bytes()).hexdigest()[:8]
-        return self.cache_dir / f"{self.model_dir.name}.{name}{tag}.gguf"
+        key = digest(self.model_digest, quantkit_version(), name, None if name == BASELINE else self.imatrix_digest)
+        return self.cache_dir / f"{self.model_dir.name}.{name}.{key}.gguf"
 
     def get(self, name: str) -> Variant:
         """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
@@ -111,7 +162,7 @@ class VariantFiles:
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
                              overwrite=True, progress=self.progress)
-            seconds_file.write_text(f"{result.seconds:.3f}\n")
+            write_atomic(seconds_file, f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)
             elements = sum(int(np.prod(t.shape)) for t in f.tensors)

@@ -23,9 +23,7 @@ of the paired mean difference holds 0) are marked with "≈".
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +32,9 @@ import numpy as np
 
 from ..errors import QuantkitError
 from ..sources.hf import load_pretrained
+from ..files import write_atomic
 from . import metrics
-from .backends import BASELINE, make_backend
+from .backends import BASELINE, digest, make_backend, quantkit_version
 
 DEFAULT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K")
 DATA_DIR = Path(__file__).parent / "data"
@@ -104,14 +103,6 @@ def text_chunks(tokenizer, text: str, text_tokens: int, chunk_tokens: int) -> li
     if not chunks:
         raise QuantkitError("the text is too short: it needs at least 2 tokens")
     return chunks
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
 
 
 # --- one run ----------------------------------------------------------------------------------------
@@ -280,9 +271,8 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     run = Run(runner, tokenizer, prompt_ids(tokenizer, prompt_texts) if runner.can_generate else [],
               text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
               _load_embedder(embedder_path) if runner.can_generate else None, settings)
-    imatrix_digest = None if imatrix is None else hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()
-    key = _digest(str(model_dir.resolve()), backend, prompt_texts, text_content, asdict(settings),
-                  str(embedder_path), imatrix_digest, _versions()["quantkit"])
+    key = digest(runner.files.model_digest, backend, prompt_texts, text_content, asdict(settings),
+                 str(embedder_path), runner.files.imatrix_digest, quantkit_version())
     cache = out / "cache"
     cached = {name: cache / f"{backend}.{name}.{key}.json" for name in [BASELINE, *names]}
     started = time.perf_counter()
@@ -296,7 +286,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
                 continue
             rows[name] = run.baseline() if name == BASELINE else run.measure(name)
             cache.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cached[name], json.dumps(rows[name]))
+            write_atomic(cached[name], json.dumps(rows[name]))
     baseline = rows.pop(BASELINE)
     runner.close()
     ordered = sorted(rows.values(), key=lambda r: -r["size_bytes"])
@@ -348,15 +338,6 @@ def _mark_noise(rows: list[dict], seed: int) -> None:
 
 
 # --- writing ----------------------------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, content, binary: bool = False) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    if binary:
-        partial.write_bytes(content)
-    else:
-        partial.write_text(content, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _ci(ci: dict | None, digits: int) -> str:
@@ -469,6 +450,6 @@ def plot(result: dict) -> bytes:
 def write_report(result: dict, out_dir) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "scorecard.json", json.dumps(result, indent=1, ensure_ascii=False))
-    _atomic_write(out / "scorecard.md", markdown(result))
-    _atomic_write(out / "scorecard.png", plot(result), binary=True)
+    write_atomic(out / "scorecard.json", json.dumps(result, indent=1, ensure_ascii=False))
+    write_atomic(out / "scorecard.md", markdown(result))
+    write_atomic(out / "scorecard.png", plot(result))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError, QuantkitError, ShapeError
+from ..files import create_temp
 from ..types import known_type
 from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType, close_quietly
 
@@ -258,11 +258,11 @@ class GGUFStreamWriter:
         self._check_target(overwrite, inputs)
         self.alignment = self._alignment(metadata)
         self.sizes = self._sizes()
+        self._empty = {info.name for info, size in zip(self.infos, self.sizes) if size == 0}
         header = self._header(metadata)
         self._index = 0  # tensor being written
         self._done = 0  # its bytes written so far
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent)
-        self.tmp_path = Path(tmp)
+        fd, self.tmp_path = create_temp(self.path)
         self._finalizer = weakref.finalize(self, _remove, self.tmp_path)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         try:
@@ -379,6 +379,8 @@ class GGUFStreamWriter:
         if self._file is None:
             raise OutputError(f"{self.path}: writer is closed")
         try:
+            if not _nbytes(chunk) and (name is None or name in self._empty):
+                return  # nothing to write (e.g. a tensor with a zero dimension, which takes no bytes)
             if self._index >= len(self.infos):
                 raise OutputError(f"{self.path}: all {len(self.infos)} tensors are already written")
             info, size = self.infos[self._index], self.sizes[self._index]
@@ -457,6 +459,10 @@ class GGUFStreamWriter:
             self.close()
         else:
             self.abort()
+
+
+def _nbytes(chunk) -> int:
+    return chunk.nbytes if isinstance(chunk, np.ndarray) else memoryview(chunk).nbytes
 
 
 def _remove(path: Path) -> None:

@@ -8,10 +8,12 @@ torch and transformers (the ``[eval]`` extra) are imported inside the functions 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import ImatrixError, QuantkitError
 from ..plan.imatrix_file import Imatrix, ImatrixEntry
@@ -130,15 +132,32 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     is recorded only with ``process_output`` (llama-imatrix's ``--process-output``). ``dataset``
     is recorded as the file's dataset name.
     """
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     model_dir = Path(model_dir)
     name_map = arch_for(HFSource(model_dir)).name_map  # the names the converter gives the tensors
+    with _quiet_transformers():
+        return _collect(model_dir, name_map, text, ctx, chunks, device, progress, dataset, process_output)
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' logging at errors only and its progress bars off, restored on exit."""
+    from transformers.utils import logging as hf_logging  # deferred: optional and heavy (the [eval] extra)
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _collect(model_dir: Path, name_map, text, ctx, chunks, device, progress, dataset, process_output) -> Imatrix:
+    import torch  # deferred: optional and heavy (the [eval] extra)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, "tokenizer", local_files_only=True)
     token_chunks = tokenize_chunks(tokenizer, text, ctx, chunks)

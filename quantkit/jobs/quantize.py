@@ -23,7 +23,7 @@ from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
 from ..errors import QuantkitError
 from ..ggufio import GGUFTensor, read_gguf, typed
 from ..plan.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
-from ..quants import QuantizedTensor, dequantize
+from ..quants import QuantizedTensor, check_finite, dequantize
 from ..types import quant_type
 
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
@@ -44,7 +44,10 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
     next, so each chunk takes its expert's importance weights.
     """
     if p.source == p.target:
+        check_finite(tensor, p.name)  # F32/F16/BF16 copies are checked as quantized tensors are
         yield Chunk(stored=tensor.data, consumed=tensor.nbytes)
+        return
+    if tensor.nbytes == 0:  # a zero dimension: no rows
         return
     weights = tensor_imatrix(imatrix, p.name, p.shape)
     n_per_row = p.shape[-1]

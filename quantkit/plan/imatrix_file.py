@@ -206,6 +206,10 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
         missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in meta]
         if missing:
             raise ImatrixError(f"{path}: imatrix metadata missing: {', '.join(missing)}")
+        datasets = meta[KEY_DATASETS]
+        if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+            raise ImatrixError(f"{path}: {KEY_DATASETS} is {_kind(datasets)}, expected an array of strings")
+        chunk_count, chunk_size = (_count_key(path, meta, key) for key in (KEY_CHUNK_COUNT, KEY_CHUNK_SIZE))
         entries = {}
         for name, pair in sorted(pairs.items()):
             if len(pair) != 2:
@@ -216,9 +220,33 @@ def _read_gguf_imatrix(path: Path) -> Imatrix:
             sums = sums.reshape(-1, sums.shape[-1])
             if counts.size != sums.shape[0]:
                 raise ImatrixError(f"{path}: {name} has {sums.shape[0]} matrices of sums but {counts.size} counts")
+            _check_values(path, f"{name}{SUMS_SUFFIX}", sums)
+            _check_values(path, f"{name}{COUNTS_SUFFIX}", counts)
             entries[name] = ImatrixEntry(sums.astype(np.float32), np.rint(counts).astype(np.int64))
-        return Imatrix(entries, [str(d) for d in meta[KEY_DATASETS]], int(meta[KEY_CHUNK_COUNT]),
-                       int(meta[KEY_CHUNK_SIZE]), str(path))
+        return Imatrix(entries, datasets, chunk_count, chunk_size, str(path))
+
+
+def _kind(value) -> str:
+    """A short name of a metadata value's Python type, for messages."""
+    return {bool: "a bool", int: "an integer", float: "a float", str: "a string", list: "an array"}.get(
+        type(value), type(value).__name__)
+
+
+def _count_key(path: Path, meta, key: str) -> int:
+    """The non-negative integer metadata value ``key``; ImatrixError when it has another type."""
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        shown = _kind(value) if not isinstance(value, int) or isinstance(value, bool) else str(value)
+        raise ImatrixError(f"{path}: {key} is {shown}, expected a non-negative integer")
+    return value
+
+
+def _check_values(path: Path, what: str, values: np.ndarray) -> None:
+    """ImatrixError naming the first NaN, Inf or negative value of an imatrix's sums or counts."""
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0)) if values.size else ()
+    if len(bad):
+        raise ImatrixError(f"{path}: {what} holds {values.reshape(-1)[bad[0]]} at index {bad[0]} "
+                           f"(sums and counts must be finite and >= 0)")
 
 
 class _LegacyCursor:
@@ -256,6 +284,7 @@ def _read_legacy_imatrix(path: Path) -> Imatrix:
         if nval < 1:
             raise ImatrixError(f"{path}: {name} has {nval} values (entry {i})")
         values = np.frombuffer(cur.take(4 * nval, f"{name}'s {nval} values"), dtype="<f4").astype(np.float32)
+        _check_values(path, name, values)
         # llama-quantize divides by ncall, or uses the values as they are when ncall is not positive
         entries[name] = ImatrixEntry(values.reshape(1, nval), np.array([ncall if ncall > 0 else 1], dtype=np.int64))
     chunk_count, datasets = 0, []

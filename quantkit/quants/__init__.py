@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 from numpy.typing import ArrayLike
 
 from ..errors import ImatrixError, NonFiniteError, QuantkitError, ShapeError
-from ..types import QuantType, quant_type
+from ..types import QuantType, known_type, quant_type
 
 TypeSpec = Union[str, int, GGMLQuantizationType, QuantType]  # a type by name ("Q4_K"), ggml id or enum
 
@@ -42,16 +42,19 @@ class QuantizedTensor:
 
 
 def _as_float32(x, what: str) -> np.ndarray:
-    """A C-contiguous float32 numpy copy/view of a numpy array or torch tensor (f32, f16, bf16)."""
+    """A C-contiguous float32 numpy copy/view of a numpy array or torch tensor (f64, f32, f16, bf16).
+
+    float64 is rounded to the nearest float32, as llama.cpp's converter casts it before quantizing.
+    """
     if type(x).__module__.startswith("torch"):
         import torch  # deferred: optional; only reached when the caller passed a torch tensor
 
-        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise QuantkitError(f"{what}: dtype {x.dtype} is not float32, float16 or bfloat16")
+        if x.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+            raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
         return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
     x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float16) and x.dtype.name != "bfloat16":
-        raise QuantkitError(f"{what}: dtype {x.dtype} is not float32, float16 or bfloat16")
+    if x.dtype not in (np.float64, np.float32, np.float16) and x.dtype.name != "bfloat16":
+        raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -73,12 +76,23 @@ def numba_threads(threads: int | None):
         numba.set_num_threads(previous)
 
 
-def _check_finite(rows: np.ndarray, what: str) -> None:
-    from .checks import first_nonfinite  # deferred: a Numba kernel module (see numba_threads)
+def check_finite(q, name: str = "tensor") -> None:
+    """NonFiniteError, as :func:`quantize` raises it, when a float32 array, or a tensor stored as F32,
+    F16 or BF16 (an object with qtype, shape, data), holds NaN or Inf; other stored types are not checked."""
+    from .checks import EXPONENT_BITS, first_nonfinite  # deferred: a Numba kernel module (see numba_threads)
 
-    row, col = first_nonfinite(rows)
+    if isinstance(q, np.ndarray):
+        fmt, shape, data = "F32", q.shape, np.ascontiguousarray(q, dtype=np.float32)
+    else:
+        fmt, shape, data = known_type(q.qtype).name, q.shape, np.asarray(q.data)
+    if fmt not in EXPONENT_BITS or data.size == 0:
+        return
+    n_per_row = int(shape[-1]) if len(shape) else 1
+    rows = data.view(EXPONENT_BITS[fmt].dtype).reshape(-1, n_per_row)
+    row, col = first_nonfinite(rows, fmt)
     if row >= 0:
-        raise NonFiniteError(f"{what}: non-finite value {rows[row, col]} at row {row}, column {col}")
+        value = dequantize(QuantizedTensor(GGMLQuantizationType[fmt], (1, 1), rows[row, col : col + 1].view(np.uint8)))
+        raise NonFiniteError(f"{name}: non-finite value {value[0, 0]} at row {row}, column {col}")
 
 
 def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, threads: int | None = None,
@@ -92,13 +106,10 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
     values = _as_float32(x, name)
     shape = tuple(int(d) for d in values.shape) or (1,)
     n_per_row = shape[-1]
-    if n_per_row == 0 or values.size == 0:
-        raise ShapeError(f"{name}: empty tensor of shape {shape}")
     try:
         qt.row_bytes(n_per_row)
     except ShapeError as e:
         raise ShapeError(f"{name}: {e}") from None
-    rows = values.reshape(-1, n_per_row)
     weights = None
     if imatrix is not None:
         weights = _as_float32(imatrix, f"{name} imatrix").reshape(-1)
@@ -108,13 +119,16 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
             raise ImatrixError(f"{name}: imatrix values must be finite and >= 0")
     if qt.requires_imatrix and weights is None:
         raise ImatrixError(f"{name}: {qt.name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
+    if values.size == 0:  # a zero dimension: no blocks, as ggml_quantize_chunk writes none
+        return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
+    rows = values.reshape(-1, n_per_row)
     with numba_threads(threads):
         if getattr(qt.kernels(), "CHECKS_FINITE", False):
             data, nonfinite = qt.quantize_rows(rows, weights)
             if nonfinite.any():
-                _check_finite(rows, name)
+                check_finite(rows, name)
         else:
-            _check_finite(rows, name)
+            check_finite(rows, name)
             data = qt.quantize_rows(rows, weights)
     return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
 
@@ -128,6 +142,8 @@ def dequantize(q: QuantizedTensor, threads: int | None = None) -> np.ndarray:
     data = np.asarray(q.data).view(np.uint8).reshape(-1)
     if data.size != nbytes:
         raise ShapeError(f"{qt.name} tensor of shape {shape} needs {nbytes} bytes, got {data.size}")
+    if nbytes == 0:  # a zero dimension
+        return np.zeros(shape, dtype=np.float32)
     rows = data.reshape(-1, qt.row_bytes(n_per_row))
     with numba_threads(threads):
         values = qt.dequantize_rows(rows, n_per_row)

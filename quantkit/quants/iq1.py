@@ -256,7 +256,10 @@ def _quantize_row_iq1_s(x, qw, out, tabs, work):
             scales[ib] = scale
             shifts[ib] = best_shift
             max_scale = max_scale if max_scale > scale else scale
-        if max_scale == F0:
+        if max_scale == F0:  # every scale 0 (e.g. no weighted value is non-zero): C keeps the grid's high bits
+            for ib in range(QK_K // bs):
+                out[o + 34 + 2 * ib] = np.uint8(qh[ib] & 255)
+                out[o + 35 + 2 * ib] = np.uint8((qh[ib] >> 8) & 255)
             continue
         d = max_scale / np.float32(15.0)
         dbits = fp32_to_fp16_bits(d * np.float32(1.125))
@@ -664,7 +667,9 @@ def _quantize_row_iq1_m(x, qw, has_qw, out, tabs, work):
             scales[ib] = scale
             shifts[ib] = best_k
             max_scale = max_scale if max_scale > scale else scale
-        if max_scale == F0:
+        if max_scale == F0:  # every scale 0: C keeps the grid's high bits, and no scales or shifts
+            for ib in range(QK_K // bs):
+                out[o + 32 + ib] = np.uint8(qh[ib] & 255)
             continue
         d = max_scale / np.float32(15.0)
         id_ = F1 / d

@@ -18,7 +18,6 @@ llama.cpp's own gguf-py does (newer than gguf 0.19 on PyPI).
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from hashlib import sha256
 from pathlib import Path
@@ -159,10 +158,7 @@ def _load_tokenizer(folder: Path):
             return JsonTokenizer(folder / "tokenizer.json")
         except Exception as e:  # tokenizers raises a bare Exception for a malformed file
             raise SourceError(f"{folder}: cannot load the tokenizer: {first_line(e)}") from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import (
-        AutoTokenizer,  # deferred: optional and heavy (the [hf] extra)
-    )
+    from transformers import AutoTokenizer  # deferred: optional and heavy (the [hf] extra)
 
     return load_pretrained(AutoTokenizer.from_pretrained, folder, "tokenizer", local_files_only=True)
 
