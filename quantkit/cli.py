@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2
 
 # Commands that live in their own module, ``quantkit/commands/<name>.py``, each defining a click
 # command of that name; imported only when invoked (or listed), so start-up stays fast.
-LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "demo")
+LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "demo", "lora")
 
 
 class QuantkitGroup(click.Group):
@@ -154,7 +154,8 @@ def describe(f) -> dict:
         total_elements += n
     return {
         "path": str(f.path),
-        "file_bytes": f.size,
+        "file_bytes": f.set_size,
+        "files": 1 + len(f.shards),
         "version": f.version,
         "alignment": f.alignment,
         "data_offset": f.data_offset,
@@ -172,7 +173,8 @@ def describe(f) -> dict:
 
 def _print_text(f, info: dict) -> None:
     out = click.echo
-    out(f"{info['path']}: GGUF v{info['version']}, {info['file_bytes']:,} bytes, alignment {info['alignment']}, "
+    files = f" in {info['files']} split files" if info["files"] > 1 else ""
+    out(f"{info['path']}: GGUF v{info['version']}, {info['file_bytes']:,} bytes{files}, alignment {info['alignment']}, "
         f"data at offset {info['data_offset']:,}")
     out(f"\nmetadata ({len(f.metadata)} keys):")
     for key, value in f.metadata.items():

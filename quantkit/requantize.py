@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from .converter.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
 from .errors import QuantkitError
-from .ggufio import GGUFStreamWriter, TensorInfo, read_gguf, typed
+from .ggufio import TensorInfo, open_gguf_writer, read_gguf, typed
+from .ggufio.writer import SPLIT_KEYS
 from .types import quant_type
 
 CHUNK_BYTES = 64 << 20  # float32 bytes dequantized and quantized at a time
@@ -56,7 +56,8 @@ def _row_chunks(tensor, rows_per_chunk: int):
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
                progress: bool = True, overrides=(), pure: bool = False, output_type=None,
-               token_embedding_type=None, extra_metadata=None) -> list[TensorPlan]:
+               token_embedding_type=None, extra_metadata=None, split_max_size: int = 0,
+               split_max_tensors: int = 0) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
@@ -64,6 +65,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     ``output_type`` / ``token_embedding_type``: --output-tensor-type / --token-embedding-type.
     ``extra_metadata``: keys set last, after general.file_type (llama-quantize's kv overrides, e.g. the
     ``quantize.imatrix.*`` keys its tool adds; see Imatrix.quantize_metadata).
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (a split ``src`` is read
+    whole from its first shard; its split.* keys are not copied).
     Returns the per-tensor plan that was carried out, in output order.
     """
     from tqdm import tqdm
@@ -86,6 +89,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
                 quant_type(p.source)  # can we read it? (raises UnsupportedTypeError naming the type)
                 quant_type(p.target)
         metadata = source.metadata.copy()
+        for key in SPLIT_KEYS:  # as llama-quantize: the output is one file unless it is split anew
+            metadata.pop(key, None)
         for key in ("general.quantization_version", "general.file_type"):  # llama.cpp moves them to the end
             metadata.pop(key, None)
         metadata["general.quantization_version"] = typed(QUANTIZATION_VERSION, GGUFValueType.UINT32)
@@ -95,7 +100,9 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             metadata[key] = value
         infos = [TensorInfo(p.name, p.target, p.shape) for p in plans]
         start = time.perf_counter()
-        with GGUFStreamWriter(dst, metadata, infos, overwrite=overwrite, inputs=[src], write_behind=2) as writer, tqdm(
+        inputs = [src] + [shard.path for shard in source.shards]
+        with open_gguf_writer(dst, metadata, infos, overwrite=overwrite, inputs=inputs, write_behind=2,
+                              split_max_size=split_max_size, split_max_tensors=split_max_tensors) as writer, tqdm(
             total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc=f"-> {name}", disable=not progress
         ) as bar:
             for tensor, p in zip(tensors, plans):
@@ -114,6 +121,7 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     finally:
         source.close()
     if progress:
-        size = Path(dst).stat().st_size
-        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        size = sum(p.stat().st_size for p in writer.paths)
+        note = f" (first of {len(writer.paths)} shards)" if len(writer.paths) > 1 else ""
+        print(f"wrote {writer.paths[0]}{note}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return plans

@@ -83,6 +83,21 @@ def _header(path: Path) -> dict:
     return header
 
 
+def file_tensors(path: Path) -> list[SourceTensor]:
+    """The tensors of one safetensors file, in name order (as llama.cpp's converter reads a shard)."""
+    tensors = []
+    for name, entry in sorted(_header(path).items()):
+        dtype = entry["dtype"]
+        if dtype not in DTYPE_BYTES:
+            raise SourceError(f"{path.name}: tensor {name!r} has unknown dtype {dtype}")
+        shape = tuple(int(d) for d in entry["shape"])
+        start, stop = entry["data_offsets"]
+        if stop - start != int(np.prod(shape, dtype=np.int64)) * DTYPE_BYTES[dtype]:
+            raise SourceError(f"{path.name}: tensor {name!r}: data size does not match shape {shape} {dtype}")
+        tensors.append(SourceTensor(name, path, dtype, shape))
+    return tensors
+
+
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> the float32 values with those top 16 bits (exact).
 
@@ -131,18 +146,10 @@ class HFSource:
         shards, weight_map = self._shards()
         tensors: dict[str, SourceTensor] = {}
         for path in shards:
-            header = _header(path)
-            for name, entry in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
-                dtype = entry["dtype"]
-                if dtype not in DTYPE_BYTES:
-                    raise SourceError(f"{path.name}: tensor {name!r} has unknown dtype {dtype}")
-                shape = tuple(int(d) for d in entry["shape"])
-                start, stop = entry["data_offsets"]
-                if stop - start != int(np.prod(shape, dtype=np.int64)) * DTYPE_BYTES[dtype]:
-                    raise SourceError(f"{path.name}: tensor {name!r}: data size does not match shape {shape} {dtype}")
-                if name in tensors:
-                    raise SourceError(f"{path.name}: tensor {name!r} is also in {tensors[name].path.name}")
-                tensors[name] = SourceTensor(name, path, dtype, shape)
+            for t in file_tensors(path):
+                if t.name in tensors:
+                    raise SourceError(f"{path.name}: tensor {t.name!r} is also in {tensors[t.name].path.name}")
+                tensors[t.name] = t
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))
             if missing:
@@ -151,6 +158,11 @@ class HFSource:
                     + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
                 )
         return tensors
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files of the folder (an output must not be one of them)."""
+        return [p for p in self.folder.iterdir() if p.is_file()]
 
     def tensor(self, name: str) -> SourceTensor:
         try:
@@ -167,16 +179,20 @@ class HFSource:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
-        import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' numpy reader needs)
-        from safetensors import safe_open
+        return read_rows(self.weight(name), start, stop)
 
-        info = self.weight(name)
-        rows = info.shape[0] if info.shape else 1
-        stop = rows if stop is None else stop
-        if not 0 <= start <= stop <= rows:
-            raise ShapeError(f"{info.path.name}: tensor {name!r}: rows {start}:{stop} out of range (it has {rows})")
-        with safe_open(str(info.path), framework="np") as f:
-            part = f.get_slice(name)[start:stop] if info.shape else f.get_tensor(name)
-        if info.dtype == "BF16":
-            return bf16_to_f32(part.view(np.uint16))
-        return part.astype(np.float32)
+
+def read_rows(info: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` (first axis) of the F32, F16 or BF16 safetensors tensor ``info`` as float32."""
+    import ml_dtypes  # noqa: F401  (gives numpy the bfloat16 dtype safetensors' numpy reader needs)
+    from safetensors import safe_open
+
+    rows = info.shape[0] if info.shape else 1
+    stop = rows if stop is None else stop
+    if not 0 <= start <= stop <= rows:
+        raise ShapeError(f"{info.path.name}: tensor {info.name!r}: rows {start}:{stop} out of range (it has {rows})")
+    with safe_open(str(info.path), framework="np") as f:
+        part = f.get_slice(info.name)[start:stop] if info.shape else f.get_tensor(info.name)
+    if info.dtype == "BF16":
+        return bf16_to_f32(part.view(np.uint16))
+    return part.astype(np.float32)

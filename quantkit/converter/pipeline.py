@@ -31,8 +31,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError
-from ..ggufio import GGUFStreamWriter, TensorInfo, typed
+from ..ggufio import TensorInfo, open_gguf_writer, typed
 from ..source import HFSource
+from .lora import merged_source
 from ..types import quant_type
 from .archs import OutTensor, arch_for
 
@@ -193,6 +194,11 @@ def _collect_metadata(arch, out_tensors, ftype) -> dict:
     with _quiet_gguf():
         w = gguf.GGUFWriter(None, arch.gguf_arch_name)
         _add_keys(w, arch, out_tensors, ftype)
+    return writer_metadata(w)
+
+
+def writer_metadata(w) -> dict:
+    """The keys a path-less gguf.GGUFWriter collected, as key -> quantkit.ggufio.Typed in its order."""
     metadata = {}
     for key, value in w.kv_data[0].items():
         if value.type == GGUFValueType.ARRAY:
@@ -223,8 +229,12 @@ def _add_keys(w, arch, out_tensors, ftype) -> None:
     arch.set_vocab(w)
 
 
-def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=()) -> ConversionPlan:
-    """Decide names, shapes, types and metadata of the GGUF made from ``model_dir`` (reads no weights)."""
+def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(), lora=(),
+                    lora_scale: float = 1.0) -> ConversionPlan:
+    """Decide names, shapes, types and metadata of the GGUF made from ``model_dir`` (reads no weights).
+
+    ``lora``: PEFT adapter folders merged into the weights as they are read (``lora_scale`` times each).
+    """
     preset = str(preset).strip().upper()
     if preset in UNIFORM_PRESETS:
         ftype = UNIFORM_PRESETS[preset][1]
@@ -232,7 +242,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
         preset = _presets().resolve_preset(preset)
         ftype = _presets().file_type(preset)
     overrides = parse_overrides(tensor_types)
-    source = HFSource(model_dir)
+    source = merged_source(model_dir, lora, lora_scale)
     arch = arch_for(source)
     out_tensors = arch.tensors()
     metadata = _collect_metadata(arch, out_tensors, ftype)
@@ -303,18 +313,21 @@ def idle_cores() -> int:
 
 
 def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor_types=(), dry_run: bool = False,
-            threads: int | None = None, overwrite: bool = False, progress: bool = True):
+            threads: int | None = None, overwrite: bool = False, progress: bool = True, lora=(),
+            lora_scale: float = 1.0, split_max_size: int = 0, split_max_tensors: int = 0):
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
     ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default
-    :func:`idle_cores`). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is
+    :func:`idle_cores`); ``lora``: PEFT adapter folders merged in (``W + lora_scale * alpha / r * B @ A``);
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (see GGUFSplitWriter). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is
     returned; otherwise a :class:`ConversionResult`.
     """
     from tqdm import tqdm
 
     start = time.perf_counter()
-    plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types)
+    plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types, lora=lora,
+                           lora_scale=lora_scale)
     if dry_run:
         if progress:
             print_plan(plan)
@@ -323,10 +336,11 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
         raise QuantkitError("no output path given (-o OUT.gguf)")
     output = Path(output)
     threads = threads or idle_cores()
-    inputs = [p for p in plan.source.folder.iterdir() if p.is_file()]
+    inputs = plan.source.inputs
     infos = [TensorInfo(p.name, p.qtype, p.shape) for p in plan.tensors]
     total = sum(info.nbytes for p in plan.tensors for info in p.tensor.sources)
-    with GGUFStreamWriter(output, plan.metadata, infos, overwrite=overwrite, inputs=inputs, write_behind=2) as writer, tqdm(
+    with open_gguf_writer(output, plan.metadata, infos, overwrite=overwrite, inputs=inputs, write_behind=2,
+                          split_max_size=split_max_size, split_max_tensors=split_max_tensors) as writer, tqdm(
         total=total, unit="B", unit_scale=True, desc=f"{plan.source.folder.name} -> {plan.preset}",
         disable=not progress, file=sys.stderr,
     ) as bar:
@@ -335,14 +349,19 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
             for data, consumed in _chunks(plan, p, threads):
                 writer.write(p.name, data)
                 bar.update(consumed)
-    result = ConversionResult(output, plan, output.stat().st_size, time.perf_counter() - start)
+    result = ConversionResult(writer.paths[0], plan, sum(p.stat().st_size for p in writer.paths), time.perf_counter() - start)
     if progress:
         print(
-            f"wrote {output}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
+            f"wrote {result.path}{shards_note(writer.paths)}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
             f"{result.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s",
             file=sys.stderr,
         )
     return result
+
+
+def shards_note(paths) -> str:
+    """' (first of N shards)' for a split set, '' for one file."""
+    return f" (first of {len(paths)} shards)" if len(paths) > 1 else ""
 
 
 def print_plan(plan: ConversionPlan, file=None) -> None:

@@ -1,0 +1,294 @@
+"""PEFT LoRA adapters: read them, write them as llama.cpp's GGUF LoRA adapter, or merge them into a base.
+
+A PEFT adapter folder holds ``adapter_config.json`` (``r``, ``lora_alpha``, ``target_modules``, ...)
+and ``adapter_model.safetensors`` with, per adapted linear layer ``<module>``, the tensors
+``base_model.model.<module>.lora_A.weight`` (A: rank x n_in) and ``...lora_B.weight`` (B: n_out x rank).
+The layer's effective weight is ``W + (alpha / r) * B @ A``.
+
+GGUF adapter (as llama.cpp's convert_lora_to_gguf.py writes it): ``general.type = adapter``,
+``adapter.type = lora``, ``adapter.lora.alpha`` (float32), per adapted tensor ``<gguf name>.lora_a``
+(A) and ``<gguf name>.lora_b`` (B), where ``<gguf name>`` is the base tensor's name in the base
+model's GGUF (``blk.0.attn_q.weight``). Row transforms of the base architecture (llama's Q/K
+permutation) act on W's rows and so on B's rows; A is written as it is. llama.cpp applies the
+adapter as ``W x + scale * (alpha / rank) * B (A x)``, the rank being read from the tensors.
+
+Merging (:class:`MergedSource`) adds ``scale * (alpha / r) * B[rows] @ A`` to each row chunk of W
+as it is read, in float32, so conversion stays streaming.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import QuantkitError
+from ..source import HFSource, SourceError, SourceTensor, file_tensors, read_rows
+from ..types import quant_type
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+LORA_TYPES = {  # --type -> (tensor type, nothing else: llama.cpp's converter writes no file type for adapters)
+    "F32": GGMLQuantizationType.F32,
+    "F16": GGMLQuantizationType.F16,
+    "BF16": GGMLQuantizationType.BF16,
+    "Q8_0": GGMLQuantizationType.Q8_0,
+}
+
+
+class AdapterError(QuantkitError):
+    """A LoRA adapter that is malformed, does not fit its base model, or that llama.cpp cannot apply."""
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One adapted base tensor: its checkpoint name and the A (rank x n_in) and B (n_out x rank) tensors."""
+
+    base_name: str
+    a: SourceTensor
+    b: SourceTensor
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+def _refusal(name: str) -> str | None:
+    """Why llama.cpp cannot apply adapter tensor ``name`` (not a lora_A/lora_B pair member), or None."""
+    if ".lora_embedding_" in name:
+        return "holds LoRA on the token embeddings (lora_embedding_A/B), which quantkit does not convert"
+    if name.endswith((".embed_tokens.weight", ".lm_head.weight", "wte.weight")):
+        return ("holds full embedding/output weights (new tokens added in fine-tuning?); llama.cpp's LoRA cannot "
+                "replace whole tensors - merge the adapter instead (quantkit convert --lora)")
+    if ".lora_magnitude_vector" in name:
+        return "is a DoRA adapter (lora_magnitude_vector); llama.cpp applies plain LoRA only"
+    return f"holds tensor {name!r}, which is not a lora_A/lora_B weight; llama.cpp applies only LoRA pairs"
+
+
+class LoraAdapter:
+    """A PEFT LoRA adapter folder: ``config``, ``alpha`` (as llama.cpp uses it: scale = alpha / rank),
+    ``pairs`` (checkpoint base tensor name -> :class:`LoraPair`, in the order their tensors appear)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        config_path = self.folder / ADAPTER_CONFIG
+        weights_path = self.folder / ADAPTER_WEIGHTS
+        if not self.folder.is_dir():
+            raise AdapterError(f"{self.folder}: not a folder (expected a PEFT adapter folder)")
+        if not config_path.is_file():
+            raise AdapterError(f"{self.folder}: no {ADAPTER_CONFIG}; is this a PEFT LoRA adapter folder?")
+        if not weights_path.is_file():
+            if (self.folder / "adapter_model.bin").is_file():
+                raise AdapterError(f"{self.folder}: only adapter_model.bin (pickle); quantkit reads safetensors only - "
+                                   "save the adapter with safe_serialization=True")
+            raise AdapterError(f"{self.folder}: no {ADAPTER_WEIGHTS}")
+        try:
+            self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AdapterError(f"{config_path}: not valid JSON ({e})") from None
+        if not isinstance(self.config, dict):
+            raise AdapterError(f"{config_path}: expected a JSON object")
+        self.alpha = self._alpha(config_path)
+        self.pairs = self._pairs(weights_path)
+
+    def _alpha(self, config_path: Path) -> float:
+        c = self.config
+        if str(c.get("peft_type", "LORA")).upper() != "LORA":
+            raise AdapterError(f"{config_path}: peft_type {c.get('peft_type')!r}; only LORA adapters can be converted")
+        for key, why in (("use_dora", "DoRA adapters"), ("modules_to_save", "modules_to_save (whole trained modules)"),
+                         ("alpha_pattern", "per-module alpha (alpha_pattern)"),
+                         ("fan_in_fan_out", "fan_in_fan_out (transposed Conv1D) adapters")):
+            if c.get(key):
+                raise AdapterError(f"{config_path}: {key} is set; llama.cpp cannot apply {why}")
+        if c.get("bias", "none") != "none":
+            raise AdapterError(f"{config_path}: bias {c['bias']!r}; llama.cpp's LoRA applies no trained biases")
+        r, alpha = c.get("r"), c.get("lora_alpha")
+        for key, value in (("r", r), ("lora_alpha", alpha)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise AdapterError(f"{config_path}: {key} {value!r} is not a positive number")
+        if c.get("use_rslora"):  # rsLoRA scales by alpha / sqrt(r); llama.cpp by alpha / r
+            alpha = alpha * math.sqrt(r)
+        return float(alpha)
+
+    def _pairs(self, path: Path) -> dict[str, LoraPair]:
+        halves: dict[str, dict[str, SourceTensor]] = {}
+        for t in file_tensors(path):
+            module, sep, half = t.name.rpartition(".lora_")
+            if not sep or half not in ("A.weight", "B.weight"):
+                raise AdapterError(f"{path}: {_refusal(t.name)}")
+            base = module.removeprefix(PEFT_PREFIX) + ".weight"
+            if t.dtype not in ("F32", "F16", "BF16") or len(t.shape) != 2:
+                raise AdapterError(f"{path}: tensor {t.name!r} is {t.dtype} {t.shape}; expected a 2-D F32, F16 or BF16 matrix")
+            halves.setdefault(base, {})[half[0]] = t
+        pairs = {}
+        rank_pattern = self.config.get("rank_pattern") or {}
+        for base, ab in halves.items():
+            if set(ab) != {"A", "B"}:
+                have = next(iter(ab.values())).name
+                raise AdapterError(f"{path}: {have!r} has no lora_{'B' if 'A' in ab else 'A'} partner")
+            pair = LoraPair(base, ab["A"], ab["B"])
+            if pair.b.shape[1] != pair.rank:
+                raise AdapterError(f"{path}: {pair.b.name!r} has {pair.b.shape[1]} columns, its lora_A has rank {pair.rank}")
+            if not rank_pattern and pair.rank != self.config["r"]:
+                raise AdapterError(f"{path}: {pair.a.name!r} has rank {pair.rank}, adapter_config.json says r = {self.config['r']}")
+            pairs[base] = pair
+        if not pairs:
+            raise AdapterError(f"{path}: no lora_A/lora_B tensors")
+        return pairs
+
+    def check_fits(self, base: HFSource) -> None:
+        """Every adapted tensor exists in ``base`` with shape (rows of B, columns of A)."""
+        for pair in self.pairs.values():
+            if pair.base_name not in base.tensors:
+                raise AdapterError(f"{self.folder}: {pair.a.name!r} adapts {pair.base_name!r}, which {base.folder} does not have")
+            expected = base.tensors[pair.base_name].shape
+            if (pair.b.shape[0], pair.a.shape[1]) != tuple(expected):
+                raise AdapterError(
+                    f"{self.folder}: {pair.base_name!r} is {tuple(expected)} in the base, the adapter's B @ A is "
+                    f"({pair.b.shape[0]}, {pair.a.shape[1]})"
+                )
+
+    def delta(self, pair: LoraPair, start: int, stop: int) -> np.ndarray:
+        """(alpha / rank) * B[start:stop] @ A in float32."""
+        b = read_rows(pair.b, start, stop)
+        return np.float32(self.alpha / pair.rank) * (b @ read_rows(pair.a))
+
+
+class MergedSource:
+    """A base :class:`HFSource` whose weights read as ``W + scale * sum of the adapters' deltas``.
+
+    Everything but ``read`` is the base's (config, tensors, folder, ...); ``inputs`` lists the files read.
+    """
+
+    def __init__(self, base: HFSource, adapters: list[LoraAdapter], scale: float = 1.0):
+        self._base = base
+        self.adapters = adapters
+        self.scale = float(scale)
+        for adapter in adapters:
+            adapter.check_fits(base)
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return self._base.inputs + [a.folder / ADAPTER_WEIGHTS for a in self.adapters]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        values = self._base.read(name, start, stop)
+        for adapter in self.adapters:
+            pair = adapter.pairs.get(name)
+            if pair is not None:
+                stop = values.shape[0] + start
+                values += np.float32(self.scale) * adapter.delta(pair, start, stop)
+        return values
+
+
+def merged_source(model_dir, lora=(), lora_scale: float = 1.0):
+    """``HFSource(model_dir)``, or with adapter folders ``lora`` a :class:`MergedSource` of it."""
+    source = HFSource(model_dir)
+    if not lora:
+        return source
+    return MergedSource(source, [LoraAdapter(folder) for folder in lora], lora_scale)
+
+
+def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object]]:
+    """(GGUF base name, pair, transform of B's rows or None) per pair, through the base's architecture."""
+    by_part = {}
+    for t in arch.tensors():
+        for part in t.parts:
+            by_part[part] = t
+    out = []
+    for pair in adapter.pairs.values():
+        t = by_part.get(pair.base_name)
+        if t is None:
+            if pair.base_name == "lm_head.weight":
+                raise AdapterError(f"{adapter.folder}: the adapter targets lm_head, which the base ties to the embeddings; "
+                                   "llama.cpp cannot apply it")
+            raise AdapterError(f"{adapter.folder}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
+        if len(t.parts) != 1:
+            raise AdapterError(f"{adapter.folder}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE experts "
+                               "is not supported")
+        out.append((t.name, pair, t.transform))
+    return out
+
+
+def _lora_type(shape: tuple, target: GGMLQuantizationType) -> GGMLQuantizationType:
+    """llama.cpp's converter's choice: ``target``, or F16 when the row does not fit its blocks."""
+    if shape[-1] % quant_type(target).block_size:
+        return GGMLQuantizationType.F16
+    return target
+
+
+def _metadata(adapter: LoraAdapter, base: HFSource, arch_name: str, infos) -> dict:
+    """The keys convert_lora_to_gguf.py writes, through a path-less gguf.GGUFWriter."""
+    from .pipeline import _quiet_gguf, writer_metadata
+
+    with _quiet_gguf():
+        w = gguf.GGUFWriter(None, arch_name)
+        for info in infos:  # for the (negated, LoRA) parameter count gguf.Metadata reads
+            w.add_tensor_info(info.name, info.shape, np.float32, 0, raw_dtype=GGMLQuantizationType.F32)
+        total = w.get_total_parameter_count()[0]
+        w.add_type(gguf.GGUFType.ADAPTER)
+        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        meta = gguf.Metadata.load(None, adapter.folder, None, total)
+        if meta.name is None:
+            meta.name = base.folder.name
+        meta.set_gguf_meta_model(w)
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, adapter.alpha)
+        tokens = adapter.config.get("alora_invocation_tokens")
+        if tokens:
+            w.add_key_value(gguf.Keys.Adapter.ALORA_INVOCATION_TOKENS, list(tokens), gguf.GGUFValueType.ARRAY,
+                            gguf.GGUFValueType.UINT32)
+        elif adapter.config.get("invocation_string"):
+            raise AdapterError(f"{adapter.folder / ADAPTER_CONFIG}: aLoRA invocation_string without "
+                               "alora_invocation_tokens; give the token ids")
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return writer_metadata(w)
+
+
+def convert_lora(adapter_dir, base_dir, output, type_name: str = "F16", *, overwrite: bool = False,
+                 threads: int | None = None, progress: bool = True) -> Path:
+    """Write the PEFT adapter ``adapter_dir`` for the base model ``base_dir`` as llama.cpp's GGUF LoRA adapter.
+
+    ``type_name``: F32, F16, BF16 or Q8_0 (lora_b falls back to F16 when its rank is not a multiple
+    of 32, as in llama.cpp's converter; 1-D tensors stay F32).
+    """
+    from ..ggufio import GGUFStreamWriter, TensorInfo
+    from ..quants import quantize
+    from .archs import arch_for
+
+    key = str(type_name).strip().upper()
+    if key not in LORA_TYPES:
+        raise AdapterError(f"--type {type_name!r}: an adapter is written as one of {', '.join(LORA_TYPES)}")
+    base = HFSource(base_dir)
+    adapter = LoraAdapter(adapter_dir)
+    adapter.check_fits(base)
+    arch = arch_for(base)
+    tensors = _out_tensors(adapter, arch)
+    planned = []  # (TensorInfo, reader of its float32 values)
+    for name, pair, transform in tensors:
+        shape_a, shape_b = pair.a.shape, pair.b.shape
+        read_b = (lambda p=pair, f=transform: f(read_rows(p.b)) if f else read_rows(p.b))
+        planned.append((TensorInfo(name + ".lora_a", _lora_type(shape_a, LORA_TYPES[key]), shape_a),
+                        lambda p=pair: read_rows(p.a)))
+        planned.append((TensorInfo(name + ".lora_b", _lora_type(shape_b, LORA_TYPES[key]), shape_b), read_b))
+    metadata = _metadata(adapter, base, arch.gguf_arch_name, [info for info, _ in planned])
+    output = Path(output)
+    with GGUFStreamWriter(output, metadata, [info for info, _ in planned], overwrite=overwrite,
+                          inputs=[adapter.folder / ADAPTER_WEIGHTS, adapter.folder / ADAPTER_CONFIG]) as writer:
+        for info, read in planned:
+            values = read()
+            data = values if info.qtype == GGMLQuantizationType.F32 else quantize(values, info.qtype, threads=threads,
+                                                                                    name=info.name).data
+            writer.write(info.name, np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+    if progress:
+        print(f"wrote {output}: {len(planned)} tensors, {output.stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+    return output
