@@ -123,12 +123,13 @@ def llama_quantize(src: Path, preset: str) -> Path:
     return out
 
 
-def gguf_differences(a: Path, b: Path) -> list[str]:
-    """Every difference between two GGUF files' metadata and tensors (empty when equal)."""
+def gguf_differences(a: Path, b: Path, whole_set: bool = True) -> list[str]:
+    """Every difference between two GGUF files' metadata and tensors (empty when equal); with
+    ``whole_set=False`` two shards of split sets are compared as the single files they are."""
     from quantkit import read_gguf
 
     diffs = []
-    with read_gguf(a) as fa, read_gguf(b) as fb:
+    with read_gguf(a, whole_set) as fa, read_gguf(b, whole_set) as fb:
         for key in sorted(set(fa.metadata) | set(fb.metadata)):
             if key not in fa.metadata or key not in fb.metadata:
                 diffs.append(f"key {key} only in {'b' if key in fb.metadata else 'a'}")

@@ -60,16 +60,13 @@ class LoraPair:
         return self.a.shape[0]
 
 
-def _refusal(name: str) -> str | None:
-    """Why llama.cpp cannot apply adapter tensor ``name`` (not a lora_A/lora_B pair member), or None."""
+def _refusal(name: str) -> str:
+    """Why llama.cpp cannot apply adapter tensor ``name``, which is not a lora_A/lora_B weight."""
     if ".lora_embedding_" in name:
-        return "holds LoRA on the token embeddings (lora_embedding_A/B), which quantkit does not convert"
-    if name.endswith((".embed_tokens.weight", ".lm_head.weight", "wte.weight")):
-        return ("holds full embedding/output weights (new tokens added in fine-tuning?); llama.cpp's LoRA cannot "
-                "replace whole tensors - merge the adapter instead (quantkit convert --lora)")
+        return f"{name!r} is LoRA on the token embeddings, which quantkit does not convert"
     if ".lora_magnitude_vector" in name:
-        return "is a DoRA adapter (lora_magnitude_vector); llama.cpp applies plain LoRA only"
-    return f"holds tensor {name!r}, which is not a lora_A/lora_B weight; llama.cpp applies only LoRA pairs"
+        return f"{name!r} is a DoRA magnitude; llama.cpp applies plain LoRA only"
+    return f"{name!r} is a whole weight, not a lora_A/lora_B pair; llama.cpp cannot apply it"
 
 
 class LoraAdapter:
@@ -95,7 +92,7 @@ class LoraAdapter:
             raise AdapterError(f"{config_path}: not valid JSON ({e})") from None
         if not isinstance(self.config, dict):
             raise AdapterError(f"{config_path}: expected a JSON object")
-        self.alpha = self._alpha(config_path)
+        self.alpha = self._alpha(Path(self.folder.name, ADAPTER_CONFIG))
         self.pairs = self._pairs(weights_path)
 
     def _alpha(self, config_path: Path) -> float:
@@ -117,9 +114,10 @@ class LoraAdapter:
             alpha = alpha * math.sqrt(r)
         return float(alpha)
 
-    def _pairs(self, path: Path) -> dict[str, LoraPair]:
+    def _pairs(self, weights_path: Path) -> dict[str, LoraPair]:
+        path = Path(self.folder.name, ADAPTER_WEIGHTS)  # in messages
         halves: dict[str, dict[str, SourceTensor]] = {}
-        for t in file_tensors(path):
+        for t in file_tensors(weights_path):
             module, sep, half = t.name.rpartition(".lora_")
             if not sep or half not in ("A.weight", "B.weight"):
                 raise AdapterError(f"{path}: {_refusal(t.name)}")
@@ -147,11 +145,11 @@ class LoraAdapter:
         """Every adapted tensor exists in ``base`` with shape (rows of B, columns of A)."""
         for pair in self.pairs.values():
             if pair.base_name not in base.tensors:
-                raise AdapterError(f"{self.folder}: {pair.a.name!r} adapts {pair.base_name!r}, which {base.folder} does not have")
+                raise AdapterError(f"{self.folder.name}: {pair.a.name!r} adapts {pair.base_name!r}, which base {base.folder.name} does not have")
             expected = base.tensors[pair.base_name].shape
             if (pair.b.shape[0], pair.a.shape[1]) != tuple(expected):
                 raise AdapterError(
-                    f"{self.folder}: {pair.base_name!r} is {tuple(expected)} in the base, the adapter's B @ A is "
+                    f"{self.folder.name}: {pair.base_name!r} is {tuple(expected)} in the base, the adapter's B @ A is "
                     f"({pair.b.shape[0]}, {pair.a.shape[1]})"
                 )
 
@@ -210,11 +208,11 @@ def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object
         t = by_part.get(pair.base_name)
         if t is None:
             if pair.base_name == "lm_head.weight":
-                raise AdapterError(f"{adapter.folder}: the adapter targets lm_head, which the base ties to the embeddings; "
+                raise AdapterError(f"{adapter.folder.name}: the adapter targets lm_head, which the base ties to the embeddings; "
                                    "llama.cpp cannot apply it")
-            raise AdapterError(f"{adapter.folder}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
+            raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
         if len(t.parts) != 1:
-            raise AdapterError(f"{adapter.folder}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE experts "
+            raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE experts "
                                "is not supported")
         out.append((t.name, pair, t.transform))
     return out
