@@ -381,7 +381,8 @@ def tokenize_chunks(tokenizer, text: str, ctx: int, chunks: int | None):
 
 
 def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = None, device=None,
-                    progress: bool = True, dataset: str | None = None, process_output: bool = False) -> Imatrix:
+                    progress: bool = True, dataset: str | None = None, process_output: bool = False,
+                    lora=(), lora_scale: float = 1.0) -> Imatrix:
     """Run the Hugging Face causal LM in ``model_dir`` over ``text`` and return its importance matrix.
 
     ``text`` is cut into chunks of ``ctx`` tokens (at most ``chunks``), each run on its own with no
@@ -390,7 +391,8 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     with the token count, keyed by the GGUF tensor name quantkit's converter gives it (so only
     architectures the converter supports). ``output.weight``
     is recorded only with ``process_output`` (llama-imatrix's ``--process-output``). ``dataset``
-    is recorded as the file's dataset name.
+    is recorded as the file's dataset name. ``lora``: PEFT adapter folders merged into the weights
+    (``lora_scale`` times each) before the model runs, so the matrix is the merged model's.
     """
     import torch
     from tqdm import tqdm
@@ -398,10 +400,11 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     from transformers.utils import logging as hf_logging
 
     from .converter.archs import arch_for
-    from .source import HFSource
+    from .converter.lora import merged_source
 
     model_dir = Path(model_dir)
-    name_map = arch_for(HFSource(model_dir)).name_map  # the names the converter gives the tensors
+    source = merged_source(model_dir, lora, lora_scale)  # adapters checked against the base before the model loads
+    name_map = arch_for(source).name_map  # the names the converter gives the tensors
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -411,6 +414,9 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype,
                                                  experts_implementation="eager").to(device).eval()
+    if lora:
+        with torch.no_grad():
+            source.merge.merge_into(dict(model.named_parameters()))
     targets, accumulators = _targets(model, name_map, process_output, device)
     if not accumulators:
         raise QuantkitError(f"{model_dir}: no weight matrix of the model maps to a GGUF tensor name")

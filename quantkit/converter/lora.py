@@ -159,34 +159,71 @@ class LoraAdapter:
         return np.float32(self.alpha / pair.rank) * (b @ read_rows(pair.a))
 
 
-class MergedSource:
-    """A base :class:`HFSource` whose weights read as ``W + scale * sum of the adapters' deltas``.
+class LoraMerge:
+    """PEFT adapters to merge into a base model: ``W + scale * (alpha / r) * B @ A`` for each adapter."""
 
-    Everything but ``read`` is the base's (config, tensors, folder, ...); ``inputs`` lists the files read.
+    def __init__(self, folders, scale: float = 1.0):
+        self.adapters = [LoraAdapter(folder) for folder in folders]
+        self.scale = float(scale)
+
+    def check_fits(self, base: HFSource) -> None:
+        for adapter in self.adapters:
+            adapter.check_fits(base)
+
+    @property
+    def files(self) -> list[Path]:
+        return [a.folder / name for a in self.adapters for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
+
+    def tag(self) -> str:
+        """8 hex digits naming these adapters and this scale (for cache file names)."""
+        import hashlib
+
+        digest = hashlib.sha256(repr(self.scale).encode())
+        for path in self.files:
+            digest.update(path.read_bytes())
+        return digest.hexdigest()[:8]
+
+    def add_to(self, name: str, values: np.ndarray, start: int = 0) -> np.ndarray:
+        """Rows ``start:start + len(values)`` of checkpoint tensor ``name`` (float32) with the adapters added."""
+        for adapter in self.adapters:
+            pair = adapter.pairs.get(name)
+            if pair is not None:
+                values += np.float32(self.scale) * adapter.delta(pair, start, start + values.shape[0])
+        return values
+
+    def merge_into(self, params: dict) -> None:
+        """Add the adapters to torch parameters (checkpoint name -> tensor), in place."""
+        import torch
+
+        for adapter in self.adapters:
+            for name, pair in adapter.pairs.items():
+                if name not in params:
+                    raise AdapterError(f"{adapter.folder.name}: {name!r} is no parameter of the transformers model")
+                param = params[name]
+                delta = np.float32(self.scale) * adapter.delta(pair, 0, pair.b.shape[0])
+                param.add_(torch.from_numpy(delta).to(param.device, param.dtype))
+
+
+class MergedSource:
+    """A base :class:`HFSource` whose weights read with a :class:`LoraMerge` added, row chunk by row chunk.
+
+    Everything but ``read`` and ``inputs`` is the base's (config, tensors, folder, ...).
     """
 
-    def __init__(self, base: HFSource, adapters: list[LoraAdapter], scale: float = 1.0):
+    def __init__(self, base: HFSource, merge: LoraMerge):
         self._base = base
-        self.adapters = adapters
-        self.scale = float(scale)
-        for adapter in adapters:
-            adapter.check_fits(base)
+        self.merge = merge
+        merge.check_fits(base)
 
     def __getattr__(self, name):
         return getattr(self._base, name)
 
     @property
     def inputs(self) -> list[Path]:
-        return self._base.inputs + [a.folder / ADAPTER_WEIGHTS for a in self.adapters]
+        return self._base.inputs + self.merge.files
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        values = self._base.read(name, start, stop)
-        for adapter in self.adapters:
-            pair = adapter.pairs.get(name)
-            if pair is not None:
-                stop = values.shape[0] + start
-                values += np.float32(self.scale) * adapter.delta(pair, start, stop)
-        return values
+        return self.merge.add_to(name, self._base.read(name, start, stop), start)
 
 
 def merged_source(model_dir, lora=(), lora_scale: float = 1.0):
@@ -194,7 +231,7 @@ def merged_source(model_dir, lora=(), lora_scale: float = 1.0):
     source = HFSource(model_dir)
     if not lora:
         return source
-    return MergedSource(source, [LoraAdapter(folder) for folder in lora], lora_scale)
+    return MergedSource(source, LoraMerge(lora, lora_scale))
 
 
 def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object]]:
