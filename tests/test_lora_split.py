@@ -208,3 +208,28 @@ def test_llama_cpp_runs_split_set(tmp_path, smollm2_hf_dir):
         expected = server.greedy(prompt, 12)
     with LlamaServer(shards[0]) as server:
         assert server.greedy(prompt, 12) == expected
+
+
+# --- scorecard --lora ----------------------------------------------------------------------------
+
+def test_scorecard_scores_the_merged_model(tmp_path, smollm2_hf_dir):
+    """With --lora both the 16-bit baseline (torch) and the F16 variant (converted) are the merged model: F16
+    then scores as the baseline (KLD ~ 0), and its file is the merged conversion."""
+    from quantkit.eval import Settings, scorecard
+
+    base = make_llama_folder(tmp_path, smollm2_hf_dir)
+    adapter = make_lora_adapter(tmp_path / "adapter", base, rank=8, alpha=16)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a colour.\nCount to three.\n")
+    settings = Settings(max_new_tokens=8, text_tokens=64)
+    result = scorecard(base, ["F16"], tmp_path / "report", prompts=prompts, settings=settings, progress=False,
+                       threads=1, lora=[adapter])
+    f16 = result["types"][0]
+    assert f16["text"]["kld"]["mean"] < 1e-4 and f16["teacher_forced"]["top1"]["mean"] == 1.0
+    assert result["settings"]["lora"] == [str(adapter)]
+    variant = next((tmp_path / "report" / "files").glob("model.lora-*.F16.gguf"))
+    merged = tmp_path / "merged.gguf"
+    assert run_cli("convert", base, "--lora", adapter, "-o", merged).exit_code == 0
+    assert gguf_differences(variant, merged) == []
+    plain = scorecard(base, ["F16"], tmp_path / "plain", prompts=prompts, settings=settings, progress=False, threads=1)
+    assert plain["baseline"] != result["baseline"]  # the adapter changes what the baseline answers and scores

@@ -171,6 +171,11 @@ class LoraMerge:
             adapter.check_fits(base)
 
     @property
+    def names(self) -> set[str]:
+        """Checkpoint names of the tensors the adapters change."""
+        return {name for adapter in self.adapters for name in adapter.pairs}
+
+    @property
     def files(self) -> list[Path]:
         return [a.folder / name for a in self.adapters for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)]
 
@@ -227,11 +232,11 @@ class MergedSource:
 
 
 def merged_source(model_dir, lora=(), lora_scale: float = 1.0):
-    """``HFSource(model_dir)``, or with adapter folders ``lora`` a :class:`MergedSource` of it."""
+    """``HFSource(model_dir)``, or with ``lora`` (adapter folders, or a LoraMerge) a :class:`MergedSource` of it."""
     source = HFSource(model_dir)
     if not lora:
         return source
-    return MergedSource(source, LoraMerge(lora, lora_scale))
+    return MergedSource(source, lora if isinstance(lora, LoraMerge) else LoraMerge(lora, lora_scale))
 
 
 def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object]]:

@@ -73,28 +73,31 @@ def preset_of(model_dir: Path, name: str) -> str:
     return stored_16bit(model_dir) if name == BASELINE else name
 
 
-def check_variant(model_dir: Path, name: str, imatrix=None) -> None:
-    """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix)."""
+def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
+    """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix, adapters)."""
     from ..converter import plan_conversion
 
-    plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
+    plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix, lora=lora or ())
 
 
 class VariantFiles:
-    """``<cache>/<model>.<name>[.<imatrix tag>].gguf`` made by ``quantkit.convert`` once, reused after.
+    """``<cache>/<model>[.lora-<tag>].<name>[.<imatrix tag>].gguf`` made by ``quantkit.convert`` once, reused after.
+
+    ``lora``: a :class:`quantkit.converter.lora.LoraMerge` merged into every variant, or None.
 
     The conversion's seconds are kept next to the file (``.seconds``) so that a reused file still
     reports its quantize time.
     """
 
-    def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True):
+    def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True, lora=None):
         self.model_dir, self.cache_dir = Path(model_dir), Path(cache_dir)
-        self.imatrix, self.threads, self.progress = imatrix, threads, progress
+        self.imatrix, self.threads, self.progress, self.lora = imatrix, threads, progress, lora
+        self.model_tag = self.model_dir.name + (f".lora-{lora.tag()}" if lora else "")
 
     def path(self, name: str) -> Path:
         tag = "" if self.imatrix is None or name == BASELINE else "." + hashlib.sha256(
             Path(self.imatrix).read_bytes()).hexdigest()[:8]
-        return self.cache_dir / f"{self.model_dir.name}.{name}{tag}.gguf"
+        return self.cache_dir / f"{self.model_tag}.{name}{tag}.gguf"
 
     def get(self, name: str) -> Variant:
         """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
@@ -109,7 +112,7 @@ class VariantFiles:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
-                             overwrite=True, progress=self.progress)
+                             overwrite=True, progress=self.progress, lora=self.lora or ())
             seconds_file.write_text(f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)
@@ -189,12 +192,12 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True):
+    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, lora=None):
         import torch
         import transformers
 
         self.model_dir = Path(model_dir)
-        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress, lora)
         if threads:
             torch.set_num_threads(threads)
         self.can_generate = can_generate(self.model_dir)
@@ -213,6 +216,8 @@ class TorchBackend:
         stored = {}
         with torch.no_grad():
             for hf_name, values in _stored_tensors(self.model_dir):
+                if self.files.lora and hf_name in self.files.lora.names:  # the merged model is the baseline
+                    values = torch.from_numpy(self.files.lora.add_to(hf_name, values.float().numpy()))
                 if self.model is not None:
                     self._param(hf_name).copy_(values)
                 stored[hf_name] = values
@@ -316,7 +321,7 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
 
-    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, n_ctx=2048):
+    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, n_ctx=2048, lora=None):
         import importlib.util
 
         if importlib.util.find_spec("xllamacpp") is None:
@@ -325,7 +330,7 @@ class LlamaCppBackend:
             raise QuantkitError("the llama.cpp backend needs quantkit.convert, which this install does not have yet; "
                                 "use --backend torch")
         self.model_dir = Path(model_dir)
-        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress, lora)
         self.threads = threads or os.cpu_count()
         self.n_ctx = n_ctx
         self.server = None
@@ -387,9 +392,9 @@ class LlamaCppBackend:
         self.server = None
 
 
-def make_backend(kind: str, model_dir, cache_dir, imatrix=None, threads=None, progress=True):
-    """The backend called ``kind`` ("torch" or "llama.cpp")."""
+def make_backend(kind: str, model_dir, cache_dir, imatrix=None, threads=None, progress=True, lora=None):
+    """The backend called ``kind`` ("torch" or "llama.cpp"); ``lora``: a LoraMerge merged into the model, or None."""
     backends = {"torch": TorchBackend, "llama.cpp": LlamaCppBackend}
     if kind not in backends:
         raise QuantkitError(f"unknown backend {kind!r}; choose torch or llama.cpp")
-    return backends[kind](model_dir, cache_dir, imatrix=imatrix, threads=threads, progress=progress)
+    return backends[kind](model_dir, cache_dir, imatrix=imatrix, threads=threads, progress=progress, lora=lora)
