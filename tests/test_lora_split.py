@@ -233,3 +233,30 @@ def test_scorecard_scores_the_merged_model(tmp_path, smollm2_hf_dir):
     assert gguf_differences(variant, merged) == []
     plain = scorecard(base, ["F16"], tmp_path / "plain", prompts=prompts, settings=settings, progress=False, threads=1)
     assert plain["baseline"] != result["baseline"]  # the adapter changes what the baseline answers and scores
+
+
+def test_split_sizes_and_all_or_nothing(tmp_path, two_layer_model):
+    from gguf import GGMLQuantizationType
+
+    from quantkit.ggufio import TensorInfo, open_gguf_writer, parse_split_size
+
+    assert [parse_split_size(s) for s in ("1500", "2K", "100M", "3G")] == [1500, 2000, 100_000_000, 3_000_000_000]
+    result = run_cli("convert", two_layer_model, "-o", tmp_path / "m.gguf", "--split-max-size", "10X")
+    assert result.exit_code == 2
+    assert result.output == "quantkit: error: --split-max-size '10X': expected a positive number of bytes, optionally with K, M or G\n"
+    infos = [TensorInfo(f"t{i}", GGMLQuantizationType.F32, (8,)) for i in range(3)]
+    with pytest.raises(RuntimeError):
+        with open_gguf_writer(tmp_path / "x.gguf", {}, infos, split_max_tensors=1) as writer:
+            writer.write("t0", np.zeros(8, np.float32))
+            writer.write("t1", np.zeros(8, np.float32))
+            raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []  # no shard, no temporary file
+    (tmp_path / "x-00002-of-00003.gguf").write_bytes(b"old")
+    result = run_cli("convert", two_layer_model, "-o", tmp_path / "x.gguf", "--split-max-tensors", "9")
+    assert result.exit_code == 2 and "x-00002-of-00003.gguf: exists" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-00002-of-00003.gguf"]
+    with open_gguf_writer(tmp_path / "one.gguf", {}, infos, split_max_size=10**6) as writer:  # one shard: a plain file
+        for info in infos:
+            writer.write(info.name, np.ones(8, np.float32))
+    with read_gguf(tmp_path / "one.gguf") as f:
+        assert "split.count" not in f.metadata and len(f.tensors) == 3

@@ -245,7 +245,20 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-class GGUFStreamWriter:
+class _Atomic:
+    """``with`` support: ``close()`` (commit) when the block ends normally, ``abort()`` when it raises."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class GGUFStreamWriter(_Atomic):
     """Write a GGUF v3 file tensor by tensor.
 
     ``GGUFStreamWriter(path, metadata, tensor_infos, *, overwrite=False, inputs=())``:
@@ -476,15 +489,6 @@ class GGUFStreamWriter:
                 pass
         self._finalizer()
 
-    def __enter__(self) -> GGUFStreamWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 SPLIT_KEYS = (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)
 
@@ -513,7 +517,7 @@ def shard_plan(sizes, max_size: int = 0, max_tensors: int = 0) -> list[int]:
     return counts
 
 
-class GGUFSplitWriter:
+class GGUFSplitWriter(_Atomic):
     """llama.cpp's split GGUF set, written with one :class:`GGUFStreamWriter` per shard.
 
     The first shard holds all metadata, every shard the keys ``split.no`` (u16, from 0),
@@ -587,15 +591,6 @@ class GGUFSplitWriter:
     def abort(self) -> None:
         for w in self.writers:
             w.abort()
-
-    def __enter__(self) -> GGUFSplitWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_gguf_writer(path, metadata, tensor_infos, *, split_max_size: int = 0, split_max_tensors: int = 0, **options):
