@@ -2,8 +2,11 @@
 
 - ``peer_dir()``: llama.cpp's convert_hf_to_gguf.py with its gguf-py, from the llama-cpp-python
   0.3.36 sdist (``pip download`` into quantkit's cache once, then only the converter is extracted).
+- ``run_peer(script, *args)``: one of the peer's converters, run as it is.
 - ``peer_convert(model_dir, outtype)`` / ``quantkit_convert(model_dir, preset)``: output paths,
   made once per session.
+- ``make_lora_adapter(folder, base_dir)``: a hand-made PEFT LoRA adapter; ``peer_lora(adapter, base, outtype)``:
+  convert_lora_to_gguf.py's GGUF of it.
 - ``llama_quantize(src, dst, preset)``: llama.cpp's own llama_model_quantize (llama-cpp-python).
 - ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
   (names, order, types, shapes, bytes), as readable lines.
@@ -79,15 +82,25 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def _tag(folder: Path) -> str:
+    """A file-name part unique to ``folder`` (tests make many folders called ``model``)."""
+    import hashlib
+
+    return f"{Path(folder).name}-{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:8]}"
+
+
+def run_peer(script: str, *args) -> None:
+    """Run one of llama.cpp's converters (``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``) as it is."""
+    root = peer_dir()
+    subprocess.run([sys.executable, str(root / script), *map(str, args)], check=True, capture_output=True,
+                   env={**_env(), "PYTHONPATH": str(root / "gguf-py")})
+
+
 @functools.cache
 def peer_convert(model_dir: Path, outtype: str) -> Path:
     """The peer's GGUF of ``model_dir`` with ``--outtype outtype`` (f16, q8_0, ...)."""
-    out = _WORK / f"peer-{Path(model_dir).name}-{outtype}.gguf"
-    root = peer_dir()
-    subprocess.run(
-        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype, "--outfile", str(out)],
-        check=True, capture_output=True, env={**_env(), "PYTHONPATH": str(root / "gguf-py")},
-    )
+    out = _WORK / f"peer-{_tag(model_dir)}-{outtype}.gguf"
+    run_peer("convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out)
     return out
 
 
@@ -96,7 +109,7 @@ def quantkit_convert(model_dir: Path, preset: str) -> Path:
     """quantkit's GGUF of ``model_dir`` with ``preset`` (through the public API)."""
     import quantkit
 
-    out = _WORK / f"quantkit-{Path(model_dir).name}-{preset}.gguf"
+    out = _WORK / f"quantkit-{_tag(model_dir)}-{preset}.gguf"
     quantkit.convert(model_dir, out, preset, progress=False)
     return out
 
@@ -305,11 +318,6 @@ def make_lora_adapter(folder: Path, base_dir: Path, rank: int = 8, alpha: float 
 @functools.cache
 def peer_lora(adapter_dir: Path, base_dir: Path, outtype: str) -> Path:
     """The peer's GGUF LoRA adapter (convert_lora_to_gguf.py --base base_dir --outtype outtype)."""
-    out = _WORK / f"peer-lora-{Path(adapter_dir).name}-{outtype}.gguf"
-    root = peer_dir()
-    subprocess.run(
-        [sys.executable, str(root / "convert_lora_to_gguf.py"), str(adapter_dir), "--base", str(base_dir),
-         "--outtype", outtype, "--outfile", str(out)],
-        check=True, capture_output=True, env={**_env(), "PYTHONPATH": str(root / "gguf-py")},
-    )
+    out = _WORK / f"peer-lora-{_tag(adapter_dir)}-{outtype}.gguf"
+    run_peer("convert_lora_to_gguf.py", adapter_dir, "--base", base_dir, "--outtype", outtype, "--outfile", out)
     return out

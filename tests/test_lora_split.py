@@ -2,15 +2,22 @@
 convert_lora_to_gguf.py / convert_hf_to_gguf.py run from the sdist and against llama.cpp itself."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
-from test_convert_support import (LLAMA_CONFIG, LlamaServer, _env, gguf_differences, llama_weights,
-                                  make_llama_folder, make_lora_adapter, peer_dir, peer_lora, quantkit_convert)
+from test_convert_support import (
+    LLAMA_CONFIG,
+    LlamaServer,
+    gguf_differences,
+    llama_weights,
+    make_llama_folder,
+    make_lora_adapter,
+    peer_lora,
+    quantkit_convert,
+    run_peer,
+)
 
 from quantkit import read_gguf
 from quantkit.cli import main
@@ -130,10 +137,7 @@ def test_merged_weights_equal_numpy_merge(tmp_path, smollm2_hf_dir):
     result = run_cli("convert", base, "--lora", first, "--lora", second, "--lora-scale", "0.5", "-o", ours, "-t", "F16")
     assert result.exit_code == 0, result.output
     peer = tmp_path / "peer.gguf"
-    root = peer_dir()
-    subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(merged_dir), "--outtype", "f16",
-                    "--outfile", str(peer)], check=True, capture_output=True,
-                   env={**_env(), "PYTHONPATH": str(root / "gguf-py")})
+    run_peer("convert_hf_to_gguf.py", merged_dir, "--outtype", "f16", "--outfile", peer)
     plain = quantkit_convert(base, "F16")
     with read_gguf(ours) as a, read_gguf(peer) as b, read_gguf(plain) as p:
         assert [(t.name, t.qtype, t.shape) for t in a.tensors] == [(t.name, t.qtype, t.shape) for t in b.tensors]
@@ -149,10 +153,7 @@ def test_merged_weights_equal_numpy_merge(tmp_path, smollm2_hf_dir):
 # --- split files ---------------------------------------------------------------------------------
 
 def _peer_split(model_dir, outtype, out, *options):
-    root = peer_dir()
-    subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype,
-                    "--outfile", str(out), *options], check=True, capture_output=True,
-                   env={**_env(), "PYTHONPATH": str(root / "gguf-py")})
+    run_peer("convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out, *options)
     return sorted(out.parent.glob(out.stem + "-*-of-*.gguf"))
 
 
@@ -245,11 +246,10 @@ def test_split_sizes_and_all_or_nothing(tmp_path, two_layer_model):
     assert result.exit_code == 2
     assert result.output == "quantkit: error: --split-max-size '10X': expected a positive number of bytes, optionally with K, M or G\n"
     infos = [TensorInfo(f"t{i}", GGMLQuantizationType.F32, (8,)) for i in range(3)]
-    with pytest.raises(RuntimeError):
-        with open_gguf_writer(tmp_path / "x.gguf", {}, infos, split_max_tensors=1) as writer:
-            writer.write("t0", np.zeros(8, np.float32))
-            writer.write("t1", np.zeros(8, np.float32))
-            raise RuntimeError("stop")
+    with pytest.raises(RuntimeError), open_gguf_writer(tmp_path / "x.gguf", {}, infos, split_max_tensors=1) as writer:
+        writer.write("t0", np.zeros(8, np.float32))
+        writer.write("t1", np.zeros(8, np.float32))
+        raise RuntimeError("stop")
     assert list(tmp_path.iterdir()) == []  # no shard, no temporary file
     (tmp_path / "x-00002-of-00003.gguf").write_bytes(b"old")
     result = run_cli("convert", two_layer_model, "-o", tmp_path / "x.gguf", "--split-max-tensors", "9")

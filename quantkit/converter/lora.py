@@ -29,13 +29,13 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..errors import QuantkitError
-from ..source import HFSource, SourceError, SourceTensor, file_tensors, read_rows
+from ..source import HFSource, SourceTensor, file_tensors, read_rows
 from ..types import quant_type
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
-LORA_TYPES = {  # --type -> (tensor type, nothing else: llama.cpp's converter writes no file type for adapters)
+LORA_TYPES = {  # --type -> the type of the 2-D tensors (llama.cpp's converter writes no file type for adapters)
     "F32": GGMLQuantizationType.F32,
     "F16": GGMLQuantizationType.F16,
     "BF16": GGMLQuantizationType.BF16,
@@ -299,11 +299,12 @@ def convert_lora(adapter_dir, base_dir, output, type_name: str = "F16", *, overw
     """Write the PEFT adapter ``adapter_dir`` for the base model ``base_dir`` as llama.cpp's GGUF LoRA adapter.
 
     ``type_name``: F32, F16, BF16 or Q8_0 (lora_b falls back to F16 when its rank is not a multiple
-    of 32, as in llama.cpp's converter; 1-D tensors stay F32).
+    of 32, as in llama.cpp's converter). ``threads``: kernel threads (default: the idle cores).
     """
     from ..ggufio import GGUFStreamWriter, TensorInfo
     from ..quants import quantize
     from .archs import arch_for
+    from .pipeline import idle_cores
 
     key = str(type_name).strip().upper()
     if key not in LORA_TYPES:
@@ -322,6 +323,7 @@ def convert_lora(adapter_dir, base_dir, output, type_name: str = "F16", *, overw
         planned.append((TensorInfo(name + ".lora_b", _lora_type(shape_b, LORA_TYPES[key]), shape_b), read_b))
     metadata = _metadata(adapter, base, arch.gguf_arch_name, [info for info, _ in planned])
     output = Path(output)
+    threads = threads or idle_cores()
     with GGUFStreamWriter(output, metadata, [info for info, _ in planned], overwrite=overwrite,
                           inputs=[adapter.folder / ADAPTER_WEIGHTS, adapter.folder / ADAPTER_CONFIG]) as writer:
         for info, read in planned:

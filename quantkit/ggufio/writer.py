@@ -32,8 +32,18 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..errors import OutputError, QuantkitError, ShapeError
 from ..types import known_type
-from .reader import (DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, SPLIT_COUNT, SPLIT_NO,
-                     SPLIT_TENSORS, ArrayType, shard_paths)
+from .reader import (
+    DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    MAX_ARRAY_DEPTH,
+    MAX_DIMS,
+    SCALAR_DTYPES,
+    SPLIT_COUNT,
+    SPLIT_NO,
+    SPLIT_TENSORS,
+    ArrayType,
+    shard_paths,
+)
 
 GGUF_VERSION = 3
 COPY_CHUNK_BYTES = 16 << 20  # write_gguf copies tensor data in slices of this size
