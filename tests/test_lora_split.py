@@ -50,6 +50,25 @@ def test_lora_adapter_equals_peer(tmp_path, smollm2_hf_dir, smollm2_adapter, typ
         assert f.tensor("blk.0.attn_q.weight.lora_a").qtype.name == type_name
 
 
+@pytest.mark.parametrize("arch, targets", [
+    ("qwen3", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    ("phi_3", ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),  # fused projections
+    ("mixtral", ("q_proj", "k_proj", "v_proj", "o_proj")),  # llama's Q/K permutation of B
+    ("gemma2", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+])
+def test_lora_adapter_equals_peer_on_other_architectures(tmp_path, smollm2_hf_dir, arch, targets):
+    """Rank 32: lora_b rows are whole Q8_0 blocks, so both halves are Q8_0."""
+    from test_convert_archs import tiny_model
+
+    base = tiny_model(arch, smollm2_hf_dir)
+    adapter = make_lora_adapter(tmp_path / "adapter", base, rank=32, alpha=64, targets=targets)
+    out = tmp_path / "adapter.gguf"
+    assert run_cli("lora", adapter, "--base", base, "-o", out, "--type", "Q8_0").exit_code == 0
+    assert gguf_differences(out, peer_lora(adapter, base, "q8_0")) == []
+    with read_gguf(out) as f:
+        assert {t.qtype.name for t in f.tensors} == {"Q8_0"} and len(f.tensors) == 2 * 2 * len(targets)
+
+
 def _adapter_logits(model, lora=None, prompt=b"The capital of France is"):
     import llama_cpp
 
