@@ -34,7 +34,7 @@ def smollm2_adapter(tmp_path_factory, smollm2_hf_dir):
 
 # --- quantkit lora -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("type_name", ["F16", "Q8_0"])
+@pytest.mark.parametrize("type_name", ["F16", "Q8_0", "BF16", "F32"])
 def test_lora_adapter_equals_peer(tmp_path, smollm2_hf_dir, smollm2_adapter, type_name):
     out = tmp_path / "adapter.gguf"
     result = run_cli("lora", smollm2_adapter, "--base", smollm2_hf_dir, "-o", out, "--type", type_name)
@@ -46,7 +46,8 @@ def test_lora_adapter_equals_peer(tmp_path, smollm2_hf_dir, smollm2_adapter, typ
         assert f.metadata["adapter.lora.alpha"] == 16.0
         assert len(f.tensors) == 2 * 7 * 30
         q_b = f.tensor("blk.0.attn_q.weight.lora_b")
-        assert q_b.shape == (576, 8) and q_b.qtype.name == "F16"  # rank 8 rows cannot be Q8_0: F16 as the peer
+        assert q_b.shape == (576, 8)  # rank 8 rows cannot be Q8_0: F16 as the peer
+        assert q_b.qtype.name == ("F16" if type_name == "Q8_0" else type_name)
         assert f.tensor("blk.0.attn_q.weight.lora_a").qtype.name == type_name
 
 
