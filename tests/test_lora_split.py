@@ -107,6 +107,7 @@ def test_llama_cpp_applies_adapter_and_merge(tmp_path, smollm2_hf_dir, smollm2_a
     ("shape", "'model.layers.0.mlp.down_proj.weight' is (64, 128) in the base, the adapter's B @ A is (64, 64)"),
     ("partner", "has no lora_B partner"),
     ("missing", "adapts 'model.layers.7.mlp.up_proj.weight', which"),
+    ("tied_lm_head", "the adapter targets lm_head, which base model ties to the embeddings; llama.cpp cannot apply it"),
 ])
 def test_lora_refuses_what_llama_cpp_cannot_apply(tmp_path, smollm2_hf_dir, case, expected):
     base = make_llama_folder(tmp_path, smollm2_hf_dir)
@@ -126,6 +127,9 @@ def test_lora_refuses_what_llama_cpp_cannot_apply(tmp_path, smollm2_hf_dir, case
         for half in "AB":
             tensors[f"base_model.model.model.layers.7.mlp.up_proj.lora_{half}.weight"] = tensors.pop(
                 f"{prefix}up_proj.lora_{half}.weight")
+    elif case == "tied_lm_head":
+        tensors["base_model.model.lm_head.lora_A.weight"] = np.zeros((4, 64), np.float32)
+        tensors["base_model.model.lm_head.lora_B.weight"] = np.zeros((49152, 4), np.float32)
     save_file(tensors, str(adapter / "adapter_model.safetensors"))
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     for args in (("lora", adapter, "--base", base, "-o", tmp_path / "a.gguf"),
@@ -280,3 +284,13 @@ def test_split_sizes_and_all_or_nothing(tmp_path, two_layer_model):
             writer.write(info.name, np.ones(8, np.float32))
     with read_gguf(tmp_path / "one.gguf") as f:
         assert "split.count" not in f.metadata and len(f.tensors) == 3
+
+
+def test_rslora_alpha_gives_llama_cpp_the_trained_scale(tmp_path, smollm2_hf_dir):
+    """rsLoRA scales by alpha / sqrt(r); llama.cpp by alpha / r: the file holds alpha * sqrt(r) (r 4, alpha 8 -> 16)."""
+    base = make_llama_folder(tmp_path, smollm2_hf_dir)
+    adapter = make_lora_adapter(tmp_path / "adapter", base, rank=4, alpha=8, config_extra={"use_rslora": True})
+    out = tmp_path / "adapter.gguf"
+    assert run_cli("lora", adapter, "--base", base, "-o", out).exit_code == 0
+    with read_gguf(out) as f:
+        assert f.metadata["adapter.lora.alpha"] == 16.0

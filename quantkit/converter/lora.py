@@ -144,6 +144,9 @@ class LoraAdapter:
     def check_fits(self, base: HFSource) -> None:
         """Every adapted tensor exists in ``base`` with shape (rows of B, columns of A)."""
         for pair in self.pairs.values():
+            if pair.base_name not in base.tensors and pair.base_name == "lm_head.weight":
+                raise AdapterError(f"{self.folder.name}: the adapter targets lm_head, which base {base.folder.name} ties "
+                                   "to the embeddings; llama.cpp cannot apply it")
             if pair.base_name not in base.tensors:
                 raise AdapterError(f"{self.folder.name}: {pair.a.name!r} adapts {pair.base_name!r}, which base {base.folder.name} does not have")
             expected = base.tensors[pair.base_name].shape
@@ -249,9 +252,6 @@ def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object
     for pair in adapter.pairs.values():
         t = by_part.get(pair.base_name)
         if t is None:
-            if pair.base_name == "lm_head.weight":
-                raise AdapterError(f"{adapter.folder.name}: the adapter targets lm_head, which the base ties to the embeddings; "
-                                   "llama.cpp cannot apply it")
             raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
         if len(t.parts) != 1:
             raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE experts "
