@@ -15,6 +15,7 @@ _EXPORTS = {
     "GGUFStreamWriter": "quantkit.ggufio",
     "QuantkitError": "quantkit.errors",
     "convert": "quantkit.converter",
+    "convert_lora": "quantkit.converter",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -198,6 +198,13 @@ def test_split_equals_peer_shard_by_shard(tmp_path, two_layer_model, preset, opt
     assert len(peer) >= 3 and [p.name for p in ours] == [p.name for p in peer]
     for a, b in zip(ours, peer):
         assert gguf_differences(a, b, whole_set=False) == [], a.name
+    dry = run_cli("convert", two_layer_model, "-o", tmp_path / "model.gguf", "-t", preset, option, value, "--dry-run")
+    shard_lines = [line.split(":")[0:2] for line in dry.output.splitlines() if "-of-" in line]
+    expected = []
+    for b in peer:
+        with read_gguf(b, whole_set=False) as f:
+            expected.append([b.name, f" {len(f.tensors)} tensors, {sum(t.nbytes for t in f.tensors) / 1e6:.1f} MB"])
+    assert shard_lines == expected  # --dry-run says how the tensors will be split
     with read_gguf(ours[0]) as whole, read_gguf(quantkit_convert(two_layer_model, preset)) as single:
         assert [t.name for t in whole.tensors] == [t.name for t in single.tensors]
         assert all(np.array_equal(t.data, single.tensor(t.name).data) for t in whole.tensors)

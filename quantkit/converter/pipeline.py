@@ -331,6 +331,8 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
     if dry_run:
         if progress:
             print_plan(plan)
+            if split_max_size or split_max_tensors:
+                print_shards(plan, output or "OUT.gguf", split_max_size, split_max_tensors)
         return plan
     if output is None:
         raise QuantkitError("no output path given (-o OUT.gguf)")
@@ -362,6 +364,20 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
 def shards_note(paths) -> str:
     """' (first of N shards)' for a split set, '' for one file."""
     return f" (first of {len(paths)} shards)" if len(paths) > 1 else ""
+
+
+def print_shards(plan: ConversionPlan, output, split_max_size: int, split_max_tensors: int, file=None) -> None:
+    """The --dry-run lines of a split conversion: each shard's file name, tensor count and tensor MB."""
+    from ..ggufio.reader import shard_paths
+    from ..ggufio.writer import shard_plan
+
+    counts = shard_plan([p.nbytes for p in plan.tensors], split_max_size, split_max_tensors)
+    paths = shard_paths(output, len(counts)) if len(counts) > 1 else [Path(output)]
+    first = 0
+    for path, count in zip(paths, counts):
+        mb = sum(p.nbytes for p in plan.tensors[first:first + count]) / 1e6
+        print(f"{path.name}: {count} tensors, {mb:.1f} MB", file=file or sys.stdout)
+        first += count
 
 
 def print_plan(plan: ConversionPlan, file=None) -> None:
