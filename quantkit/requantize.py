@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 
 from .converter.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
 from .errors import QuantkitError
-from .ggufio import TensorInfo, open_gguf_writer, read_gguf, typed
+from .ggufio import TensorInfo, open_gguf_writer, read_gguf, shards_note, typed
 from .ggufio.writer import SPLIT_KEYS
 from .types import quant_type
 
@@ -122,6 +122,5 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         source.close()
     if progress:
         size = sum(p.stat().st_size for p in writer.paths)
-        note = f" (first of {len(writer.paths)} shards)" if len(writer.paths) > 1 else ""
-        print(f"wrote {writer.paths[0]}{note}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
+        print(f"wrote {shards_note(writer.paths)}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s")
     return plans

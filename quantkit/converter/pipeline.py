@@ -31,11 +31,11 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from ..errors import ImatrixError, QuantkitError
-from ..ggufio import TensorInfo, open_gguf_writer, typed
+from ..ggufio import TensorInfo, open_gguf_writer, shards_note, typed
 from ..source import HFSource
-from .lora import merged_source
 from ..types import quant_type
 from .archs import OutTensor, arch_for
+from .lora import merged_source
 
 CHUNK_BYTES = 32 << 20  # float32 bytes of one row chunk
 UNIFORM_PRESETS = {
@@ -320,8 +320,9 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
     ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default
     :func:`idle_cores`); ``lora``: PEFT adapter folders merged in (``W + lora_scale * alpha / r * B @ A``);
-    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (see GGUFSplitWriter). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is
-    returned; otherwise a :class:`ConversionResult`.
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (see GGUFSplitWriter). With
+    ``dry_run`` nothing is written and the :class:`ConversionPlan` is returned; otherwise a
+    :class:`ConversionResult` (``path``: the file, or the first shard).
     """
     from tqdm import tqdm
 
@@ -351,19 +352,15 @@ def convert(model_dir, output=None, preset: str = "F16", *, imatrix=None, tensor
             for data, consumed in _chunks(plan, p, threads):
                 writer.write(p.name, data)
                 bar.update(consumed)
-    result = ConversionResult(writer.paths[0], plan, sum(p.stat().st_size for p in writer.paths), time.perf_counter() - start)
+    file_bytes = sum(p.stat().st_size for p in writer.paths)
+    result = ConversionResult(writer.paths[0], plan, file_bytes, time.perf_counter() - start)
     if progress:
         print(
-            f"wrote {result.path}{shards_note(writer.paths)}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
+            f"wrote {shards_note(writer.paths)}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
             f"{result.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s",
             file=sys.stderr,
         )
     return result
-
-
-def shards_note(paths) -> str:
-    """' (first of N shards)' for a split set, '' for one file."""
-    return f" (first of {len(paths)} shards)" if len(paths) > 1 else ""
 
 
 def print_shards(plan: ConversionPlan, output, split_max_size: int, split_max_tensors: int, file=None) -> None:

@@ -603,6 +603,11 @@ class GGUFSplitWriter(_Atomic):
             w.abort()
 
 
+def shards_note(paths) -> str:
+    """How to name what a writer wrote: the file, or the first shard and how many there are."""
+    return f"{paths[0]} (first of {len(paths)} shards)" if len(paths) > 1 else str(paths[0])
+
+
 def open_gguf_writer(path, metadata, tensor_infos, *, split_max_size: int = 0, split_max_tensors: int = 0, **options):
     """A GGUFStreamWriter, or a GGUFSplitWriter when the split limits make more than one shard (one shard is
     written as a plain file without split keys, as gguf-py does)."""
