@@ -123,7 +123,8 @@ class LoraAdapter:
                 raise AdapterError(f"{path}: {_refusal(t.name)}")
             base = module.removeprefix(PEFT_PREFIX) + ".weight"
             if t.dtype not in ("F32", "F16", "BF16") or len(t.shape) != 2:
-                raise AdapterError(f"{path}: tensor {t.name!r} is {t.dtype} {t.shape}; expected a 2-D F32, F16 or BF16 matrix")
+                raise AdapterError(
+                    f"{path}: tensor {t.name!r} is {t.dtype} {t.shape}; expected a 2-D F32, F16 or BF16 matrix")
             halves.setdefault(base, {})[half[0]] = t
         pairs = {}
         rank_pattern = self.config.get("rank_pattern") or {}
@@ -133,9 +134,11 @@ class LoraAdapter:
                 raise AdapterError(f"{path}: {have!r} has no lora_{'B' if 'A' in ab else 'A'} partner")
             pair = LoraPair(base, ab["A"], ab["B"])
             if pair.b.shape[1] != pair.rank:
-                raise AdapterError(f"{path}: {pair.b.name!r} has {pair.b.shape[1]} columns, its lora_A has rank {pair.rank}")
+                raise AdapterError(
+                    f"{path}: {pair.b.name!r} has {pair.b.shape[1]} columns, its lora_A has rank {pair.rank}")
             if not rank_pattern and pair.rank != self.config["r"]:
-                raise AdapterError(f"{path}: {pair.a.name!r} has rank {pair.rank}, adapter_config.json says r = {self.config['r']}")
+                raise AdapterError(
+                    f"{path}: {pair.a.name!r} has rank {pair.rank}, adapter_config.json says r = {self.config['r']}")
             pairs[base] = pair
         if not pairs:
             raise AdapterError(f"{path}: no lora_A/lora_B tensors")
@@ -145,10 +148,11 @@ class LoraAdapter:
         """Every adapted tensor exists in ``base`` with shape (rows of B, columns of A)."""
         for pair in self.pairs.values():
             if pair.base_name not in base.tensors and pair.base_name == "lm_head.weight":
-                raise AdapterError(f"{self.folder.name}: the adapter targets lm_head, which base {base.folder.name} ties "
-                                   "to the embeddings; llama.cpp cannot apply it")
+                raise AdapterError(f"{self.folder.name}: the adapter targets lm_head, which base {base.folder.name} "
+                                   "ties to the embeddings; llama.cpp cannot apply it")
             if pair.base_name not in base.tensors:
-                raise AdapterError(f"{self.folder.name}: {pair.a.name!r} adapts {pair.base_name!r}, which base {base.folder.name} does not have")
+                raise AdapterError(f"{self.folder.name}: {pair.a.name!r} adapts {pair.base_name!r}, which base "
+                                   f"{base.folder.name} does not have")
             expected = base.tensors[pair.base_name].shape
             if (pair.b.shape[0], pair.a.shape[1]) != tuple(expected):
                 raise AdapterError(
@@ -252,10 +256,11 @@ def _out_tensors(adapter: LoraAdapter, arch) -> list[tuple[str, LoraPair, object
     for pair in adapter.pairs.values():
         t = by_part.get(pair.base_name)
         if t is None:
-            raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
+            raise AdapterError(
+                f"{adapter.folder.name}: {pair.base_name!r} is not a tensor llama.cpp's {arch.gguf_arch_name} uses")
         if len(t.parts) != 1:
-            raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE experts "
-                               "is not supported")
+            raise AdapterError(f"{adapter.folder.name}: {pair.base_name!r} is one expert of {t.name}; LoRA on MoE "
+                               "experts is not supported (merge it instead: convert --lora)")
         out.append((t.name, pair, t.transform))
     return out
 

@@ -269,13 +269,17 @@ class GGUFFile:
         count, no = self.metadata.get(SPLIT_COUNT, 1), self.metadata.get(SPLIT_NO, 0)
         if not isinstance(count, int) or count <= 1:
             return
+        if isinstance(no, bool) or not isinstance(no, int) or not 0 <= no < count:
+            raise GGUFFormatError(f"{self.label}: split.no {no!r} is not a shard number below split.count {count}")
         match = SHARD_PATTERN.match(self.path.name)
         paths = shard_paths(self.path.with_name(match.group(1) + ".gguf"), count) if match else None
         if no != 0:
             raise GGUFFormatError(f"{self.label}: shard {no + 1} of {count} of a split model; open "
                                   f"{paths[0] if paths else 'the first shard'}")
         if paths is None or paths[0].name != self.path.name:
-            raise GGUFFormatError(f"{self.label}: first of {count} shards, but its name does not end in -00001-of-{count:05d}.gguf")
+            raise GGUFFormatError(
+                f"{self.label}: first of {count} shards, but its name does not end in -00001-of-{count:05d}.gguf"
+            )
         for i, path in enumerate(paths[1:], 1):
             if not path.is_file():
                 raise GGUFFormatError(f"{path}: shard {i + 1} of {count} of {self.label} is missing")
@@ -290,7 +294,9 @@ class GGUFFile:
                 self.tensors.append(t)
         expected = self.metadata.get(SPLIT_TENSORS, len(self.tensors))
         if expected != len(self.tensors):
-            raise GGUFFormatError(f"{self.label}: split.tensors.count is {expected}, the {count} shards hold {len(self.tensors)}")
+            raise GGUFFormatError(
+                f"{self.label}: split.tensors.count is {expected}, the {count} shards hold {len(self.tensors)}"
+            )
 
     @property
     def set_size(self) -> int:

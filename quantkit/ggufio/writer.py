@@ -554,7 +554,8 @@ class GGUFSplitWriter(_Atomic):
                 keys[SPLIT_TENSORS] = typed(len(infos), GGUFValueType.INT32)
                 part = infos[first:first + count]
                 first += count
-                writer = GGUFStreamWriter(shard, keys, part, overwrite=overwrite, inputs=inputs, write_behind=write_behind)
+                writer = GGUFStreamWriter(shard, keys, part, overwrite=overwrite, inputs=inputs,
+                                          write_behind=write_behind)
                 self.writers.append(writer)
                 self._by_name.update((info.name, writer) for info in part)
         except BaseException:
