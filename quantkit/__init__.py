@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # what the lazy exports below resolve to, for type checkers
     from .errors import QuantkitError
     from .ggufio import GGUFStreamWriter, read_gguf, write_gguf
     from .jobs.convert import convert
+    from .jobs.lora import convert_lora
     from .quants import QuantizedTensor, dequantize, quantize
 
 __version__ = "0.1.0"  # the one version source (pyproject.toml reads it)
@@ -24,6 +25,7 @@ _EXPORTS = {
     "GGUFStreamWriter": "quantkit.ggufio",
     "QuantkitError": "quantkit.errors",
     "convert": "quantkit.jobs.convert",
+    "convert_lora": "quantkit.jobs.lora",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,7 @@ EXIT_USER_ERROR = 2
 
 # Commands that live in their own module, ``quantkit/commands/<name>.py``, each defining a click
 # command of that name; imported only when invoked (or listed), so start-up stays fast.
-LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "inspect", "demo")
+LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "inspect", "demo", "lora")
 
 
 class QuantkitGroup(click.Group):

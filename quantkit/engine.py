@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 from tqdm import tqdm
 
-from .ggufio import GGUFStreamWriter, TensorInfo
+from .ggufio import TensorInfo, open_gguf_writer
 from .quants import quantize
 
 CHUNK_BYTES = 32 << 20  # float32 bytes of one row chunk
@@ -75,16 +75,18 @@ def idle_cores() -> int:
 
 def write_model(path, metadata: dict, tensors: list[TensorWork], *, inputs: Iterable = (), overwrite: bool = False,
                 threads: int | None = None, progress: bool = True, total: int | None = None,
-                desc: str | None = None) -> Path:
+                desc: str | None = None, split_max_size: int = 0, split_max_tensors: int = 0) -> list[Path]:
     """Write the GGUF ``path``: ``metadata`` (key -> value or ``typed``), then ``tensors`` in order.
 
     ``inputs``: files the output must not overwrite; ``threads``: kernel threads (default
-    :func:`idle_cores`); ``total``: the sum of the chunks' ``consumed``, for the progress bar (stderr).
+    :func:`idle_cores`); ``total``: the sum of the chunks' ``consumed``, for the progress bar (stderr);
+    ``split_max_size`` / ``split_max_tensors``: llama.cpp's split files (``GGUFSplitWriter``).
+    Returns the files written (one, or the shards in order).
     """
     threads = threads or idle_cores()
     infos = [TensorInfo(t.name, t.qtype, t.shape) for t in tensors]
-    with GGUFStreamWriter(path, metadata, infos, overwrite=overwrite, inputs=list(inputs),
-                          write_behind=WRITE_BEHIND) as writer, tqdm(
+    with open_gguf_writer(path, metadata, infos, overwrite=overwrite, inputs=list(inputs), write_behind=WRITE_BEHIND,
+                          split_max_size=split_max_size, split_max_tensors=split_max_tensors) as writer, tqdm(
         total=total, unit="B", unit_scale=True, desc=desc, disable=not progress, file=sys.stderr
     ) as bar:
         for t in tensors:
@@ -96,4 +98,4 @@ def write_model(path, metadata: dict, tensors: list[TensorWork], *, inputs: Iter
                     data = quantize(chunk.values, t.qtype, imatrix=chunk.imatrix, threads=threads, name=t.name).data
                 writer.write(t.name, data)
                 bar.update(chunk.consumed)
-    return Path(path)
+    return writer.paths

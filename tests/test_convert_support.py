@@ -2,8 +2,11 @@
 
 - ``peer_dir()``: llama.cpp's convert_hf_to_gguf.py with its gguf-py, from the llama-cpp-python
   0.3.36 sdist (``pip download`` into quantkit's cache once, then only the converter is extracted).
+- ``run_peer(script, *args)``: one of the peer's converters, run as it is.
 - ``peer_convert(model_dir, outtype)`` / ``quantkit_convert(model_dir, preset)``: output paths,
   made once per session.
+- ``make_lora_adapter(folder, base_dir)``: a hand-made PEFT LoRA adapter; ``peer_lora(adapter, base, outtype)``:
+  convert_lora_to_gguf.py's GGUF of it.
 - ``llama_quantize(src, dst, preset)``: llama.cpp's own llama_model_quantize (llama-cpp-python).
 - ``gguf_differences(a, b)``: every difference in metadata (keys, types, values) and tensors
   (names, order, types, shapes, bytes), as readable lines.
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 PEER_SDIST = "llama-cpp-python==0.3.36"
-PEER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+PEER_MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 _WORK = Path(tempfile.mkdtemp(prefix="quantkit-convert-tests-"))
 atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
@@ -38,11 +41,13 @@ atexit.register(shutil.rmtree, _WORK, ignore_errors=True)
 
 @functools.cache
 def peer_dir() -> Path:
-    """Folder holding llama.cpp's convert_hf_to_gguf.py, conversion/ and gguf-py/ (0.3.36)."""
+    """Folder holding llama.cpp's converters (PEER_MEMBERS: convert_hf_to_gguf.py, convert_lora_to_gguf.py,
+    conversion/, gguf-py/) of 0.3.36; members missing from an older extraction are added."""
     from quantkit.models import cache_dir
 
     target = cache_dir() / "peer" / "llama.cpp-0.3.36"
-    if (target / "convert_hf_to_gguf.py").is_file():
+    missing = [m for m in PEER_MEMBERS if not (target / m.rstrip("/")).exists()]
+    if not missing:
         return target
     download = cache_dir() / "peer"
     download.mkdir(parents=True, exist_ok=True)
@@ -58,11 +63,18 @@ def peer_dir() -> Path:
     partial = Path(tempfile.mkdtemp(dir=download))
     with tarfile.open(sdists[0]) as tar:
         members = [m for m in tar.getmembers()
-                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(PEER_MEMBERS)]
+                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(tuple(missing))]
         for m in members:
             m.name = m.name[len(prefix):]
         tar.extractall(partial, members=members, filter="data")
-    os.replace(partial, target)
+    target.mkdir(exist_ok=True)
+    for member in missing:  # each member appears whole or not at all (another process may race us)
+        try:
+            os.replace(partial / member.rstrip("/"), target / member.rstrip("/"))
+        except OSError:
+            if not (target / member.rstrip("/")).exists():
+                raise
+    shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -70,15 +82,25 @@ def _env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def _tag(folder: Path) -> str:
+    """A file-name part unique to ``folder`` (tests make many folders called ``model``)."""
+    import hashlib
+
+    return f"{Path(folder).name}-{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:8]}"
+
+
+def run_peer(script: str, *args) -> None:
+    """Run one of llama.cpp's converters (``convert_hf_to_gguf.py``, ``convert_lora_to_gguf.py``) as it is."""
+    root = peer_dir()
+    subprocess.run([sys.executable, str(root / script), *map(str, args)], check=True, capture_output=True,
+                   env={**_env(), "PYTHONPATH": str(root / "gguf-py")})
+
+
 @functools.cache
 def peer_convert(model_dir: Path, outtype: str) -> Path:
     """The peer's GGUF of ``model_dir`` with ``--outtype outtype`` (f16, q8_0, ...)."""
-    out = _WORK / f"peer-{Path(model_dir).name}-{outtype}.gguf"
-    root = peer_dir()
-    subprocess.run(
-        [sys.executable, str(root / "convert_hf_to_gguf.py"), str(model_dir), "--outtype", outtype, "--outfile", str(out)],
-        check=True, capture_output=True, env={**_env(), "PYTHONPATH": str(root / "gguf-py")},
-    )
+    out = _WORK / f"peer-{_tag(model_dir)}-{outtype}.gguf"
+    run_peer("convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out)
     return out
 
 
@@ -87,7 +109,7 @@ def quantkit_convert(model_dir: Path, preset: str) -> Path:
     """quantkit's GGUF of ``model_dir`` with ``preset`` (through the public API)."""
     import quantkit
 
-    out = _WORK / f"quantkit-{Path(model_dir).name}-{preset}.gguf"
+    out = _WORK / f"quantkit-{_tag(model_dir)}-{preset}.gguf"
     quantkit.convert(model_dir, out, preset, progress=False)
     return out
 
@@ -114,12 +136,13 @@ def llama_quantize(src: Path, preset: str) -> Path:
     return out
 
 
-def gguf_differences(a: Path, b: Path) -> list[str]:
-    """Every difference between two GGUF files' metadata and tensors (empty when equal)."""
+def gguf_differences(a: Path, b: Path, whole_set: bool = True) -> list[str]:
+    """Every difference between two GGUF files' metadata and tensors (empty when equal); with
+    ``whole_set=False`` two shards of split sets are compared as the single files they are."""
     from quantkit import read_gguf
 
     diffs = []
-    with read_gguf(a) as fa, read_gguf(b) as fb:
+    with read_gguf(a, whole_set) as fa, read_gguf(b, whole_set) as fb:
         for key in sorted(set(fa.metadata) | set(fb.metadata)):
             if key not in fa.metadata or key not in fb.metadata:
                 diffs.append(f"key {key} only in {'b' if key in fb.metadata else 'a'}")
@@ -259,3 +282,42 @@ class LlamaServer:
     def embed(self, texts: list[str]) -> np.ndarray:
         reply = self.server.handle_embeddings({"input": texts})
         return np.array([item["embedding"] for item in reply["data"]], dtype=np.float64)
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_lora_adapter(folder: Path, base_dir: Path, rank: int = 8, alpha: float = 16, targets=LORA_TARGETS,
+                      seed: int = 0, scale: float = 0.05, config_extra: dict | None = None) -> Path:
+    """A PEFT LoRA adapter for the Llama-style model in ``base_dir``, written by hand: adapter_config.json
+    and adapter_model.safetensors with seeded random float32 A (rank x in) and B (out x rank)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    with safe_open(str(Path(base_dir) / "model.safetensors"), framework="np") as f:
+        for name in sorted(f.keys()):
+            module = name.removesuffix(".weight")
+            if not name.endswith(".weight") or module.rsplit(".", 1)[-1] not in targets:
+                continue
+            n_out, n_in = f.get_slice(name).get_shape()
+            prefix = f"base_model.model.{module}"
+            tensors[prefix + ".lora_A.weight"] = (scale * rng.standard_normal((rank, n_in))).astype(np.float32)
+            tensors[prefix + ".lora_B.weight"] = (scale * rng.standard_normal((n_out, rank))).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
+              "target_modules": list(targets), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+              "use_dora": False, "modules_to_save": None, "base_model_name_or_path": str(base_dir),
+              **(config_extra or {})}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@functools.cache
+def peer_lora(adapter_dir: Path, base_dir: Path, outtype: str) -> Path:
+    """The peer's GGUF LoRA adapter (convert_lora_to_gguf.py --base base_dir --outtype outtype)."""
+    out = _WORK / f"peer-lora-{_tag(adapter_dir)}-{outtype}.gguf"
+    run_peer("convert_lora_to_gguf.py", adapter_dir, "--base", base_dir, "--outtype", outtype, "--outfile", out)
+    return out

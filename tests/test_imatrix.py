@@ -573,3 +573,30 @@ def test_smollm2_imatrix_matches_llamacpp_activations(smollm2_imatrix, smollm2_h
         worst = max(worst, np.linalg.norm(smollm2_imatrix[name] - theirs) / np.linalg.norm(theirs))
     print(f"largest relative difference of a tensor's imatrix from llama.cpp's: {worst:.4f}")
     assert worst < 0.05
+
+
+def test_lora_imatrix_is_the_merged_models(tmp_path, tiny_llama_dir):
+    """imatrix --lora equals the imatrix of a folder holding the numpy-merged weights W + (alpha/r) B @ A."""
+    from safetensors.numpy import load_file, save_file
+    from test_convert_support import make_lora_adapter
+
+    adapter = make_lora_adapter(tmp_path / "adapter", tiny_llama_dir, rank=4, alpha=8, scale=0.2)
+    weights = load_file(str(tiny_llama_dir / "model.safetensors"))
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    for name in [n for n in lora if n.endswith(".lora_A.weight")]:
+        target = name.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+        weights[target] = weights[target] + np.float32(8 / 4) * (lora[name.replace("lora_A", "lora_B")] @ lora[name])
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_llama_dir, merged)
+    save_file(weights, str(merged / "model.safetensors"), metadata={"format": "pt"})
+    runner = CliRunner()
+    result = runner.invoke(main, ["imatrix", str(tiny_llama_dir), "--lora", str(adapter), "-o", str(tmp_path / "a.gguf"),
+                                  "--ctx", "64", "--chunks", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with_lora = read_imatrix(tmp_path / "a.gguf")
+    expected = collect_imatrix(merged, CALIBRATION, ctx=64, chunks=2, progress=False, device="cpu")
+    plain = collect_imatrix(tiny_llama_dir, CALIBRATION, ctx=64, chunks=2, progress=False, device="cpu")
+    assert sorted(with_lora) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(with_lora[name], expected[name], rtol=1e-6)
+    assert not np.allclose(with_lora["blk.1.attn_q.weight"], plain["blk.1.attn_q.weight"], rtol=1e-3)

@@ -8,6 +8,7 @@ from ..errors import OutputError, QuantkitError
 from ..extras import require_extra
 from ..jobs.imatrix import collect_imatrix
 from ..plan.imatrix_file import write_imatrix
+from . import lora_options
 
 # The calibration text shipped with quantkit (sources and licences: CALIBRATION-SOURCES.md beside it).
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" / "calibration.txt"
@@ -23,7 +24,8 @@ DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" /
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--process-output", is_flag=True, help="Record output.weight too, as llama-imatrix --process-output.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
-def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force):
+@lora_options
+def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force, lora, lora_scale):
     """Compute MODEL_DIR's importance matrix over a text, in llama.cpp's imatrix GGUF format."""
     require_extra("eval", "quantkit imatrix")
 
@@ -36,6 +38,6 @@ def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, f
         raise QuantkitError(f"{source}: not UTF-8 text (byte {e.start})") from None
     dataset = str(text_file) if text_file else "quantkit/eval/data/calibration.txt"
     im = collect_imatrix(model_dir, text, ctx=ctx, chunks=chunks, device=device, dataset=dataset,
-                         process_output=process_output)
+                         process_output=process_output, lora=lora, lora_scale=lora_scale)
     write_imatrix(output, im, overwrite=force)
     click.echo(f"{output}: {len(im)} tensors, {im.chunk_count} chunks of {ctx} tokens from {dataset}")

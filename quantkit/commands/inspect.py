@@ -87,7 +87,8 @@ def describe(f) -> dict:
         total_elements += n
     return {
         "path": str(f.path),
-        "file_bytes": f.size,
+        "file_bytes": f.set_size,
+        "files": 1 + len(f.shards),
         "version": f.version,
         "alignment": f.alignment,
         "data_offset": f.data_offset,
@@ -105,7 +106,8 @@ def describe(f) -> dict:
 
 def _print_text(f, info: dict) -> None:
     out = click.echo
-    out(f"{info['path']}: GGUF v{info['version']}, {info['file_bytes']:,} bytes, alignment {info['alignment']}, "
+    files = f" in {info['files']} split files" if info["files"] > 1 else ""
+    out(f"{info['path']}: GGUF v{info['version']}, {info['file_bytes']:,} bytes{files}, alignment {info['alignment']}, "
         f"data at offset {info['data_offset']:,}")
     out(f"\nmetadata ({len(f.metadata)} keys):")
     for key, value in f.metadata.items():

@@ -5,6 +5,7 @@ import click
 from ..eval import DEFAULT_TYPES, Settings
 from ..eval import scorecard as run_scorecard
 from ..extras import require_extra
+from . import lora_options
 
 
 @click.command()
@@ -21,11 +22,13 @@ from ..extras import require_extra
 @click.option("--text-tokens", type=int, default=Settings.text_tokens, show_default=True)
 @click.option("--threads", type=int, default=None)
 @click.option("-o", "--output", "out_dir", default="report", type=click.Path(file_okay=False), show_default=True)
-def scorecard(model_dir, types, imatrix, prompts, text, backend, embedder, max_new_tokens, text_tokens, threads, out_dir):
+@lora_options
+def scorecard(model_dir, types, imatrix, prompts, text, backend, embedder, max_new_tokens, text_tokens, threads, out_dir,
+              lora, lora_scale):
     """Quantize MODEL_DIR (a Hugging Face folder) to each type and measure answers, KLD and perplexity
     against its 16-bit weights; writes scorecard.md, scorecard.json and scorecard.png."""
     require_extra("eval", "quantkit scorecard")
     settings = Settings(max_new_tokens=max_new_tokens, text_tokens=text_tokens)
     run_scorecard(model_dir, types, out_dir, backend=backend, imatrix=imatrix, prompts=prompts, text=text,
-                  embedder=embedder, settings=settings, threads=threads)
+                  embedder=embedder, settings=settings, threads=threads, lora=lora, lora_scale=lora_scale)
     click.echo(f"wrote {out_dir}/scorecard.md, scorecard.json, scorecard.png")

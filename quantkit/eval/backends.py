@@ -75,11 +75,11 @@ def preset_of(model_dir: Path, name: str) -> str:
     return stored_16bit(model_dir) if name == BASELINE else name
 
 
-def check_variant(model_dir: Path, name: str, imatrix=None) -> None:
-    """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix)."""
+def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
+    """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix, adapters)."""
     from ..jobs.convert import plan_conversion
 
-    plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
+    plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix, lora=lora or ())
 
 
 def digest(*parts) -> str:
@@ -130,23 +130,25 @@ def quantkit_version() -> str:
 
 
 class VariantFiles:
-    """``<cache>/<model>.<name>.<key>.gguf`` made by ``quantkit.convert`` once, reused after.
+    """``<cache>/<model>[.lora-<tag>].<name>.<key>.gguf`` made by ``quantkit.convert`` once, reused after.
 
     The key digests the model's content (:func:`model_digest`), quantkit's version, the variant and
     the imatrix file's bytes, so another model of the same folder name, a changed model or another
     quantkit never reuses a file. The conversion's seconds are kept next to the file (``.seconds``)
-    so that a reused file still reports its quantize time.
+    so that a reused file still reports its quantize time. ``lora``: a
+    :class:`quantkit.sources.lora.LoraMerge` merged into every variant, or None.
     """
 
-    def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True):
+    def __init__(self, model_dir: Path, cache_dir: Path, imatrix=None, threads=None, progress=True, lora=None):
         self.model_dir, self.cache_dir = Path(model_dir), Path(cache_dir)
-        self.imatrix, self.threads, self.progress = imatrix, threads, progress
+        self.imatrix, self.threads, self.progress, self.lora = imatrix, threads, progress, lora
         self.model_digest = model_digest(self.model_dir)
         self.imatrix_digest = None if imatrix is None else hashlib.sha256(Path(imatrix).read_bytes()).hexdigest()
+        self.model_tag = self.model_dir.name + (f".lora-{lora.tag()}" if lora else "")
 
     def path(self, name: str) -> Path:
         key = digest(self.model_digest, quantkit_version(), name, None if name == BASELINE else self.imatrix_digest)
-        return self.cache_dir / f"{self.model_dir.name}.{name}.{key}.gguf"
+        return self.cache_dir / f"{self.model_tag}.{name}.{key}.gguf"
 
     def get(self, name: str) -> Variant:
         """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
@@ -161,7 +163,7 @@ class VariantFiles:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
-                             overwrite=True, progress=self.progress)
+                             overwrite=True, progress=self.progress, lora=self.lora or ())
             write_atomic(seconds_file, f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)
@@ -239,12 +241,12 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True):
+    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, lora=None):
         import torch
         import transformers
 
         self.model_dir = Path(model_dir)
-        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress, lora)
         if threads:
             torch.set_num_threads(threads)
         self.can_generate = can_generate(self.model_dir)
@@ -264,6 +266,8 @@ class TorchBackend:
         stored = {}
         with torch.no_grad():
             for hf_name, values in _stored_tensors(self.model_dir):
+                if self.files.lora and hf_name in self.files.lora.names:  # the merged model is the baseline
+                    values = torch.from_numpy(self.files.lora.add_to(hf_name, values.float().numpy()))
                 if self.model is not None:
                     self._param(hf_name).copy_(values)
                 stored[hf_name] = values
@@ -367,13 +371,13 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
 
-    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, n_ctx=2048):
+    def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, n_ctx=2048, lora=None):
         import importlib.util
 
         if importlib.util.find_spec("xllamacpp") is None:
             raise QuantkitError("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
         self.model_dir = Path(model_dir)
-        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress)
+        self.files = VariantFiles(self.model_dir, cache_dir, imatrix, threads, progress, lora)
         self.threads = threads or os.cpu_count()
         self.n_ctx = n_ctx
         self.server = None
@@ -435,9 +439,9 @@ class LlamaCppBackend:
         self.server = None
 
 
-def make_backend(kind: str, model_dir, cache_dir, imatrix=None, threads=None, progress=True):
-    """The backend called ``kind`` ("torch" or "llama.cpp")."""
+def make_backend(kind: str, model_dir, cache_dir, imatrix=None, threads=None, progress=True, lora=None):
+    """The backend called ``kind`` ("torch" or "llama.cpp"); ``lora``: a LoraMerge merged into the model, or None."""
     backends = {"torch": TorchBackend, "llama.cpp": LlamaCppBackend}
     if kind not in backends:
         raise QuantkitError(f"unknown backend {kind!r}; choose torch or llama.cpp")
-    return backends[kind](model_dir, cache_dir, imatrix=imatrix, threads=threads, progress=progress)
+    return backends[kind](model_dir, cache_dir, imatrix=imatrix, threads=threads, progress=progress, lora=lora)

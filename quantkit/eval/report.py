@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import QuantkitError
 from ..sources.hf import load_pretrained
+from ..sources.lora import LoraMerge
 from ..files import write_atomic
 from . import metrics
 from .backends import BASELINE, digest, make_backend, quantkit_version
@@ -235,14 +236,15 @@ def _load_embedder(path):
 
 def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str = "torch", imatrix=None,
               prompts=None, text=None, embedder=None, settings: Settings = Settings(), threads: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, lora=(), lora_scale: float = 1.0) -> dict:
     """Measure what each quantization in ``types`` costs against the model's 16-bit weights.
 
     ``model_dir``: a Hugging Face folder; ``types``: type or preset names (``"Q8_0,Q4_K_M"`` or a
     list); ``prompts``/``text``: files (defaults: the shipped prompt set and calibration text);
     ``embedder``: a sentence-transformers folder (default all-MiniLM-L6-v2). Writes
     ``scorecard.md``, ``scorecard.json`` and ``scorecard.png`` into ``out_dir`` and returns the
-    JSON's content.
+    JSON's content. ``lora``: PEFT adapter folders merged into the model (``lora_scale`` times each)
+    for every variant and for the 16-bit baseline.
     """
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -255,9 +257,13 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     text_path = Path(text) if text else DEFAULT_TEXT
     prompt_texts = read_prompts(prompts_path)
     text_content = read_text(text_path, "text")
-    _check_types(model_dir, names, imatrix)
+    merge = None
+    if lora:
+        merge = LoraMerge(lora, lora_scale)
+    _check_types(model_dir, names, imatrix, merge)
     out = Path(out_dir)
-    runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress)
+    runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress,
+                          lora=merge)
     tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model_dir, "tokenizer", local_files_only=True)
     notes = []
     if not runner.can_generate:
@@ -272,7 +278,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
               text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
               _load_embedder(embedder_path) if runner.can_generate else None, settings)
     key = digest(runner.files.model_digest, backend, prompt_texts, text_content, asdict(settings),
-                 str(embedder_path), runner.files.imatrix_digest, quantkit_version())
+                 str(embedder_path), runner.files.imatrix_digest, quantkit_version(), merge and merge.tag())
     cache = out / "cache"
     cached = {name: cache / f"{backend}.{name}.{key}.json" for name in [BASELINE, *names]}
     started = time.perf_counter()
@@ -299,7 +305,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
         "settings": {**asdict(settings), "prompts": str(prompts_path), "n_prompts": len(prompt_texts),
                      "text": str(text_path), "text_chunks": [len(c) for c in run.chunks],
                      "embedder": str(embedder_path), "imatrix": None if imatrix is None else str(imatrix),
-                     "threads": threads},
+                     "threads": threads, "lora": [str(p) for p in lora], "lora_scale": lora_scale},
         "versions": _versions(),
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 1),
@@ -315,12 +321,13 @@ def _parse_types(types) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _check_types(model_dir: Path, names: list[str], imatrix) -> None:
-    """Plan every type before any work, so an unknown type or a missing imatrix fails at once."""
+def _check_types(model_dir: Path, names: list[str], imatrix, lora=None) -> None:
+    """Plan every type before any work, so an unknown type, a missing imatrix or an adapter that does not
+    fit fails at once."""
     from .backends import check_variant
 
     for name in names:
-        check_variant(model_dir, name, imatrix)
+        check_variant(model_dir, name, imatrix, lora)
 
 
 def _mark_noise(rows: list[dict], seed: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from ..quants import dequantize
 from ..types import GGMLType, known_type
 
 GGUF_MAGIC = b"GGUF"
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+SHARD_NAME = "{stem}-{no:05d}-of-{count:05d}.gguf"  # llama.cpp's split file names (gguf-py's SHARD_NAME_FORMAT)
+SHARD_PATTERN = re.compile(r"^(.*)-(\d{5})-of-(\d{5})\.gguf$")
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -245,8 +249,9 @@ class GGUFFile:
     Use as a context manager or call ``close()``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, whole_set: bool = True):
         self.path = Path(path)
+        self.shards: list[GGUFFile] = []  # the other files of a split set (first shard opened whole)
         self.label = str(path)  # as the user gave it, for messages
         self.metadata = GGUFMetadata()
         self.tensors: list[GGUFTensor] = []
@@ -267,9 +272,50 @@ class GGUFFile:
             raise QuantkitError(f"{self.path}: permission denied") from None
         try:
             self._parse()
+            if whole_set:
+                self._open_shards()
         except BaseException:
             self.close()
             raise
+
+    def _open_shards(self) -> None:
+        """A split set's first shard (split.count > 1, split.no 0): add the other shards' tensors."""
+        count, no = self.metadata.get(SPLIT_COUNT, 1), self.metadata.get(SPLIT_NO, 0)
+        if not isinstance(count, int) or count <= 1:
+            return
+        if isinstance(no, bool) or not isinstance(no, int) or not 0 <= no < count:
+            raise GGUFFormatError(f"{self.label}: split.no {no!r} is not a shard number below split.count {count}")
+        match = SHARD_PATTERN.match(self.path.name)
+        paths = shard_paths(self.path.with_name(match.group(1) + ".gguf"), count) if match else None
+        if no != 0:
+            raise GGUFFormatError(f"{self.label}: shard {no + 1} of {count} of a split model; open "
+                                  f"{paths[0] if paths else 'the first shard'}")
+        if paths is None or paths[0].name != self.path.name:
+            raise GGUFFormatError(
+                f"{self.label}: first of {count} shards, but its name does not end in -00001-of-{count:05d}.gguf"
+            )
+        for i, path in enumerate(paths[1:], 1):
+            if not path.is_file():
+                raise GGUFFormatError(f"{path}: shard {i + 1} of {count} of {self.label} is missing")
+            shard = GGUFFile(path, whole_set=False)
+            self.shards.append(shard)
+            if (shard.metadata.get(SPLIT_NO), shard.metadata.get(SPLIT_COUNT)) != (i, count):
+                raise GGUFFormatError(f"{path}: its split.no/split.count do not say shard {i + 1} of {count}")
+            for t in shard.tensors:
+                if t.name in self._by_name:
+                    raise GGUFFormatError(f"{path}: tensor {t.name!r} is also in an earlier shard")
+                self._by_name[t.name] = t
+                self.tensors.append(t)
+        expected = self.metadata.get(SPLIT_TENSORS, len(self.tensors))
+        if expected != len(self.tensors):
+            raise GGUFFormatError(
+                f"{self.label}: split.tensors.count is {expected}, the {count} shards hold {len(self.tensors)}"
+            )
+
+    @property
+    def set_size(self) -> int:
+        """Bytes of this file and its other shards."""
+        return self.size + sum(s.size for s in self.shards)
 
     def _check_magic(self, head: bytes) -> None:
         """Refuse a file whose first bytes (all of them, if fewer than 4) are not GGUF's magic."""
@@ -380,6 +426,8 @@ class GGUFFile:
 
     def close(self) -> None:
         """Release the map; tensor data views taken earlier keep it alive until they are dropped."""
+        for shard in self.shards:
+            shard.close()
         mm, self._mm = self._mm, None
         close_quietly(mm, BufferError)  # numpy views still point into it: it is unmapped when the last one goes
 
@@ -393,6 +441,16 @@ class GGUFFile:
         return f"GGUFFile({str(self.path)!r}, version={self.version}, {len(self.metadata)} keys, {len(self.tensors)} tensors)"
 
 
-def read_gguf(path: str | os.PathLike) -> GGUFFile:
-    """Open a GGUF v2/v3 file: header, metadata and tensor infos parsed, tensor data mapped lazily."""
-    return GGUFFile(path)
+def shard_paths(path, count: int) -> list[Path]:
+    """``OUT-00001-of-0000N.gguf``, ... for ``OUT.gguf`` split in ``count`` shards."""
+    path = Path(path)
+    return [path.with_name(SHARD_NAME.format(stem=path.stem, no=i + 1, count=count)) for i in range(count)]
+
+
+def read_gguf(path: str | os.PathLike, whole_set: bool = True) -> GGUFFile:
+    """Open a GGUF v2/v3 file: header, metadata and tensor infos parsed, tensor data mapped lazily.
+
+    The first shard of llama.cpp's split set (``OUT-00001-of-0000N.gguf``) opens as the whole model
+    (``tensors`` holds every shard's); ``whole_set=False`` opens one file as it is.
+    """
+    return GGUFFile(path, whole_set)

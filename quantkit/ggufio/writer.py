@@ -32,7 +32,19 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from ..errors import OutputError, QuantkitError, ShapeError
 from ..files import create_temp
 from ..types import known_type
-from .reader import DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALAR_DTYPES, ArrayType, close_quietly
+from .reader import (
+    DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    MAX_ARRAY_DEPTH,
+    MAX_DIMS,
+    SCALAR_DTYPES,
+    SPLIT_COUNT,
+    SPLIT_NO,
+    SPLIT_TENSORS,
+    ArrayType,
+    close_quietly,
+    shard_paths,
+)
 
 GGUF_VERSION = 3
 COPY_CHUNK_BYTES = 16 << 20  # write_gguf copies tensor data in slices of this size
@@ -226,6 +238,17 @@ def _tensor_infos(tensors) -> list[TensorInfo]:
     return infos
 
 
+def tensor_sizes(infos: list[TensorInfo]) -> list[int]:
+    """Bytes of each tensor's data (unpadded); ShapeError naming a tensor whose row its type cannot take."""
+    sizes = []
+    for info in infos:
+        try:
+            sizes.append(known_type(info.qtype).nbytes(info.shape))
+        except ShapeError as e:
+            raise ShapeError(f"tensor {info.name!r}: {e}") from None
+    return sizes
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -233,7 +256,20 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-class GGUFStreamWriter:
+class _Atomic:
+    """``with`` support: ``close()`` (commit) when the block ends normally, ``abort()`` when it raises."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class GGUFStreamWriter(_Atomic):
     """Write a GGUF v3 file tensor by tensor.
 
     ``GGUFStreamWriter(path, metadata, tensor_infos, *, overwrite=False, inputs=())``:
@@ -257,7 +293,7 @@ class GGUFStreamWriter:
         self.infos = _tensor_infos(tensor_infos)
         self._check_target(overwrite, inputs)
         self.alignment = self._alignment(metadata)
-        self.sizes = self._sizes()
+        self.sizes = tensor_sizes(self.infos)
         self._empty = {info.name for info, size in zip(self.infos, self.sizes) if size == 0}
         header = self._header(metadata)
         self._index = 0  # tensor being written
@@ -301,14 +337,6 @@ class GGUFStreamWriter:
             raise MetadataError(f"general.alignment {value!r} is not a positive power of two")
         return int(value)
 
-    def _sizes(self) -> list[int]:
-        sizes = []
-        for info in self.infos:
-            try:
-                sizes.append(known_type(info.qtype).nbytes(info.shape))
-            except ShapeError as e:
-                raise ShapeError(f"tensor {info.name!r}: {e}") from None
-        return sizes
 
     def _header(self, metadata) -> bytes:
         """Magic, version, counts, kvs and tensor infos, offsets being aligned cumulative sizes."""
@@ -403,16 +431,27 @@ class GGUFStreamWriter:
             self._discard()  # not abort(): this may run on the write-behind thread
             raise
 
+    @property
+    def paths(self) -> list[Path]:
+        """The files this writer makes."""
+        return [self.path]
+
     def close(self) -> None:
         """Finish the queued writes, check every tensor is complete, fsync and rename the
         temporary file to ``path``."""
+        if self.finish():
+            self.commit()
+
+    def finish(self) -> bool:
+        """Everything but the rename: drain, check completeness, fsync and close the temporary file.
+        False if the writer was already closed."""
         try:
             self._drain()
         except BaseException:
             self.abort()
             raise
         if self._file is None:
-            return
+            return False
         try:
             if self._index < len(self.infos):
                 info = self.infos[self._index]
@@ -425,14 +464,22 @@ class GGUFStreamWriter:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 self._file = None
-                os.replace(self.tmp_path, self.path)
             except OSError as e:
                 raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
-            self._finalizer.detach()
-            _fsync_dir(self.path.parent)
         except BaseException:
             self.abort()
             raise
+        return True
+
+    def commit(self) -> None:
+        """Rename the finished temporary file to ``path``."""
+        try:
+            os.replace(self.tmp_path, self.path)
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"{self.path}: cannot write: {e.strerror or e}") from None
+        self._finalizer.detach()
+        _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Discard the output: drop the queued writes, close and delete the temporary file."""
@@ -451,14 +498,125 @@ class GGUFStreamWriter:
         close_quietly(file, OSError)
         self._finalizer()
 
-    def __enter__(self) -> GGUFStreamWriter:
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+SPLIT_KEYS = (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)
+
+
+def parse_split_size(text) -> int:
+    """``--split-max-size``: bytes, or a count with K, M or G (powers of 1000, as llama.cpp's converter)."""
+    raw = str(text).strip()
+    factor = {"K": 1000, "M": 1000**2, "G": 1000**3}.get(raw[-1:].upper(), 1)
+    digits = raw[:-1] if factor > 1 else raw
+    if not digits.isdecimal() or int(digits) <= 0:
+        raise QuantkitError(f"--split-max-size {text!r}: expected a positive number of bytes, optionally with K, M or G")
+    return int(digits) * factor
+
+
+def shard_plan(sizes, max_size: int = 0, max_tensors: int = 0) -> list[int]:
+    """The number of tensors in each shard, as gguf-py's GGUFWriter places them: a tensor opens a new
+    shard when the current one already has ``max_tensors`` tensors or its (unpadded) bytes plus this
+    tensor's would exceed ``max_size``; a shard always takes at least one tensor. 0 means no limit."""
+    counts, used = [0], 0
+    for size in sizes:
+        if counts[-1] and ((max_tensors and counts[-1] >= max_tensors) or (max_size and used + size > max_size)):
+            counts.append(0)
+            used = 0
+        counts[-1] += 1
+        used += size
+    return counts
+
+
+class GGUFSplitWriter(_Atomic):
+    """llama.cpp's split GGUF set, written with one :class:`GGUFStreamWriter` per shard.
+
+    The first shard holds all metadata, every shard the keys ``split.no`` (u16, from 0),
+    ``split.count`` (u16) and ``split.tensors.count`` (i32) last, as gguf-py writes them. Same
+    interface as GGUFStreamWriter; all-or-nothing: the shards are renamed into place only when every
+    one is complete, and none is left behind on an error.
+    """
+
+    def __init__(self, path, metadata, tensor_infos, counts: list[int], *, overwrite: bool = False, inputs=(),
+                 write_behind: int = 0):
+        infos = _tensor_infos(tensor_infos)
+        self.path = Path(path)
+        self.writers: list[GGUFStreamWriter] = []
+        self._by_name: dict[str, GGUFStreamWriter] = {}
+        self._current = None
+        first = 0
+        try:
+            for no, (shard, count) in enumerate(zip(shard_paths(path, len(counts)), counts)):
+                keys = metadata.copy() if no == 0 else {}
+                for key in SPLIT_KEYS:
+                    keys.pop(key, None)
+                keys[SPLIT_NO] = typed(no, GGUFValueType.UINT16)
+                keys[SPLIT_COUNT] = typed(len(counts), GGUFValueType.UINT16)
+                keys[SPLIT_TENSORS] = typed(len(infos), GGUFValueType.INT32)
+                part = infos[first:first + count]
+                first += count
+                writer = GGUFStreamWriter(shard, keys, part, overwrite=overwrite, inputs=inputs,
+                                          write_behind=write_behind)
+                self.writers.append(writer)
+                self._by_name.update((info.name, writer) for info in part)
+        except BaseException:
             self.abort()
+            raise
+
+    @property
+    def paths(self) -> list[Path]:
+        return [w.path for w in self.writers]
+
+    def write(self, name: str | None, chunk) -> None:
+        """As GGUFStreamWriter.write; the tensor's shard takes the bytes."""
+        if name is not None:
+            if name not in self._by_name:
+                self.abort()
+                raise OutputError(f"{self.path}: got data for tensor {name!r}, which is not in the file")
+            self._current = self._by_name[name]
+        if self._current is None:
+            self._current = self.writers[0]
+        try:
+            self._current.write(name, chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def close(self) -> None:
+        try:
+            for w in self.writers:
+                w.finish()
+        except BaseException:
+            self.abort()
+            raise
+        done = []
+        try:
+            for w in self.writers:
+                w.commit()
+                done.append(w.path)
+        except BaseException:
+            self.abort()
+            for p in done:
+                _remove(p)
+            raise
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+
+def shards_note(paths) -> str:
+    """How to name what a writer wrote: the file, or the first shard and how many there are."""
+    return f"{paths[0]} (first of {len(paths)} shards)" if len(paths) > 1 else str(paths[0])
+
+
+def open_gguf_writer(path, metadata, tensor_infos, *, split_max_size: int = 0, split_max_tensors: int = 0, **options):
+    """A GGUFStreamWriter, or a GGUFSplitWriter when the split limits make more than one shard (one shard is
+    written as a plain file without split keys, as gguf-py does)."""
+    infos = _tensor_infos(tensor_infos)
+    if split_max_size or split_max_tensors:
+        counts = shard_plan(tensor_sizes(infos), split_max_size, split_max_tensors)
+        if len(counts) > 1:
+            return GGUFSplitWriter(path, metadata, infos, counts, **options)
+    return GGUFStreamWriter(path, metadata, infos, **options)
 
 
 def _nbytes(chunk) -> int:

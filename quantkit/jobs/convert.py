@@ -31,13 +31,15 @@ from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
 from ..errors import ImatrixError, QuantkitError
-from ..ggufio import typed
-from ..ggufio.writer import encode_kv
+from ..ggufio import shards_note, typed
+from ..ggufio.reader import shard_paths
+from ..ggufio.writer import encode_kv, shard_plan
 from ..plan import presets
 from ..plan.imatrix_file import read_imatrix
 from ..plan.overrides import override_type, parse_overrides
 from ..sources.archs import OutTensor, arch_for
 from ..sources.hf import HFSource
+from ..sources.lora import merged_source
 from ..types import known_type, quant_type
 
 UNIFORM_PRESETS = {
@@ -149,7 +151,7 @@ def _tensor_types(preset, tensors, metadata, overrides, imatrix) -> dict[str, GG
 
 
 @contextmanager
-def _quiet_gguf():
+def quiet_gguf():
     """Silence gguf-py's info/warning logging (e.g. special token kinds its writer has no key for)."""
     log = logging.getLogger("gguf")
     level = log.level
@@ -162,9 +164,14 @@ def _quiet_gguf():
 
 def _collect_metadata(arch, out_tensors, ftype) -> dict:
     """GGUF keys as llama.cpp's converter writes them, collected through a path-less gguf.GGUFWriter."""
-    with _quiet_gguf():
+    with quiet_gguf():
         w = gguf.GGUFWriter(None, arch.gguf_arch_name)
         _add_keys(w, arch, out_tensors, ftype)
+    return writer_metadata(w)
+
+
+def writer_metadata(w) -> dict:
+    """The keys a path-less gguf.GGUFWriter collected, as key -> quantkit.ggufio.Typed in its order."""
     metadata = {}
     for key, value in w.kv_data[0].items():
         if value.type == GGUFValueType.ARRAY:
@@ -195,8 +202,12 @@ def _add_keys(w, arch, out_tensors, ftype) -> None:
     arch.write_vocab(w)
 
 
-def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=()) -> ConversionPlan:
-    """Decide names, shapes, types and metadata of the GGUF made from ``model_dir`` (reads no weights)."""
+def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(), lora=(),
+                    lora_scale: float = 1.0) -> ConversionPlan:
+    """Decide names, shapes, types and metadata of the GGUF made from ``model_dir`` (reads no weights).
+
+    ``lora``: PEFT adapter folders merged into the weights as they are read (``lora_scale`` times each).
+    """
     preset = str(preset).strip().upper()
     if preset in UNIFORM_PRESETS:
         ftype = UNIFORM_PRESETS[preset][1]
@@ -204,7 +215,7 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
         preset = presets.resolve_preset(preset)
         ftype = presets.file_type(preset)
     overrides = parse_overrides(tensor_types)
-    source = HFSource(model_dir)
+    source = merged_source(model_dir, lora, lora_scale)
     arch = arch_for(source)
     out_tensors = arch.tensors()
     metadata = _collect_metadata(arch, out_tensors, ftype)
@@ -253,37 +264,54 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
 
 def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, preset: str = "F16", *,
             imatrix: str | os.PathLike | Mapping | None = None, tensor_types: Iterable[str] = (),
-            dry_run: bool = False, threads: int | None = None, overwrite: bool = False,
-            progress: bool = True) -> ConversionResult | ConversionPlan:
+            dry_run: bool = False, threads: int | None = None, overwrite: bool = False, progress: bool = True,
+            lora: Iterable = (), lora_scale: float = 1.0, split_max_size: int = 0,
+            split_max_tensors: int = 0) -> ConversionResult | ConversionPlan:
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
     ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default: the idle
-    cores). With ``dry_run`` nothing is written and the :class:`ConversionPlan` is returned;
-    otherwise a :class:`ConversionResult`.
+    cores); ``lora``: PEFT adapter folders merged in (``W + lora_scale * alpha / r * B @ A``);
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files. With ``dry_run`` nothing
+    is written and the :class:`ConversionPlan` is returned; otherwise a :class:`ConversionResult`
+    (``path``: the file, or the first shard).
     """
     start = time.perf_counter()
-    plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types)
+    plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types, lora=lora,
+                           lora_scale=lora_scale)
     if dry_run:
         if progress:
             print_plan(plan)
+            if split_max_size or split_max_tensors:
+                print_shards(plan, output or "OUT.gguf", split_max_size, split_max_tensors)
         return plan
     if output is None:
         raise QuantkitError("no output path given (-o OUT.gguf)")
     output = Path(output)
     work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p)) for p in plan.tensors]
-    write_model(output, plan.metadata, work, inputs=[f for f in plan.source.folder.iterdir() if f.is_file()],
-                overwrite=overwrite, threads=threads, progress=progress,
-                total=sum(info.nbytes for p in plan.tensors for info in p.tensor.sources),
-                desc=f"{plan.source.folder.name} -> {plan.preset}")
-    result = ConversionResult(output, plan, output.stat().st_size, time.perf_counter() - start)
+    paths = write_model(output, plan.metadata, work, inputs=plan.source.inputs, overwrite=overwrite, threads=threads,
+                        progress=progress, total=sum(info.nbytes for p in plan.tensors for info in p.tensor.sources),
+                        desc=f"{plan.source.folder.name} -> {plan.preset}", split_max_size=split_max_size,
+                        split_max_tensors=split_max_tensors)
+    result = ConversionResult(paths[0], plan, sum(p.stat().st_size for p in paths), time.perf_counter() - start)
     if progress:
         print(
-            f"wrote {output}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
+            f"wrote {shards_note(paths)}: {result.file_bytes / 1e6:.1f} MB, {len(plan.tensors)} tensors, "
             f"{result.bits_per_weight:.2f} bits per weight, {result.seconds:.1f} s",
             file=sys.stderr,
         )
     return result
+
+
+def print_shards(plan: ConversionPlan, output, split_max_size: int, split_max_tensors: int, file=None) -> None:
+    """The --dry-run lines of a split conversion: each shard's file name, tensor count and tensor MB."""
+    counts = shard_plan([p.nbytes for p in plan.tensors], split_max_size, split_max_tensors)
+    paths = shard_paths(output, len(counts)) if len(counts) > 1 else [Path(output)]
+    first = 0
+    for path, count in zip(paths, counts):
+        mb = sum(p.nbytes for p in plan.tensors[first:first + count]) / 1e6
+        print(f"{path.name}: {count} tensors, {mb:.1f} MB", file=file or sys.stdout)
+        first += count
 
 
 def print_plan(plan: ConversionPlan, file=None) -> None:

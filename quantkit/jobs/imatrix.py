@@ -18,7 +18,8 @@ from tqdm import tqdm
 from ..errors import ImatrixError, QuantkitError
 from ..plan.imatrix_file import Imatrix, ImatrixEntry
 from ..sources.archs import arch_for
-from ..sources.hf import HFSource, load_pretrained
+from ..sources.hf import load_pretrained
+from ..sources.lora import merged_source
 
 
 @dataclass
@@ -121,7 +122,8 @@ def tokenize_chunks(tokenizer, text: str, ctx: int, chunks: int | None):
 
 
 def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = None, device=None,
-                    progress: bool = True, dataset: str | None = None, process_output: bool = False) -> Imatrix:
+                    progress: bool = True, dataset: str | None = None, process_output: bool = False,
+                    lora=(), lora_scale: float = 1.0) -> Imatrix:
     """Run the Hugging Face causal LM in ``model_dir`` over ``text`` and return its importance matrix.
 
     ``text`` is cut into chunks of ``ctx`` tokens (at most ``chunks``), each run on its own with no
@@ -130,12 +132,14 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     with the token count, keyed by the GGUF tensor name quantkit's converter gives it (so only
     architectures the converter supports). ``output.weight``
     is recorded only with ``process_output`` (llama-imatrix's ``--process-output``). ``dataset``
-    is recorded as the file's dataset name.
+    is recorded as the file's dataset name. ``lora``: PEFT adapter folders merged into the weights
+    (``lora_scale`` times each) before the model runs, so the matrix is the merged model's.
     """
     model_dir = Path(model_dir)
-    name_map = arch_for(HFSource(model_dir)).name_map  # the names the converter gives the tensors
+    source = merged_source(model_dir, lora, lora_scale)  # adapters checked against the base before the model loads
+    name_map = arch_for(source).name_map  # the names the converter gives the tensors
     with _quiet_transformers():
-        return _collect(model_dir, name_map, text, ctx, chunks, device, progress, dataset, process_output)
+        return _collect(model_dir, source, name_map, text, ctx, chunks, device, progress, dataset, process_output)
 
 
 @contextmanager
@@ -154,7 +158,8 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _collect(model_dir: Path, name_map, text, ctx, chunks, device, progress, dataset, process_output) -> Imatrix:
+def _collect(model_dir: Path, source, name_map, text, ctx, chunks, device, progress, dataset,
+             process_output) -> Imatrix:
     import torch  # deferred: optional and heavy (the [eval] extra)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,6 +170,9 @@ def _collect(model_dir: Path, name_map, text, ctx, chunks, device, progress, dat
     dtype = torch.float32 if device.type == "cpu" else "auto"
     model = load_pretrained(AutoModelForCausalLM.from_pretrained, model_dir, "model", local_files_only=True,
                             dtype=dtype, experts_implementation="eager").to(device).eval()
+    if hasattr(source, "merge"):  # LoRA adapters: the merged model's matrix
+        with torch.no_grad():
+            source.merge.merge_into(dict(model.named_parameters()))
     targets, accumulators = _targets(model, name_map, process_output, device)
     if not accumulators:
         raise QuantkitError(f"{model_dir}: no weight matrix of the model maps to a GGUF tensor name")

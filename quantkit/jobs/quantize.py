@@ -14,14 +14,14 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
 from ..errors import QuantkitError
-from ..ggufio import GGUFTensor, read_gguf, typed
+from ..ggufio import GGUFTensor, read_gguf, shards_note, typed
+from ..ggufio.writer import SPLIT_KEYS
 from ..plan.presets import PRESETS, plan_types, resolve_preset, tensor_imatrix, tensor_sort_key
 from ..quants import QuantizedTensor, check_finite, dequantize
 from ..types import quant_type
@@ -67,7 +67,8 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
                progress: bool = True, overrides=(), pure: bool = False, output_type=None,
-               token_embedding_type=None, extra_metadata=None) -> list[TensorPlan]:
+               token_embedding_type=None, extra_metadata=None, split_max_size: int = 0,
+               split_max_tensors: int = 0) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
@@ -75,6 +76,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     ``output_type`` / ``token_embedding_type``: --output-tensor-type / --token-embedding-type.
     ``extra_metadata``: keys set last, after general.file_type (llama-quantize's kv overrides, e.g. the
     ``quantize.imatrix.*`` keys its tool adds; see Imatrix.quantize_metadata).
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (a split ``src`` is read
+    whole from its first shard; its split.* keys are not copied).
     Returns the per-tensor plan that was carried out, in output order.
     """
     name = resolve_preset(preset)
@@ -93,6 +96,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
                 quant_type(p.source)  # can we read it? (raises UnsupportedTypeError naming the type)
                 quant_type(p.target)
         metadata = source.metadata.copy()
+        for key in SPLIT_KEYS:  # as llama-quantize: the output is one file unless it is split anew
+            metadata.pop(key, None)
         for key in ("general.quantization_version", "general.file_type"):  # llama.cpp moves them to the end
             metadata.pop(key, None)
         metadata["general.quantization_version"] = typed(QUANTIZATION_VERSION, GGUFValueType.UINT32)
@@ -102,9 +107,11 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
             metadata[key] = value
         work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix))
                 for t, p in zip(tensors, plans)]
-        write_model(dst, metadata, work, inputs=[src], overwrite=overwrite, threads=threads, progress=progress,
-                    total=sum(t.nbytes for t in tensors), desc=f"-> {name}")
+        paths = write_model(dst, metadata, work, inputs=[src] + [shard.path for shard in source.shards],
+                            overwrite=overwrite, threads=threads, progress=progress,
+                            total=sum(t.nbytes for t in tensors), desc=f"-> {name}",
+                            split_max_size=split_max_size, split_max_tensors=split_max_tensors)
     if progress:
-        size = Path(dst).stat().st_size
-        print(f"wrote {dst}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"wrote {shards_note(paths)}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return plans

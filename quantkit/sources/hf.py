@@ -143,6 +143,11 @@ def _header(path: Path) -> dict[str, tuple[str, tuple]]:
     return parse_header(path, raw, file_size - 8 - size)
 
 
+def file_tensors(path: Path) -> list[SourceTensor]:
+    """The tensors of one safetensors file, in name order (as llama.cpp's converter reads a shard)."""
+    return [SourceTensor(name, path, dtype, shape) for name, (dtype, shape) in sorted(_header(path).items())]
+
+
 def load_pretrained(loader, folder, what: str, **kwargs):
     """``loader(folder, trust_remote_code=False, **kwargs)``: a transformers or sentence-transformers
     ``from_pretrained`` (or constructor) that never imports Python code from the folder (an ``auto_map``
@@ -216,11 +221,10 @@ class HFSource:
         shards, weight_map = self._shards()
         tensors: dict[str, SourceTensor] = {}
         for path in shards:
-            header = _header(path)
-            for name, (dtype, shape) in sorted(header.items()):  # name order within a shard, as llama.cpp's converter
-                if name in tensors:
-                    raise SourceError(f"{path.name}: tensor {name[:60]!r} is also in {tensors[name].path.name}")
-                tensors[name] = SourceTensor(name, path, dtype, shape)
+            for t in file_tensors(path):
+                if t.name in tensors:
+                    raise SourceError(f"{path.name}: tensor {t.name[:60]!r} is also in {tensors[t.name].path.name}")
+                tensors[t.name] = t
         if weight_map is not None:
             missing = sorted(set(weight_map) - set(tensors))
             if missing:
@@ -229,6 +233,11 @@ class HFSource:
                     + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
                 )
         return tensors
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The files of the folder (an output must not be one of them)."""
+        return [p for p in self.folder.iterdir() if p.is_file()]
 
     def tensor(self, name: str) -> SourceTensor:
         try:
@@ -245,13 +254,17 @@ class HFSource:
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
-        info = self.weight(name)
-        rows = info.shape[0] if info.shape else 1
-        stop = rows if stop is None else stop
-        if not 0 <= start <= stop <= rows:
-            raise ShapeError(f"{info.path.name}: tensor {name!r}: rows {start}:{stop} out of range (it has {rows})")
-        with safe_open(str(info.path), framework="np") as f:
-            part = f.get_slice(name)[start:stop] if info.shape else f.get_tensor(name)
-        if info.dtype == "BF16":
-            return bf16_to_f32(part.view(np.uint16))
-        return part.astype(np.float32)
+        return read_rows(self.weight(name), start, stop)
+
+
+def read_rows(info: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` (first axis) of the F32, F16 or BF16 safetensors tensor ``info`` as float32."""
+    rows = info.shape[0] if info.shape else 1
+    stop = rows if stop is None else stop
+    if not 0 <= start <= stop <= rows:
+        raise ShapeError(f"{info.path.name}: tensor {info.name!r}: rows {start}:{stop} out of range (it has {rows})")
+    with safe_open(str(info.path), framework="np") as f:
+        part = f.get_slice(info.name)[start:stop] if info.shape else f.get_tensor(info.name)
+    if info.dtype == "BF16":
+        return bf16_to_f32(part.view(np.uint16))
+    return part.astype(np.float32)
