@@ -31,3 +31,7 @@ class ImatrixError(QuantkitError):
 
 class OutputError(QuantkitError):
     """An output path that cannot be written (exists, same as an input, disk full, ...)."""
+
+
+class FP8Error(QuantkitError):
+    """A quantized checkpoint quantkit cannot read: an FP8 scale that does not fit its weight, another method."""

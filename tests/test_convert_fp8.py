@@ -1,0 +1,146 @@
+"""FP8 checkpoints: float8 (e4m3) weights with ``weight_scale_inv`` scales, as DeepSeek-V3 and the Qwen3
+FP8 releases ship them, convert to the bytes of llama.cpp's convert_hf_to_gguf.py run on the same folder.
+
+The folders are made here: a tiny random Qwen3 whose linear weights are quantized by hand to e4m3
+with one float32 scale per 128 x 128 block (DeepSeek-V3's layout and config; hidden size 192 and
+feed-forward 320 leave partial blocks), or one bfloat16 scale per tensor.
+"""
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_convert_support import _WORK, LlamaServer, gguf_differences, peer_convert, quantkit_convert
+
+from quantkit.errors import FP8Error, QuantkitError
+
+BLOCK = 128
+E4M3_MAX = 448.0
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG = dict(hidden_size=192, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=48, max_position_embeddings=256, vocab_size=49152, tie_word_embeddings=True)
+
+
+def _fp8_blocks(w, block):
+    """(e4m3 weight, float32 scale) with one scale per ``block`` (rows, cols) tile: amax / 448."""
+    import torch
+
+    rows, cols = w.shape
+    br, bc = block
+    padded = torch.zeros(-(-rows // br) * br, -(-cols // bc) * bc)
+    padded[:rows, :cols] = w
+    tiles = padded.reshape(padded.shape[0] // br, br, padded.shape[1] // bc, bc)
+    scale = (tiles.abs().amax(dim=(1, 3)) / E4M3_MAX).clamp(min=1e-12)
+    full = scale.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:rows, :cols]
+    return (w / full).to(torch.float8_e4m3fn), scale
+
+
+@functools.cache
+def fp8_model(smollm2_dir: Path, layout: str) -> Path:
+    """A tiny FP8 Qwen3 folder: ``layout`` "block" (float32 128x128 block scales) or "tensor" (one bf16 scale)."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    folder = _WORK / f"tiny-qwen3-fp8-{layout}"
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.Qwen3Config(**CONFIG)).to(torch.bfloat16)
+    model.save_pretrained(str(folder))
+    state = {}
+    for name, value in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if not name.endswith(tuple(f"{p}.weight" for p in LINEAR)):
+            state[name] = value.contiguous()
+            continue
+        w = value.float()
+        if layout == "block":
+            state[name], state[name + "_scale_inv"] = _fp8_blocks(w, (BLOCK, BLOCK))
+        else:
+            q, scale = _fp8_blocks(w, w.shape)
+            state[name], state[name + "_scale_inv"] = q, scale.reshape(()).to(torch.bfloat16)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+    if layout == "block":
+        config["quantization_config"]["weight_block_size"] = [BLOCK, BLOCK]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_dir / file, folder / file)
+    return folder
+
+
+@pytest.mark.parametrize("preset", ["F16", "Q8_0"])
+def test_block_scaled_fp8_converts_like_llama_cpp(smollm2_hf_dir, preset):
+    folder = fp8_model(smollm2_hf_dir, "block")
+    ours = quantkit_convert(folder, preset)
+    assert gguf_differences(ours, peer_convert(folder, preset.lower())) == []
+
+
+def test_per_tensor_fp8_converts_like_llama_cpp(smollm2_hf_dir):
+    folder = fp8_model(smollm2_hf_dir, "tensor")
+    assert gguf_differences(quantkit_convert(folder, "F16"), peer_convert(folder, "f16")) == []
+
+
+def test_fp8_rows_stream_in_chunks_across_scale_blocks(smollm2_hf_dir, monkeypatch):
+    """Chunks of 48 rows cut the 128-row scale blocks; the bytes stay the peer's."""
+    import quantkit
+    from quantkit.converter import pipeline
+
+    folder = fp8_model(smollm2_hf_dir, "block")
+    monkeypatch.setattr(pipeline, "CHUNK_BYTES", 48 * 4 * CONFIG["intermediate_size"])
+    ours = quantkit.convert(folder, _WORK / "fp8-chunked-Q8_0.gguf", "Q8_0", progress=False).path
+    assert gguf_differences(ours, peer_convert(folder, "q8_0")) == []
+
+
+def test_fp8_weights_are_float8_times_scale_and_scales_are_not_tensors(smollm2_hf_dir):
+    import ml_dtypes
+    import torch
+    from safetensors import safe_open
+
+    from quantkit import read_gguf
+
+    folder = fp8_model(smollm2_hf_dir, "block")
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        q = f.get_tensor("model.layers.1.mlp.down_proj.weight").view(torch.uint8).numpy()
+        scale = f.get_tensor("model.layers.1.mlp.down_proj.weight_scale_inv").numpy()
+    expected = q.view(ml_dtypes.float8_e4m3fn).astype(np.float32) * np.repeat(np.repeat(scale, BLOCK, 0), BLOCK, 1)[:192, :320]
+    with read_gguf(quantkit_convert(folder, "F32")) as f:
+        names = [t.name for t in f.tensors]
+        down = f.tensor("blk.1.ffn_down.weight").dequantize()
+    assert np.array_equal(down.reshape(expected.shape), expected)
+    assert len(names) == 2 * 11 + 2 and not any("scale" in n for n in names)
+    with LlamaServer(quantkit_convert(folder, "Q8_0")) as server:
+        assert len(server.greedy("The quick brown fox", 4)) == 4
+
+
+def _edited(smollm2_dir: Path, name: str, edit) -> Path:
+    folder = _WORK / name
+    shutil.copytree(fp8_model(smollm2_dir, "block"), folder)
+    edit(folder)
+    return folder
+
+
+def _set_quantization(folder: Path, **entries) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"].update(entries)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("gptq", "quant_method 'gptq' is not supported"),
+    ("block64", "needs shape (3, 5) for blocks of (64, 64)"),
+])
+def test_fp8_bad_input_is_one_line(smollm2_hf_dir, tmp_path, case, message):
+    import quantkit
+
+    edit = {"gptq": lambda f: _set_quantization(f, quant_method="gptq"),
+            "block64": lambda f: _set_quantization(f, weight_block_size=[64, 64])}[case]
+    folder = _edited(smollm2_hf_dir, f"fp8-{case}", edit)
+    with pytest.raises(QuantkitError) as err:
+        quantkit.convert(folder, tmp_path / "out.gguf", "F16", progress=False)
+    assert message in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) <= 200
+    assert isinstance(err.value, FP8Error)
