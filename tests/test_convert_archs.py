@@ -163,3 +163,26 @@ def test_stacked_mixtral_experts_convert_like_llama_cpp_on_per_expert_tensors(sm
         stacked_tokens = stacked_server.greedy("The quick brown fox", 4)
     with LlamaServer(per_expert) as server:
         assert stacked_tokens == server.greedy("The quick brown fox", 4)
+
+
+def test_stacked_experts_quantize_each_expert_with_its_imatrix_row(smollm2_hf_dir, tmp_path):
+    """Each expert of a stacked tensor is llama.cpp's C quantizer of that expert with its own weights."""
+    import llamacpp_ref
+    import quantkit
+    from quantkit import read_gguf
+    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+
+    folder = stacked_experts_model("qwen3moe", smollm2_hf_dir, _WORK / "tiny-qwen3moe-stacked")
+    with read_gguf(quantkit_convert(folder, "F32")) as f:
+        experts = {t.name: t.dequantize().reshape(t.shape) for t in f.tensors if len(t.shape) == 3}
+    rng = np.random.default_rng(1)
+    entries = {name: ImatrixEntry(rng.uniform(1, 50, (4, w.shape[2])).astype(np.float32), np.full(4, 10))
+               for name, w in experts.items()}
+    write_imatrix(tmp_path / "im.gguf", Imatrix(entries, ["synthetic"], 1, 16))
+    out = quantkit.convert(folder, tmp_path / "q4_0.gguf", "Q4_0", imatrix=tmp_path / "im.gguf", progress=False).path
+    with read_gguf(out) as f:
+        for name, values in experts.items():
+            t = f.tensor(name)
+            assert t.qtype.name == "Q4_0"
+            expected = [llamacpp_ref.quantize(values[e], "Q4_0", entries[name].mean()[e]) for e in range(4)]
+            assert np.array_equal(np.asarray(t.data).reshape(-1), np.concatenate(expected)), name

@@ -258,12 +258,16 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[b
     t = p.tensor
     weights = None if plan.imatrix is None else plan.imatrix.get(p.name)
 
-    def encode(values: np.ndarray, part: int) -> np.ndarray:
+    def encode(values: np.ndarray, part: int, first_row: int = 0) -> np.ndarray:
         if p.qtype == GGMLQuantizationType.F32:
             return np.ascontiguousarray(values, dtype=np.float32).view(np.uint8).reshape(-1)
         w = None
         if weights is not None:  # (n_cols,), or one row per expert (n_expert, n_cols) or flat
             w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]
+            if values.ndim == 3:  # experts first_row... of one stacked part: each with its own row
+                rows = w.reshape(-1, values.shape[-1])[first_row:first_row + len(values)]
+                return np.concatenate([quantize(v, p.qtype, imatrix=r, threads=threads, name=p.name).data
+                                       for v, r in zip(values, rows)])
         return quantize(values, p.qtype, imatrix=w, threads=threads, name=p.name).data
 
     if t.values is not None:
@@ -283,7 +287,7 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor, threads) -> Iterator[tuple[b
             values = plan.source.read(hf_name, start, stop)
             if t.transform:
                 values = t.transform(values)
-            yield encode(values, part), info.nbytes * (stop - start) // rows
+            yield encode(values, part, start), info.nbytes * (stop - start) // rows
 
 
 def idle_cores() -> int:
