@@ -3,7 +3,8 @@ FP8 releases ship them, convert to the bytes of llama.cpp's convert_hf_to_gguf.p
 
 The folders are made here: a tiny random Qwen3 whose linear weights are quantized by hand to e4m3
 with one float32 scale per 128 x 128 block (DeepSeek-V3's layout and config; hidden size 192 and
-feed-forward 320 leave partial blocks), or one bfloat16 scale per tensor.
+feed-forward 320 leave partial blocks), one bfloat16 scale per tensor, or (llm-compressor's
+compressed-tensors layout) one float32 ``weight_scale`` per row.
 """
 
 import functools
@@ -40,7 +41,8 @@ def _fp8_blocks(w, block):
 
 @functools.cache
 def fp8_model(smollm2_dir: Path, layout: str) -> Path:
-    """A tiny FP8 Qwen3 folder: ``layout`` "block" (float32 128x128 block scales) or "tensor" (one bf16 scale)."""
+    """A tiny FP8 Qwen3 folder: ``layout`` "block" (float32 128x128 block scales), "tensor" (one bf16 scale)
+    or "channel" (compressed-tensors, one float32 scale per row)."""
     import torch
     import transformers
     from safetensors.torch import save_file
@@ -59,12 +61,22 @@ def fp8_model(smollm2_dir: Path, layout: str) -> Path:
         w = value.float()
         if layout == "block":
             state[name], state[name + "_scale_inv"] = _fp8_blocks(w, (BLOCK, BLOCK))
+        elif layout == "channel":
+            state[name], state[name + "_scale"] = _fp8_blocks(w, (1, w.shape[1]))
         else:
             q, scale = _fp8_blocks(w, w.shape)
             state[name], state[name + "_scale_inv"] = q, scale.reshape(()).to(torch.bfloat16)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
+    if layout == "channel":
+        weights = {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True, "dynamic": False,
+                   "group_size": None, "block_structure": None}
+        activations = {"num_bits": 8, "type": "float", "strategy": "token", "symmetric": True, "dynamic": True}
+        config["quantization_config"] = {
+            "quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": activations}},
+        }
     if layout == "block":
         config["quantization_config"]["weight_block_size"] = [BLOCK, BLOCK]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -80,20 +92,22 @@ def test_block_scaled_fp8_converts_like_llama_cpp(smollm2_hf_dir, preset):
     assert gguf_differences(ours, peer_convert(folder, preset.lower())) == []
 
 
-def test_per_tensor_fp8_converts_like_llama_cpp(smollm2_hf_dir):
-    folder = fp8_model(smollm2_hf_dir, "tensor")
+@pytest.mark.parametrize("layout", ["tensor", "channel"])
+def test_per_tensor_and_per_row_fp8_convert_like_llama_cpp(smollm2_hf_dir, layout):
+    folder = fp8_model(smollm2_hf_dir, layout)
     assert gguf_differences(quantkit_convert(folder, "F16"), peer_convert(folder, "f16")) == []
 
 
-def test_fp8_rows_stream_in_chunks_across_scale_blocks(smollm2_hf_dir, monkeypatch):
-    """Chunks of 48 rows cut the 128-row scale blocks; the bytes stay the peer's."""
+@pytest.mark.parametrize("layout, preset", [("block", "Q8_0"), ("channel", "F16")])
+def test_fp8_rows_stream_in_chunks_across_scale_blocks(smollm2_hf_dir, monkeypatch, layout, preset):
+    """Chunks of 48 rows cut the 128-row scale blocks (or start mid-way in per-row scales); the bytes stay the peer's."""
     import quantkit
     from quantkit.converter import pipeline
 
-    folder = fp8_model(smollm2_hf_dir, "block")
+    folder = fp8_model(smollm2_hf_dir, layout)
     monkeypatch.setattr(pipeline, "CHUNK_BYTES", 48 * 4 * CONFIG["intermediate_size"])
-    ours = quantkit.convert(folder, _WORK / "fp8-chunked-Q8_0.gguf", "Q8_0", progress=False).path
-    assert gguf_differences(ours, peer_convert(folder, "q8_0")) == []
+    ours = quantkit.convert(folder, _WORK / f"fp8-chunked-{layout}-{preset}.gguf", preset, progress=False).path
+    assert gguf_differences(ours, peer_convert(folder, preset.lower())) == []
 
 
 def test_fp8_weights_are_float8_times_scale_and_scales_are_not_tensors(smollm2_hf_dir):
@@ -133,12 +147,14 @@ def _set_quantization(folder: Path, **entries) -> None:
 @pytest.mark.parametrize("case, message", [
     ("gptq", "quant_method 'gptq' is not supported"),
     ("block64", "needs shape (3, 5) for blocks of (64, 64)"),
+    ("int8", "compressed-tensors format 'int-quantized'"),
 ])
 def test_fp8_bad_input_is_one_line(smollm2_hf_dir, tmp_path, case, message):
     import quantkit
 
     edit = {"gptq": lambda f: _set_quantization(f, quant_method="gptq"),
-            "block64": lambda f: _set_quantization(f, weight_block_size=[64, 64])}[case]
+            "block64": lambda f: _set_quantization(f, weight_block_size=[64, 64]),
+            "int8": lambda f: _set_quantization(f, quant_method="compressed-tensors", format="int-quantized")}[case]
     folder = _edited(smollm2_hf_dir, f"fp8-{case}", edit)
     with pytest.raises(QuantkitError) as err:
         quantkit.convert(folder, tmp_path / "out.gguf", "F16", progress=False)
