@@ -9,7 +9,9 @@ compressed-tensors layout) one float32 ``weight_scale`` per row.
 
 import functools
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,29 @@ def test_fp8_bad_input_is_one_line(smollm2_hf_dir, tmp_path, case, message):
         quantkit.convert(folder, tmp_path / "out.gguf", "F16", progress=False)
     assert message in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) <= 200
     assert isinstance(err.value, FP8Error)
+
+
+def test_fp8_peak_rss_flat_in_tensor_size(tmp_path, smollm2_hf_dir):
+    """A float8 weight is read and dequantized chunk by chunk: growing it from 128 to 256 MB of float32
+    moves quantkit's peak RSS (a fresh process, VmHWM) by far less than that."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+    from test_convert_support import LLAMA_CONFIG, llama_weights, make_llama_folder, run_measured
+
+    config = dict(LLAMA_CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]})
+    base = {k: v for k, v in llama_weights().items() if ".mlp." not in k}  # the MLP is optional for the converter
+    peaks = {}
+    for rows in (1 << 19, 1 << 20):
+        folder = make_llama_folder(tmp_path / str(rows), smollm2_hf_dir, base, config)
+        tiles = np.random.default_rng(0).standard_normal((rows // BLOCK, BLOCK, 64), dtype=np.float32)
+        scale = (np.abs(tiles).max(axis=(1, 2)) / E4M3_MAX)[:, None]
+        weights = (tiles / scale[:, :, None]).astype(ml_dtypes.float8_e4m3fn).reshape(rows, 64)
+        save_file({**base, "model.layers.0.mlp.gate_proj.weight": weights,
+                   "model.layers.0.mlp.gate_proj.weight_scale_inv": scale},
+                  str(folder / "model.safetensors"))
+        command = [sys.executable, "-m", "quantkit.cli", "convert", str(folder), "-o", str(tmp_path / f"{rows}.gguf"),
+                   "--type", "F16"]
+        peaks[rows] = run_measured(command, {**os.environ, "HF_HUB_OFFLINE": "1"})[1]
+    tensor_growth_mb = (1 << 19) * 64 * 4 / 2**20
+    assert (tmp_path / f"{1 << 20}.gguf").stat().st_size > 128e6
+    assert peaks[1 << 20] - peaks[1 << 19] < tensor_growth_mb / 4, (peaks, tensor_growth_mb)
