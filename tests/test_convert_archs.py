@@ -42,6 +42,8 @@ MODELS = {
                                     bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
     "gemma3": ("Gemma3TextConfig", dict(COMMON, vocab_size=320, head_dim=16, sliding_window=128, pad_token_id=0,
                                         bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
+    "gemma3-bpe": ("Gemma3TextConfig", dict(COMMON, vocab_size=49152, head_dim=16, sliding_window=128, pad_token_id=2,
+                                            bos_token_id=1, eos_token_id=2), "float32", "bpe"),
     "smollm3": ("SmolLM3Config", dict(COMMON, vocab_size=49152, tie_word_embeddings=True, pad_token_id=2, bos_token_id=1,
                                       eos_token_id=2), "bfloat16", "bpe"),
 }
