@@ -4,8 +4,8 @@ As llama.cpp's converter: every RMSNorm weight (Gemma 3's per-head Q/K norms inc
 ``1 + w`` (Gemma's norm multiplies by ``1 + weight``, llama.cpp's by ``weight``); logit
 soft-capping and the sliding window become keys; the vocabulary is SentencePiece (tokenizer.model)
 without a space prefix (Gemma 3 falls back to tokenizer.json's BPE without one); Gemma 2's
-``lm_head`` is dropped (tied to the embeddings). Gemma 3's rope base is its global (full attention)
-layers' one; llama.cpp knows the local layers' base (10000) itself.
+``lm_head`` is dropped (tied to the embeddings). Gemma 3 has two rope bases: the global (full
+attention) layers' one as ``rope.freq_base``, the sliding-window layers' as ``rope.freq_base_swa``.
 """
 
 from __future__ import annotations
