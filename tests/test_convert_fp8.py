@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert_support import _WORK, LlamaServer, gguf_differences, peer_convert, quantkit_convert
+from test_convert_support import (
+    _WORK,
+    LlamaServer,
+    gguf_differences,
+    peer_convert,
+    quantkit_convert,
+)
 
 from quantkit.errors import FP8Error, QuantkitError
 
@@ -27,18 +33,18 @@ CONFIG = dict(hidden_size=192, intermediate_size=320, num_hidden_layers=2, num_a
               head_dim=48, max_position_embeddings=256, vocab_size=49152, tie_word_embeddings=True)
 
 
-def _fp8_blocks(w, block):
-    """(e4m3 weight, float32 scale) with one scale per ``block`` (rows, cols) tile: amax / 448."""
-    import torch
+def fp8_blocks(w: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(e4m3 weight, float32 scale per ``block`` (rows, cols) tile: amax / 448) of a float32 matrix; the
+    last tiles may be partial."""
+    import ml_dtypes
 
     rows, cols = w.shape
-    br, bc = block
-    padded = torch.zeros(-(-rows // br) * br, -(-cols // bc) * bc)
+    (br, bc), (nr, nc) = block, (-(-rows // block[0]), -(-cols // block[1]))
+    padded = np.zeros((nr * br, nc * bc), dtype=np.float32)
     padded[:rows, :cols] = w
-    tiles = padded.reshape(padded.shape[0] // br, br, padded.shape[1] // bc, bc)
-    scale = (tiles.abs().amax(dim=(1, 3)) / E4M3_MAX).clamp(min=1e-12)
-    full = scale.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:rows, :cols]
-    return (w / full).to(torch.float8_e4m3fn), scale
+    scale = np.maximum(np.abs(padded.reshape(nr, br, nc, bc)).max(axis=(1, 3)) / np.float32(E4M3_MAX), np.float32(1e-12))
+    full = np.repeat(np.repeat(scale, br, 0), bc, 1)[:rows, :cols]
+    return (w / full).astype(ml_dtypes.float8_e4m3fn), scale
 
 
 @functools.cache
@@ -60,14 +66,13 @@ def fp8_model(smollm2_dir: Path, layout: str) -> Path:
         if not name.endswith(tuple(f"{p}.weight" for p in LINEAR)):
             state[name] = value.contiguous()
             continue
-        w = value.float()
-        if layout == "block":
-            state[name], state[name + "_scale_inv"] = _fp8_blocks(w, (BLOCK, BLOCK))
-        elif layout == "channel":
-            state[name], state[name + "_scale"] = _fp8_blocks(w, (1, w.shape[1]))
+        w = value.float().numpy()
+        q, scale = fp8_blocks(w, {"block": (BLOCK, BLOCK), "channel": (1, w.shape[1]), "tensor": w.shape}[layout])
+        state[name] = torch.from_numpy(q.view(np.uint8)).view(torch.float8_e4m3fn)
+        if layout == "tensor":
+            state[name + "_scale_inv"] = torch.from_numpy(scale).reshape(()).to(torch.bfloat16)
         else:
-            q, scale = _fp8_blocks(w, w.shape)
-            state[name], state[name + "_scale_inv"] = q, scale.reshape(()).to(torch.bfloat16)
+            state[name + ("_scale" if layout == "channel" else "_scale_inv")] = torch.from_numpy(scale)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
@@ -167,18 +172,20 @@ def test_fp8_bad_input_is_one_line(smollm2_hf_dir, tmp_path, case, message):
 def test_fp8_peak_rss_flat_in_tensor_size(tmp_path, smollm2_hf_dir):
     """A float8 weight is read and dequantized chunk by chunk: growing it from 128 to 256 MB of float32
     moves quantkit's peak RSS (a fresh process, VmHWM) by far less than that."""
-    import ml_dtypes
     from safetensors.numpy import save_file
-    from test_convert_support import LLAMA_CONFIG, llama_weights, make_llama_folder, run_measured
+    from test_convert_support import (
+        LLAMA_CONFIG,
+        llama_weights,
+        make_llama_folder,
+        run_measured,
+    )
 
     config = dict(LLAMA_CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]})
     base = {k: v for k, v in llama_weights().items() if ".mlp." not in k}  # the MLP is optional for the converter
     peaks = {}
     for rows in (1 << 19, 1 << 20):
         folder = make_llama_folder(tmp_path / str(rows), smollm2_hf_dir, base, config)
-        tiles = np.random.default_rng(0).standard_normal((rows // BLOCK, BLOCK, 64), dtype=np.float32)
-        scale = (np.abs(tiles).max(axis=(1, 2)) / E4M3_MAX)[:, None]
-        weights = (tiles / scale[:, :, None]).astype(ml_dtypes.float8_e4m3fn).reshape(rows, 64)
+        weights, scale = fp8_blocks(np.random.default_rng(0).standard_normal((rows, 64), dtype=np.float32), (BLOCK, BLOCK))
         save_file({**base, "model.layers.0.mlp.gate_proj.weight": weights,
                    "model.layers.0.mlp.gate_proj.weight_scale_inv": scale},
                   str(folder / "model.safetensors"))
