@@ -52,7 +52,7 @@ def _scale_layout(quant: dict, config_path: Path) -> tuple[str, list | None]:
         return "_scale_inv", quant.get("weight_block_size")
     if method == "compressed-tensors":
         groups = list((quant.get("config_groups") or {}).values())
-        weights = groups[0].get("weights") or {} if len(groups) == 1 and isinstance(groups[0], dict) else {}
+        weights = (groups[0].get("weights") or {}) if len(groups) == 1 and isinstance(groups[0], dict) else {}
         if (quant.get("format") == "float-quantized" and weights.get("type") == "float" and weights.get("num_bits") == 8
                 and weights.get("strategy") in ("channel", "block")):
             return "_scale", weights.get("block_structure")
