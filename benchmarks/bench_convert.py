@@ -86,17 +86,26 @@ def make_synthetic_llama(folder: Path, target_gb: float, tokenizer_dir: Path) ->
             shard_bytes = 0
     if shard:
         flush()
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config = {
+    write_folder_files(folder, weight_map, synthetic_config(layers), tokenizer_dir)
+    return layers, len(shard_names)
+
+
+def synthetic_config(layers: int) -> dict:
+    """config.json of the synthetic Llama with ``layers`` layers."""
+    return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FF,
         "num_hidden_layers": layers, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
         "vocab_size": VOCAB, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16",
     }
+
+
+def write_folder_files(folder: Path, weight_map: dict, config: dict, tokenizer_dir: Path) -> None:
+    """The shard index, config.json and tokenizer files next to the shards."""
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     (folder / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, folder / name)
-    return layers, len(shard_names)
 
 
 class Table:

@@ -47,3 +47,7 @@ class OutputError(QuantkitError):
 
 class MissingExtraError(QuantkitError):
     """A command or function needs an optional dependency group (``pip install 'quantkit[NAME]'``)."""
+
+
+class FP8Error(QuantkitError):
+    """A quantized checkpoint quantkit cannot read: an FP8 scale that does not fit its weight, another method."""

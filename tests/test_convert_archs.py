@@ -40,6 +40,12 @@ MODELS = {
                                 bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
     "gemma2": ("Gemma2Config", dict(COMMON, vocab_size=320, head_dim=16, sliding_window=128, pad_token_id=0,
                                     bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
+    "gemma3": ("Gemma3TextConfig", dict(COMMON, vocab_size=320, head_dim=16, sliding_window=128, pad_token_id=0,
+                                        bos_token_id=2, eos_token_id=1), "bfloat16", "spm"),
+    "gemma3-bpe": ("Gemma3TextConfig", dict(COMMON, vocab_size=49152, head_dim=16, sliding_window=128, pad_token_id=2,
+                                            bos_token_id=1, eos_token_id=2), "float32", "bpe"),
+    "smollm3": ("SmolLM3Config", dict(COMMON, vocab_size=49152, tie_word_embeddings=True, pad_token_id=2, bos_token_id=1,
+                                      eos_token_id=2), "bfloat16", "bpe"),
 }
 
 
@@ -56,17 +62,23 @@ def _train_sentencepiece(folder: Path) -> None:
     (folder / "tokenizer.vocab").unlink()
 
 
-@functools.cache
-def tiny_model(name: str, smollm2_dir: Path) -> Path:
+def _random_model(name: str):
+    """The transformers model MODELS[name] describes, with seeded random weights."""
     import torch
     import transformers
 
-    config_class, kwargs, dtype, tokenizer = MODELS[name]
-    folder = _WORK / f"tiny-{name}"
+    config_class, kwargs, dtype, _ = MODELS[name]
     torch.manual_seed(0)
     config = getattr(transformers, config_class)(**kwargs)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
-    model.save_pretrained(str(folder))
+    return transformers.AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+
+
+@functools.cache
+def tiny_model(name: str, smollm2_dir: Path, folder: Path | None = None) -> Path:
+    """``folder`` (default _WORK/tiny-NAME): the model saved by save_pretrained, and a tokenizer."""
+    tokenizer = MODELS[name][3]
+    folder = folder or _WORK / f"tiny-{name}"
+    _random_model(name).save_pretrained(str(folder))
     if tokenizer == "bpe":
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(smollm2_dir / file, folder / file)
@@ -114,3 +126,65 @@ def test_llama3_rope_freqs_and_untied_output(smollm2_hf_dir):
         freqs = f.tensor("rope_freqs.weight").dequantize()
     assert types["output.weight"] == "F16" and types["rope_freqs.weight"] == "F32"
     assert freqs.shape == (8,) and freqs[0] == 1.0 and freqs[-1] == 8.0
+
+
+@functools.cache
+def stacked_experts_model(name: str, smollm2_dir: Path, folder: Path) -> Path:
+    """The tiny MoE model with its experts as transformers 5 holds them in memory (and some checkpoints
+    store them): ``mlp.experts.gate_up_proj`` (n_expert, 2 n_ff, n_embd) and ``mlp.experts.down_proj``."""
+    from safetensors.torch import save_file
+
+    tiny_model(name, smollm2_dir, folder)
+    state = _random_model(name).state_dict()
+    if MODELS[name][1].get("tie_word_embeddings"):
+        del state["lm_head.weight"]
+    assert "model.layers.0.mlp.experts.gate_up_proj" in state
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("preset", ["F16", "Q8_0"])
+def test_stacked_qwen3moe_experts_convert_like_llama_cpp(smollm2_hf_dir, preset):
+    folder = stacked_experts_model("qwen3moe", smollm2_hf_dir, _WORK / "tiny-qwen3moe-stacked")
+    ours = quantkit_convert(folder, preset)
+    assert gguf_differences(ours, peer_convert(folder, preset.lower())) == []
+
+
+@pytest.mark.parametrize("preset", ["F16", "Q8_0"])
+def test_stacked_mixtral_experts_convert_like_llama_cpp_on_per_expert_tensors(smollm2_hf_dir, preset):
+    """llama.cpp's converter cannot map Mixtral's stacked gate_up_proj; quantkit's file of the stacked
+    checkpoint has the tensors and keys of the peer's file of the same weights stored per expert.
+    Only the order differs: the stacked tensors are named mlp.* and come after input_layernorm."""
+    import quantkit
+
+    stacked = stacked_experts_model("mixtral", smollm2_hf_dir, _WORK / "stacked" / "tiny-mixtral")
+    ours = quantkit.convert(stacked, _WORK / f"stacked-mixtral-{preset}.gguf", preset, progress=False).path
+    per_expert = peer_convert(tiny_model("mixtral", smollm2_hf_dir), preset.lower())
+    assert gguf_differences(ours, per_expert) == ["tensor names/order differ: []"]
+    with LlamaServer(ours) as stacked_server:
+        stacked_tokens = stacked_server.greedy("The quick brown fox", 4)
+    with LlamaServer(per_expert) as server:
+        assert stacked_tokens == server.greedy("The quick brown fox", 4)
+
+
+def test_stacked_experts_quantize_each_expert_with_its_imatrix_row(smollm2_hf_dir, tmp_path):
+    """Each expert of a stacked tensor is llama.cpp's C quantizer of that expert with its own weights."""
+    import llamacpp_ref
+    import quantkit
+    from quantkit import read_gguf
+    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+
+    folder = stacked_experts_model("qwen3moe", smollm2_hf_dir, _WORK / "tiny-qwen3moe-stacked")
+    with read_gguf(quantkit_convert(folder, "F32")) as f:
+        experts = {t.name: t.dequantize().reshape(t.shape) for t in f.tensors if len(t.shape) == 3}
+    rng = np.random.default_rng(1)
+    entries = {name: ImatrixEntry(rng.uniform(1, 50, (4, w.shape[2])).astype(np.float32), np.full(4, 10))
+               for name, w in experts.items()}
+    write_imatrix(tmp_path / "im.gguf", Imatrix(entries, ["synthetic"], 1, 16))
+    out = quantkit.convert(folder, tmp_path / "q4_0.gguf", "Q4_0", imatrix=tmp_path / "im.gguf", progress=False).path
+    with read_gguf(out) as f:
+        for name, values in experts.items():
+            t = f.tensor(name)
+            assert t.qtype.name == "Q4_0"
+            expected = [llamacpp_ref.quantize(values[e], "Q4_0", entries[name].mean()[e]) for e in range(4)]
+            assert np.array_equal(np.asarray(t.data).reshape(-1), np.concatenate(expected)), name

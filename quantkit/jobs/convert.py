@@ -233,24 +233,34 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
 
 
 def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
-    """``p``'s rows, read from the checkpoint in chunks of whole ``row_align`` groups and transformed."""
+    """``p``'s rows, read from the checkpoint in chunks of whole ``row_align`` groups and transformed.
+
+    A chunk of a stacked expert tensor (3-D: experts first) is given as one chunk per expert, each
+    with its expert's importance weights.
+    """
     t = p.tensor
     weights = None if plan.imatrix is None else plan.imatrix.get(p.name)
 
-    def chunk(values: np.ndarray, part: int, consumed: int) -> Chunk:
-        w = None
-        if weights is not None and p.qtype != GGMLQuantizationType.F32:
-            # (n_cols,), or one row per expert (n_expert, n_cols) or flat
-            w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]
-        return Chunk(values=values, imatrix=w, consumed=consumed)
+    def chunks(values: np.ndarray, part: int, consumed: int, first_row: int = 0) -> Iterator[Chunk]:
+        if weights is None or p.qtype == GGMLQuantizationType.F32:
+            yield Chunk(values=values, consumed=consumed)
+            return
+        # (n_cols,), or one row per expert (n_expert, n_cols) or flat
+        w = np.asarray(weights, dtype=np.float32).reshape(max(len(t.parts), 1), -1)[part]
+        if values.ndim != 3:
+            yield Chunk(values=values, imatrix=w, consumed=consumed)
+            return
+        expert_rows = w.reshape(-1, values.shape[-1])[first_row:first_row + len(values)]
+        for i, (v, r) in enumerate(zip(values, expert_rows)):
+            yield Chunk(values=v, imatrix=r, consumed=consumed if i == 0 else 0)
 
     if t.values is not None:
-        yield chunk(t.values(), 0, 0)
+        yield from chunks(t.values(), 0, 0)
         return
     for part, (hf_name, info) in enumerate(zip(t.parts, t.sources)):
         if len(info.shape) <= 1:
             values = plan.source.read(hf_name)
-            yield chunk(t.transform(values) if t.transform else values, part, info.nbytes)
+            yield from chunks(t.transform(values) if t.transform else values, part, info.nbytes)
             continue
         rows = info.shape[0]
         step = rows_per_chunk(int(np.prod(info.shape[1:], dtype=np.int64)), t.row_align)
@@ -259,7 +269,7 @@ def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
             values = plan.source.read(hf_name, start, stop)
             if t.transform:
                 values = t.transform(values)
-            yield chunk(values, part, info.nbytes * (stop - start) // rows)
+            yield from chunks(values, part, info.nbytes * (stop - start) // rows, start)
 
 
 def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, preset: str = "F16", *,

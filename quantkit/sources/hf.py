@@ -3,7 +3,9 @@
 ``HFSource(folder)`` reads ``config.json`` and the safetensors headers only. Tensor data is read on
 demand, whole or as a range of rows (``read(name, start, stop)``), as float32 numpy arrays. Each read
 opens the shard with safetensors' ``safe_open`` and closes it again, so the mmap of a multi-GB shard
-never stays resident: memory is the rows asked for. Weights must be float32, float16 or bfloat16.
+never stays resident: memory is the rows asked for. Weights must be float32, float16 or bfloat16,
+or float8 with a scale in an FP8 checkpoint (:mod:`quantkit.sources.fp8`: dequantized as they are read;
+the scale tensors are not listed in ``tensors``).
 (The tokenizer files are read by :mod:`quantkit.sources.vocab`.)
 
 Sharded checkpoints are ``model.safetensors.index.json`` (its ``weight_map``: tensor -> shard file)
@@ -25,6 +27,7 @@ import numpy as np
 from safetensors import safe_open
 
 from ..errors import QuantkitError, ShapeError, first_line
+from .fp8 import FP8_DTYPES, dequantize_rows, fp8_scales, read_raw_rows
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype name -> bytes per element
@@ -196,6 +199,9 @@ class HFSource:
             raise SourceError(f"{self.folder}: no config.json; is this a Hugging Face model folder?")
         self.config = read_json(config_path)
         self.tensors = self._index()
+        self.fp8_scales, dropped = fp8_scales(self.config, self.tensors, config_path)
+        for name in dropped:
+            del self.tensors[name]
 
     def _shards(self) -> tuple[list[Path], dict | None]:
         index_path = self.folder / INDEX_FILE
@@ -246,23 +252,36 @@ class HFSource:
             raise SourceError(f"{self.folder}: tensor {name!r} is missing from the checkpoint") from None
 
     def weight(self, name: str) -> SourceTensor:
-        """A tensor to convert: it must exist and be F32, F16 or BF16."""
+        """A tensor to convert: it must exist and be F32, F16 or BF16 (or FP8 with a scale)."""
         info = self.tensor(name)
+        if info.dtype in FP8_DTYPES and name in self.fp8_scales:
+            return info
         if info.dtype not in WEIGHT_DTYPES:
             raise SourceError(f"{info.path}: tensor {name!r} has dtype {info.dtype}; quantkit converts F32, F16 and BF16 weights")
         return info
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` (first axis) of tensor ``name`` as a float32 array."""
-        return read_rows(self.weight(name), start, stop)
+        info = self.weight(name)
+        scale = self.fp8_scales.get(name)
+        if scale is None:
+            return read_rows(info, start, stop)
+        stop = _check_rows(info, start, stop)
+        return dequantize_rows(read_raw_rows(info, start, stop), read_rows(scale.scale), scale.block, start)
 
 
-def read_rows(info: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Rows ``start:stop`` (first axis) of the F32, F16 or BF16 safetensors tensor ``info`` as float32."""
+def _check_rows(info: SourceTensor, start: int, stop: int | None) -> int:
+    """``stop`` (the row count when None), checked: 0 <= start <= stop <= rows."""
     rows = info.shape[0] if info.shape else 1
     stop = rows if stop is None else stop
     if not 0 <= start <= stop <= rows:
         raise ShapeError(f"{info.path.name}: tensor {info.name!r}: rows {start}:{stop} out of range (it has {rows})")
+    return stop
+
+
+def read_rows(info: SourceTensor, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``start:stop`` (first axis) of the F32, F16 or BF16 safetensors tensor ``info`` as float32."""
+    stop = _check_rows(info, start, stop)
     with safe_open(str(info.path), framework="np") as f:
         part = f.get_slice(info.name)[start:stop] if info.shape else f.get_tensor(info.name)
     if info.dtype == "BF16":

@@ -35,6 +35,8 @@ REGISTRY = {
     "Qwen3MoeForCausalLM": "qwen",
     "Phi3ForCausalLM": "phi3",
     "Gemma2ForCausalLM": "gemma",
+    "Gemma3ForCausalLM": "gemma",
+    "SmolLM3ForCausalLM": "llama",
     "BertModel": "bert",
 }
 
@@ -118,6 +120,14 @@ class Arch:
                 rope[key] = self.config[key]
         return rope
 
+    def _rope_theta_swa(self):
+        """The rope base of sliding-window layers (rope_parameters.sliding_attention or a local-theta key)."""
+        rope = self.config.get("rope_parameters") or self.config.get("rope_scaling") or {}
+        if "full_attention" in rope or "sliding_attention" in rope:
+            return rope.get("sliding_attention", {}).get("rope_theta")
+        keys = ("local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta", "rope_local_base_freq")
+        return self.hparam(*keys, default=None)
+
     @property
     def gguf_arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.model_arch]
@@ -150,6 +160,8 @@ class Arch:
             w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
         if (theta := self.rope.get("rope_theta")) is not None:
             w.add_rope_freq_base(theta)
+        if (theta_swa := self._rope_theta_swa()) is not None:
+            w.add_rope_freq_base_swa(theta_swa)
         if (eps := self.hparam("rms_norm_eps", default=None)) is not None:
             w.add_layer_norm_rms_eps(eps)
         if (eps := self.hparam("layer_norm_eps", "layer_norm_epsilon", default=None)) is not None:

@@ -1,5 +1,5 @@
-"""Llama, Mistral and Mixtral (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM) -> llama.cpp's
-``llama`` architecture.
+"""Llama, Mistral, Mixtral and SmolLM3 (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM ->
+llama.cpp's ``llama`` architecture; SmolLM3ForCausalLM -> ``smollm3``).
 
 As llama.cpp's converter: Q and K rows are permuted from Hugging Face's rotary layout (first half /
 second half of each head) to GGML's interleaved one; Llama 3 rope scaling becomes a ``rope_freqs``
@@ -90,6 +90,13 @@ class LlamaArch(Arch):
         factors = llama3_rope_factors(self.rope, self.head_dim)
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         return [OutTensor(name, factors.shape, values=lambda: factors, kind=gguf.MODEL_TENSOR.ROPE_FREQS)]
+
+
+class SmolLM3Arch(LlamaArch):
+    """SmolLM3: Llama's tensors; llama.cpp's ``smollm3`` skips rope in every 4th layer by itself."""
+
+    architectures = ("SmolLM3ForCausalLM",)
+    model_arch = gguf.MODEL_ARCH.SMOLLM3
 
 
 class MixtralArch(MergedExperts, LlamaArch):

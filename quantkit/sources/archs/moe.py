@@ -5,14 +5,24 @@ tensor per projection and layer, experts along the first axis. :class:`MergedExp
 and emits the merged tensors where llama.cpp's converter emits them: when a layer's last expert
 tensor (in name order) has been seen, the projections in the architecture's order. The parts are
 streamed expert by expert, never stacked in memory.
+
+transformers 5 saves them already stacked: ``mlp.experts.gate_up_proj`` of shape
+(n_expert, 2 * n_ff, n_embd), the gate projection in the first n_ff rows of each expert and the up
+projection in the rest, and ``mlp.experts.down_proj`` of shape (n_expert, n_embd, n_ff). As
+llama.cpp's converter does for Qwen3-MoE, ``down_proj`` is written as it is and ``gate_up_proj``
+as two tensors, gate then up, where they appear in the file.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..hf import SourceError
 from . import OutTensor
+
+FUSED_PATTERN = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
 
 
 class MergedExperts:
@@ -30,12 +40,12 @@ class MergedExperts:
         raise NotImplementedError
 
     def rename(self, hf_name):
-        if self.expert_pattern.match(hf_name):
+        if self.expert_pattern.match(hf_name) or FUSED_PATTERN.match(hf_name):
             return hf_name  # grouped below, never mapped one by one
         return super().rename(hf_name)
 
     def gguf_name(self, hf_name):
-        if self.expert_pattern.match(hf_name):
+        if self.expert_pattern.match(hf_name) or FUSED_PATTERN.match(hf_name):
             return None, hf_name
         return super().gguf_name(hf_name)
 
@@ -45,6 +55,9 @@ class MergedExperts:
         pending: dict[int, dict[tuple[str, int], str]] = {}  # layer -> (projection, expert) -> hf name
         out = []
         for hf_name, kind, name in items:
+            if fused := FUSED_PATTERN.match(hf_name):
+                out += self._fused(hf_name, int(fused[1]), fused[2], n_experts)
+                continue
             match = self.expert_pattern.match(hf_name)
             if match is None:
                 out += super().group([(hf_name, kind, name)])
@@ -74,3 +87,23 @@ class MergedExperts:
         for part, info in zip(parts, infos):
             self.check_shape(part, info.shape, infos[0].shape)
         return OutTensor(name, (len(parts), *infos[0].shape), tuple(parts), kind=kind, sources=infos)
+
+    def _fused(self, hf_name: str, layer: int, projection: str, n_experts: int) -> list[OutTensor]:
+        """The output tensors of a stacked ``down_proj`` or ``gate_up_proj`` (transformers 5)."""
+        info = self.source.weight(hf_name)
+        if len(info.shape) != 3 or info.shape[0] != n_experts or (projection == "gate_up_proj" and info.shape[1] % 2):
+            raise SourceError(f"{info.path}: tensor {hf_name!r} has shape {info.shape}; expected ({n_experts} experts, "
+                              f"rows, columns){', an even number of rows' if projection == 'gate_up_proj' else ''}")
+        prefix = f"model.layers.{layer}.mlp.experts."
+        if projection == "down_proj":
+            kind, name = super().gguf_name(prefix + "down_proj.weight")
+            return [OutTensor(name, info.shape, (hf_name,), kind=kind, sources=[info])]
+        n_ff = info.shape[1] // 2
+        out = []
+        for half, part in enumerate(("gate_proj", "up_proj")):
+            kind, name = super().gguf_name(prefix + part + ".weight")
+            rows = slice(half * n_ff, (half + 1) * n_ff)
+            out.append(OutTensor(name, (n_experts, n_ff, info.shape[2]), (hf_name,),
+                                 transform=lambda values, rows=rows: np.ascontiguousarray(values[:, rows]),
+                                 kind=kind, sources=[info]))
+        return out
