@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,7 +99,6 @@ def smollm2_hf_dir() -> Path:
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct-hf"
     if (target / "model.safetensors").exists():
         return target
-    import json
 
     import torch
     from safetensors.torch import save_file
@@ -122,8 +123,6 @@ def smollm2_hf_dir() -> Path:
         model.generation_config.to_json_file(str(folder / "generation_config.json"))
         tokenizer.save_pretrained(str(folder))
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(folder, target)
     return target

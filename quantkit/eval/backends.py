@@ -22,15 +22,22 @@ xllamacpp's in-process server, whose completions give the top-k log-probabilitie
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+
+import quantkit
 
 from ..errors import QuantkitError
-from ..sources.hf import load_pretrained, read_json
 from ..files import write_atomic
+from ..ggufio import read_gguf
+from ..jobs.convert import convert, plan_conversion
+from ..sources.hf import load_pretrained, read_json
 from .metrics import TopK, top_k
 
 BASELINE = "baseline"
@@ -62,8 +69,6 @@ class Scored:
 
 def stored_16bit(model_dir: Path) -> str:
     """BF16 or F16: the 16-bit type of the model's weights as stored (F16 for float32 models)."""
-    from safetensors import safe_open
-
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             if any(f.get_slice(n).get_dtype() == "BF16" for n in f.keys()):
@@ -77,8 +82,6 @@ def preset_of(model_dir: Path, name: str) -> str:
 
 def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
     """Raise the converter's one-line error now if ``name`` is unknown or cannot be made (imatrix, adapters)."""
-    from ..jobs.convert import plan_conversion
-
     plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix, lora=lora or ())
 
 
@@ -124,8 +127,6 @@ def model_digest(model_dir) -> str:
 
 
 def quantkit_version() -> str:
-    import quantkit
-
     return quantkit.__version__
 
 
@@ -152,10 +153,6 @@ class VariantFiles:
 
     def get(self, name: str) -> Variant:
         """The variant's GGUF (converted now if missing) described as a :class:`Variant`."""
-        from collections import Counter
-
-        from ..jobs.convert import convert
-        from ..ggufio import read_gguf
 
         path = self.path(name)
         seconds_file = path.with_name(path.name + ".seconds")
@@ -190,9 +187,6 @@ def _source_rows(t, rows: int) -> np.ndarray | None:
 def checkpoint_tensors(model_dir: Path, name: str, path: Path, imatrix=None):
     """(checkpoint name, float32 values) of every non-F32 tensor of a variant's GGUF, dequantized and
     mapped back to the Hugging Face layout (expert stacks split, row permutations undone)."""
-    from ..jobs.convert import plan_conversion
-    from ..ggufio import read_gguf
-
     plan = plan_conversion(model_dir, preset_of(model_dir, name), imatrix=imatrix)
     made_of = {p.name: p.tensor for p in plan.tensors}
     with read_gguf(path) as f:
@@ -228,8 +222,6 @@ def can_generate(model_dir: Path) -> bool:
 
 def _stored_tensors(model_dir: Path):
     """(name, torch tensor as stored) over the folder's safetensors files, one at a time."""
-    from safetensors import safe_open
-
     for path in safetensors_files(model_dir):
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():
@@ -372,8 +364,6 @@ class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(self, model_dir, cache_dir, imatrix=None, threads=None, progress=True, n_ctx=2048, lora=None):
-        import importlib.util
-
         if importlib.util.find_spec("xllamacpp") is None:
             raise QuantkitError("the llama.cpp backend needs the xllamacpp package (pip install xllamacpp)")
         self.model_dir = Path(model_dir)

@@ -23,19 +23,23 @@ of the paired mean difference holds 0) are marked with "≈".
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import QuantkitError
+from ..files import write_atomic
+from ..models import minilm_dir
 from ..sources.hf import load_pretrained
 from ..sources.lora import LoraMerge
-from ..files import write_atomic
 from . import metrics
-from .backends import BASELINE, digest, make_backend, quantkit_version
+from .backends import BASELINE, check_variant, digest, make_backend, quantkit_version
 
 DEFAULT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K")
 DATA_DIR = Path(__file__).parent / "data"
@@ -213,8 +217,6 @@ def _variant_fields(variant) -> dict:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for package in ("quantkit", "numpy", "torch", "transformers", "sentence-transformers", "gguf", "xllamacpp"):
         try:
@@ -246,7 +248,6 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     JSON's content. ``lora``: PEFT adapter folders merged into the model (``lora_scale`` times each)
     for every variant and for the 16-bit baseline.
     """
-    from tqdm import tqdm
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -271,8 +272,6 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
                      "metrics are left out; size, bits per weight and quantize time are given")
     embedder_path = Path(embedder) if embedder else None
     if runner.can_generate and embedder_path is None:
-        from ..models import minilm_dir
-
         embedder_path = minilm_dir()
     run = Run(runner, tokenizer, prompt_ids(tokenizer, prompt_texts) if runner.can_generate else [],
               text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
@@ -324,8 +323,6 @@ def _parse_types(types) -> list[str]:
 def _check_types(model_dir: Path, names: list[str], imatrix, lora=None) -> None:
     """Plan every type before any work, so an unknown type, a missing imatrix or an adapter that does not
     fit fails at once."""
-    from .backends import check_variant
-
     for name in names:
         check_variant(model_dir, name, imatrix, lora)
 
@@ -411,8 +408,6 @@ def _16bit(row: dict) -> str:
 
 def plot(result: dict) -> bytes:
     """scorecard.png: KLD and answer similarity against bits per weight, one point per type."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

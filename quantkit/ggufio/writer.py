@@ -22,6 +22,7 @@ import os
 import struct
 import weakref
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple
@@ -379,8 +380,6 @@ class GGUFStreamWriter(_Atomic):
             self._drain()  # raises the error of the queued write that closed it, if one did
             raise OutputError(f"{self.path}: writer is closed")
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="gguf-write-behind")
         self._pending.append(self._pool.submit(self._append, name, chunk))
         try:

@@ -18,6 +18,7 @@ as it is read, in float32, so conversion stays streaming.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -185,8 +186,6 @@ class LoraMerge:
 
     def tag(self) -> str:
         """8 hex digits naming these adapters and this scale (for cache file names)."""
-        import hashlib
-
         digest = hashlib.sha256(repr(self.scale).encode())
         for path in self.files:
             digest.update(path.read_bytes())
