@@ -124,18 +124,21 @@ class Reference:
     text_scores: list  # metrics.Scored per text chunk
 
 
+@dataclass
 class Run:
     """One backend, one model, one set of inputs; measures variants against the baseline."""
 
-    def __init__(self, backend, tokenizer, prompts, chunks, embedder, settings: Settings):
-        self.backend = backend
-        self.tokenizer = tokenizer
-        self.prompts = prompts
-        self.chunks = chunks
-        self.embedder = embedder
-        self.settings = settings
-        self.reference: Reference | None = None
-        self.full = backend.name == "torch"
+    backend: object
+    tokenizer: object
+    prompts: list
+    chunks: list
+    embedder: object
+    settings: Settings
+    reference: Reference | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.backend.name == "torch"
 
     def _answers(self):
         answers = self.backend.generate(self.prompts, self.settings.max_new_tokens)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -227,21 +227,20 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
+@dataclass
 class _Planner:
     """The state llama_tensor_get_type_impl keeps while it walks the tensors (quantize_state_impl)."""
 
-    def __init__(self, ftype: LlamaFileType, model: ModelInfo, has_imatrix: bool, tied_embeddings: bool,
-                 n_attention_wv: int, output_type: GGMLQuantizationType | None,
-                 token_embedding_type: GGMLQuantizationType | None):
-        self.ftype = ftype
-        self.output_type = output_type
-        self.token_embedding_type = token_embedding_type
-        self.model = model
-        self.has_imatrix = has_imatrix
-        self.tied_embeddings = tied_embeddings
-        self.n_attention_wv = n_attention_wv
-        self.i_attention_wv = 0
-        self.i_ffn = {"ffn_down": 0, "ffn_gate": 0, "ffn_up": 0}  # n_ffn_* all equal model.n_layer
+    ftype: LlamaFileType
+    model: ModelInfo
+    has_imatrix: bool
+    tied_embeddings: bool
+    n_attention_wv: int
+    output_type: GGMLQuantizationType | None
+    token_embedding_type: GGMLQuantizationType | None
+    i_attention_wv: int = 0
+    # n_ffn_* all equal model.n_layer
+    i_ffn: dict = field(default_factory=lambda: {"ffn_down": 0, "ffn_gate": 0, "ffn_up": 0})
 
     def _layer(self, cat: str, name: str) -> tuple[int, int]:
         """(layer index, layer count) for an ffn tensor: a counter for dense models, the name for MoE."""

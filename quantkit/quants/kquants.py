@@ -803,26 +803,18 @@ def quantize_q6_k(rows, imatrix):
     return _quantize_q6_kernel(rows, _weights(imatrix))
 
 
-def _dequantize(name, data, n_per_row):
+def _dequantizer(name):
+    """dequantize_<type> of the k-quant ``name``."""
     qt = known_type(name)
-    return _dequantize_kernel(data, int(qt.ggml), qt.type_size, n_per_row)
+
+    def dequantize(data, n_per_row):
+        return _dequantize_kernel(data, int(qt.ggml), qt.type_size, n_per_row)
+
+    return dequantize
 
 
-def dequantize_q2_k(data, n_per_row):
-    return _dequantize("Q2_K", data, n_per_row)
-
-
-def dequantize_q3_k(data, n_per_row):
-    return _dequantize("Q3_K", data, n_per_row)
-
-
-def dequantize_q4_k(data, n_per_row):
-    return _dequantize("Q4_K", data, n_per_row)
-
-
-def dequantize_q5_k(data, n_per_row):
-    return _dequantize("Q5_K", data, n_per_row)
-
-
-def dequantize_q6_k(data, n_per_row):
-    return _dequantize("Q6_K", data, n_per_row)
+dequantize_q2_k = _dequantizer("Q2_K")
+dequantize_q3_k = _dequantizer("Q3_K")
+dequantize_q4_k = _dequantizer("Q4_K")
+dequantize_q5_k = _dequantizer("Q5_K")
+dequantize_q6_k = _dequantizer("Q6_K")

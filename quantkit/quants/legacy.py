@@ -331,41 +331,20 @@ def _quantize(kind, rows, imatrix):
     return _quantize_weighted_kernel(rows, kind, known_type(kind).type_size, imatrix), nonfinite
 
 
-def quantize_q8_0(rows, imatrix):
-    return _quantize(Q8_0, rows, imatrix)
+def _functions(kind):
+    """(quantize_<type>, dequantize_<type>) of the legacy type with ggml id ``kind``."""
+
+    def quantize(rows, imatrix):
+        return _quantize(kind, rows, imatrix)
+
+    def dequantize(data, n_per_row):
+        return _dequantize_kernel(data, kind, n_per_row)
+
+    return quantize, dequantize
 
 
-def quantize_q4_0(rows, imatrix):
-    return _quantize(Q4_0, rows, imatrix)
-
-
-def quantize_q4_1(rows, imatrix):
-    return _quantize(Q4_1, rows, imatrix)
-
-
-def quantize_q5_0(rows, imatrix):
-    return _quantize(Q5_0, rows, imatrix)
-
-
-def quantize_q5_1(rows, imatrix):
-    return _quantize(Q5_1, rows, imatrix)
-
-
-def dequantize_q8_0(data, n_per_row):
-    return _dequantize_kernel(data, Q8_0, n_per_row)
-
-
-def dequantize_q4_0(data, n_per_row):
-    return _dequantize_kernel(data, Q4_0, n_per_row)
-
-
-def dequantize_q4_1(data, n_per_row):
-    return _dequantize_kernel(data, Q4_1, n_per_row)
-
-
-def dequantize_q5_0(data, n_per_row):
-    return _dequantize_kernel(data, Q5_0, n_per_row)
-
-
-def dequantize_q5_1(data, n_per_row):
-    return _dequantize_kernel(data, Q5_1, n_per_row)
+quantize_q8_0, dequantize_q8_0 = _functions(Q8_0)
+quantize_q4_0, dequantize_q4_0 = _functions(Q4_0)
+quantize_q4_1, dequantize_q4_1 = _functions(Q4_1)
+quantize_q5_0, dequantize_q5_0 = _functions(Q5_0)
+quantize_q5_1, dequantize_q5_1 = _functions(Q5_1)
