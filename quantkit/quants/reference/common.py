@@ -6,9 +6,12 @@ a float (a Numba ``float32 * int`` is float64), and literals are ``np.float32``.
 may be empty, meaning C's NULL.
 """
 
+import functools
+
 import numba
 import numpy as np
 
+from ..iq2 import grid_tables
 from ..numeric import FP16_TO_FP32, fp32_to_fp16_bits, get_fp16, nearest_int, put_fp16, roundf  # noqa: F401
 from ..search import make_qp_quants  # noqa: F401  (already a plain transcription; L is uint8 as in C)
 
@@ -167,10 +170,8 @@ def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     sum_w = weights[0]
     sum_x = sum_w * x[0]
     for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
+        mn = min(mn, x[i])
+        mx = max(mx, x[i])
         w = weights[i]
         sum_w += w
         sum_x += w * x[i]
@@ -247,3 +248,172 @@ def quantize_rows(rows, imatrix, row_bytes, quantize_row):
     for r in range(rows.shape[0]):
         quantize_row(rows[r], qw, out[r])
     return out
+
+
+# ----------------------------------------------------------------------------------- IQ2 / IQ3 lattices
+# A codebook ("grid") entry is a group of 8 (IQ2) or 4 (IQ3) levels, grid value 2*level + 1.
+# ``levels`` (entries, group) holds them; ``kmap[code]`` (code: level i at bits 2i or 3i) is the
+# entry of an on-grid point or -(offset + 1) of its list in ``neighbours``: count, then entries
+# (iq2xs_init_impl / iq3xs_init_impl).
+
+FLT_MAX = np.float32(3.4028234663852886e38)
+
+
+@plain
+def lattice_code(L, group):
+    """kmap key of one group's levels."""
+    bits = 3 if group == 4 else 2
+    u = 0
+    for i in range(group):
+        u |= L[i] << (bits * i)
+    return u
+
+
+@plain
+def best_neighbour(levels, neighbours, start, xval, waux, scale, L):
+    """``iq2_find_best_neighbour`` / ``iq3_find_best_neighbour``: of the entries listed at ``start``,
+    the first with the least sum waux*(scale*q - x)^2; writes its levels to L, returns it."""
+    best_d2 = FLT_MAX
+    grid_index = -1
+    for j in range(1, np.int64(neighbours[start]) + 1):
+        g = np.int64(neighbours[start + j])
+        d2 = F0
+        for i in range(levels.shape[1]):
+            diff = scale * np.float32(2 * levels[g, i] + 1) - xval[i]
+            d2 += waux[i] * diff * diff
+        if d2 < best_d2:
+            best_d2 = d2
+            grid_index = g
+    for i in range(levels.shape[1]):
+        L[i] = levels[grid_index, i]
+    return grid_index
+
+
+@plain
+def lattice_snap(xval, waux, inv, scale, L, levels, kmap, neighbours):
+    """One group's levels nearest_int(0.5*(inv*x - 1)), clamped; an off-grid point is replaced by
+    its best neighbour at ``scale``. Returns whether the rounded point was on the grid."""
+    group = levels.shape[1]
+    kmax = 8 if group == 4 else 3
+    for i in range(group):
+        L[i] = max(0, min(kmax - 1, nearest_int(np.float32(0.5) * (inv * xval[i] - F1))))
+    u = lattice_code(L, group)
+    if kmap[u] >= 0:
+        return True
+    best_neighbour(levels, neighbours, -kmap[u] - 1, xval, waux, scale, L)
+    return False
+
+
+@plain
+def lattice_fit(weight, xval, L):
+    """(sum w*x*q, sum w*q^2) for grid values q = 2L + 1."""
+    sumqx = F0
+    sumq2 = F0
+    for i in range(xval.size):
+        q = np.float32(2 * L[i] + 1)
+        sumqx += weight[i] * xval[i] * q
+        sumq2 += weight[i] * q * q
+    return sumqx, sumq2
+
+
+@plain
+def lattice_search(xval, weight, waux, L, ref_max, scale, nsteps, step, resnap, levels, kmap, neighbours):
+    """The scale search of one sub-block of |x| values (levels into L; returns the scale).
+
+    Tries inv = (2*kMaxQ - 1 + is*step)/ref_max, is = -nsteps..nsteps, keeping the best weighted fit
+    (starting from ``scale``, best 0). Then, if the scale is > 0, snaps groups again at the chosen
+    scale and refits: resnap 0 the off-grid groups only, 1 all groups when one is off-grid,
+    2 all groups always.
+    """
+    group = levels.shape[1]
+    ngroups = xval.size // group
+    center = np.float32(15.0) if group == 4 else np.float32(5.0)
+    Laux = np.zeros(xval.size, np.int32)
+    on_grid = np.full(ngroups, resnap == 0)
+    on_grid_aux = np.zeros(ngroups, np.bool_)
+    best = F0
+    for s in range(-nsteps, nsteps + 1):
+        inv = (center + np.float32(s) * step) / ref_max
+        for k in range(ngroups):
+            g = group * k
+            on_grid_aux[k] = lattice_snap(xval[g:], waux[g:], inv, F1 / inv, Laux[g:], levels, kmap, neighbours)
+        sumqx, sumq2 = lattice_fit(weight, xval, Laux)
+        if sumq2 > 0 and sumqx * sumqx > best * sumq2:
+            scale = sumqx / sumq2
+            best = scale * sumqx
+            L[:] = Laux
+            on_grid[:] = on_grid_aux
+    if (resnap == 2 or not on_grid.all()) and scale > 0:
+        for k in range(ngroups):
+            if resnap == 0 and on_grid[k]:
+                continue
+            g = group * k
+            lattice_snap(xval[g:], waux[g:], F1 / scale, scale, L[g:], levels, kmap, neighbours)
+        sumqx, sumq2 = lattice_fit(weight, xval, L)
+        if sumq2 > 0:
+            scale = sumqx / sumq2
+    return scale
+
+
+@plain
+def lattice_prepare(xb, qw, sigma2, weight, waux, xval):
+    """Weights (imatrix-based; the caller fills them when qw is empty), their square roots, and
+    |x| (C's ``x >= 0 ? x : -x``)."""
+    if qw.size:
+        imatrix_weights(xb, qw, sigma2, weight)
+    for i in range(xb.size):
+        waux[i] = np.sqrt(weight[i])
+        xval[i] = xb[i] if xb[i] >= 0 else -xb[i]
+
+
+@plain
+def even_signs(xb, weight, xval):
+    """Sign bits of 8 values with an even count of minus signs (IQ2_XXS/XS, IQ3_XXS store 7): an odd
+    count flips the value with the least weight*x^2 (its |x| in xval becomes -|x|). Returns the 7 bits."""
+    s = 0
+    for i in range(8):
+        if xb[i] < 0:
+            s |= 1 << i
+    nflip = 0
+    for i in range(8):
+        nflip += (s >> i) & 1
+    if nflip % 2:
+        imin = 0
+        least = weight[0] * xb[0] * xb[0]
+        for i in range(1, 8):
+            ax = weight[i] * xb[i] * xb[i]
+            if ax < least:
+                least = ax
+                imin = i
+        xval[imin] = -xval[imin]
+        s ^= 1 << imin
+    return s & 127
+
+
+@plain
+def scale_nibble(inv, scale):
+    """The 4-bit code of an IQ sub-block scale: nearest_int(0.5*(inv*scale - 1)) in [0, 15]."""
+    return max(0, min(15, nearest_int(np.float32(0.5) * (inv * scale - F1))))
+
+
+@plain
+def first_max(xval):
+    """C's ``max = MAX(max, xval[i])`` loop."""
+    mx = xval[0]
+    for i in range(1, xval.size):
+        mx = max(xval[i], mx)
+    return mx
+
+
+@functools.cache
+def iq2_grid_tables(grid_size):
+    """(levels, kmap, neighbours) of the 256/512/1024 (IQ2) or 2048 (IQ1) entry grid, in C's plain
+    layout; from ``quants/iq2.py``'s ``grid_tables``, whose lists keep the entry in bits 48+ of a code."""
+    tables = grid_tables(grid_size)
+    neighbours = tables.nbr_list.copy()
+    pos = 0
+    while pos < neighbours.size:
+        count = int(neighbours[pos])
+        neighbours[pos + 1:pos + 1 + count] >>= 48
+        pos += 1 + count
+    return tables.levels, tables.kmap, neighbours

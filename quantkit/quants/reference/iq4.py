@@ -10,8 +10,18 @@ import numpy as np
 
 from ..codebooks import iq4nl_values
 from .common import (
-    F0, F1, GROUP_MAX_EPS, QK_K, abs_max_signed, best_index_int8, imatrix_weights, nearest_int, plain, put_fp16,
-    put_u16, quantize_rows,
+    F0,
+    F1,
+    GROUP_MAX_EPS,
+    QK_K,
+    abs_max_signed,
+    best_index_int8,
+    imatrix_weights,
+    nearest_int,
+    plain,
+    put_fp16,
+    put_u16,
+    quantize_rows,
 )
 
 NTRY = 7

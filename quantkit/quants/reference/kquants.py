@@ -9,8 +9,20 @@ Byte layouts: see ``quants/kquants.py`` and llama.cpp's ``block_q*_K``.
 import numpy as np
 
 from .common import (
-    F0, F1, GROUP_MAX_EPS, QK_K, fp16_round, imatrix_weights, make_q3_quants, make_qkx_quants, make_qp_quants,
-    make_qx_quants, nearest_int, plain, put_fp16, quantize_rows, row_sigma2,
+    F0,
+    F1,
+    GROUP_MAX_EPS,
+    QK_K,
+    imatrix_weights,
+    make_q3_quants,
+    make_qkx_quants,
+    make_qp_quants,
+    make_qx_quants,
+    nearest_int,
+    plain,
+    put_fp16,
+    quantize_rows,
+    row_sigma2,
 )
 
 
@@ -55,10 +67,8 @@ def _q2_K_row(x, qw, y):
                     weight[l] = np.abs(xs[16 * j + l])
                 scales[j], mins[j] = make_qkx_quants(16, 3, xs[16 * j:], weight, L[16 * j:], Laux,
                                                      np.float32(-0.5), np.float32(0.1), 15, True)
-                if scales[j] > max_scale:
-                    max_scale = scales[j]
-                if mins[j] > max_min:
-                    max_min = mins[j]
+                max_scale = max(max_scale, scales[j])
+                max_min = max(max_min, mins[j])
             y8[:16] = 0
             dm = F0
             mm = F0
@@ -209,10 +219,8 @@ def _q4_5_K_row(x, qw, y, nmax):
                     rmin, nstep = np.float32(-0.5), 15
                 scales[j], mins[j] = make_qkx_quants(32, nmax, xg, weight, L[32 * j:], Laux, rmin, np.float32(0.1),
                                                      nstep, False)
-                if scales[j] > max_scale:
-                    max_scale = scales[j]
-                if mins[j] > max_min:
-                    max_min = mins[j]
+                max_scale = max(max_scale, scales[j])
+                max_min = max(max_min, mins[j])
             inv_scale = np.float32(63.0) / max_scale if max_scale > 0 else F0
             inv_min = np.float32(63.0) / max_min if max_min > 0 else F0
             for j in range(8):  # (uint8_t)nearest_int(...), then MIN(63, ...)

@@ -8,7 +8,16 @@ square, then ``make_qx_quants`` (Q4_0, Q5_0) or ``make_qkx3_quants`` (Q4_1, Q5_1
 import numpy as np
 
 from .common import (
-    F0, F1, imatrix_weights, make_qkx_quants, make_qx_quants, plain, put_fp16, put_u32, quantize_rows, roundf,
+    F0,
+    F1,
+    imatrix_weights,
+    make_qkx_quants,
+    make_qx_quants,
+    plain,
+    put_fp16,
+    put_u32,
+    quantize_rows,
+    roundf,
     row_sigma2,
 )
 
@@ -86,10 +95,8 @@ def _asymmetric_row(x, qw, y, nmax, block_bytes):
             mn = FLT_MAX
             mx = -FLT_MAX
             for v in xb:
-                if v < mn:
-                    mn = v
-                if v > mx:
-                    mx = v
+                mn = min(mn, v)
+                mx = max(mx, v)
             d = (mx - mn) / np.float32(nmax)
             inv = F1 / d if d != F0 else F0
             for j in range(QK):  # (uint8)((x - min)*id + 0.5); Q4_1 also caps at 15
