@@ -42,7 +42,6 @@ def make_imatrix(n: int) -> np.ndarray:
 CASES = [
     pytest.param(name, with_imatrix, id=f"{name}-{'imatrix' if with_imatrix else 'plain'}")
     for name in _FAMILY
-    if _FAMILY[name] != "iq1"
     for with_imatrix in (False, True)
     if with_imatrix or not quant_type(name).requires_imatrix
 ]
