@@ -77,6 +77,16 @@ def _grid_index(L, xb, weight, scale, xx, levels, kmap, neighbours):
 
 
 @plain
+def _accumulate_fit(sumqx, sumq2, xb, weight, levels, g, xx, mult):
+    """The running sums w*q*x and w*q^2 over one more group of 8, q = xx[level of entry g] * mult."""
+    for j in range(8):
+        q = xx[levels[g, j]] * mult
+        sumqx += weight[j] * q * xb[j]
+        sumq2 += weight[j] * q * q
+    return sumqx, sumq2
+
+
+@plain
 def _iq1_s_row(x, qw, y, levels, kmap, neighbours):
     """IQ1_S (50 bytes): d | qs[32] low index bits | qh[8] u16: 3 high bits per group, 3-bit scale << 12, shift sign << 15."""
     x_p = np.array([-F1 + DELTA, DELTA, F1 + DELTA], np.float32)
@@ -143,11 +153,7 @@ def _iq1_s_row(x, qw, y, levels, kmap, neighbours):
                 sumqx = F0
                 sumq2 = F0
                 for k in range(4):
-                    for j in range(8):
-                        w = weight[8 * k + j]
-                        q = xx[levels[index[k], j]]
-                        sumqx += w * q * xb[8 * k + j]
-                        sumq2 += w * q * q
+                    sumqx, sumq2 = _accumulate_fit(sumqx, sumq2, xb[8 * k:], weight[8 * k:], levels, index[k], xx, F1)
                 if sumqx > 0 and sumq2 > 0:
                     scale = sumqx / sumq2
             for k in range(4):
@@ -278,11 +284,8 @@ def _iq1_m_row(x, qw, y, levels, kmap, neighbours):
                 sumq2_f = F0
                 for k in range(2):
                     xx = (x_p if best_k < 2 else x_m) if k == 0 else (x_p if best_k % 2 == 0 else x_m)
-                    for j in range(8):
-                        w = weight[8 * k + j]
-                        q = xx[levels[index[k], j]]
-                        sumqx_f += w * q * xb[8 * k + j]
-                        sumq2_f += w * q * q
+                    sumqx_f, sumq2_f = _accumulate_fit(sumqx_f, sumq2_f, xb[8 * k:], weight[8 * k:], levels, index[k],
+                                                       xx, F1)
                 if sumqx_f > 0 and sumq2_f > 0:
                     scale = sumqx_f / sumq2_f
             y8[2 * ib] = np.uint8(index[0] & 255)
@@ -307,11 +310,8 @@ def _iq1_m_row(x, qw, y, levels, kmap, neighbours):
             for k in range(2):
                 xx = (x_p if shifts[ib] < 2 else x_m) if k == 0 else (x_p if shifts[ib] % 2 == 0 else x_m)
                 g = np.int64(y8[2 * ib + k]) + ((np.int64(y8[32 + ib]) << (8 - 4 * k)) & 0x700)
-                for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[g, j]] * np.float32(2 * l + 1)
-                    sumqx_f += w * q * xb[8 * k + j]
-                    sumq2_f += w * q * q
+                sumqx_f, sumq2_f = _accumulate_fit(sumqx_f, sumq2_f, xb[8 * k:], weight[8 * k:], levels, g, xx,
+                                                   np.float32(2 * l + 1))
         if sumq2_f > 0:
             d = sumqx_f / sumq2_f
         s = np.int64(fp32_to_fp16_bits(d * np.float32(1.1125)))
