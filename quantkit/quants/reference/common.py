@@ -3,16 +3,19 @@
 Every function is plain Numba (``@plain``: no parallel loops, no fast-math, division by zero gives
 inf/nan as in C) and keeps C's float32 order: ints are turned into ``np.float32`` before they meet
 a float (a Numba ``float32 * int`` is float64), and literals are ``np.float32``. Weights arrays
-may be empty, meaning C's NULL.
+may be empty, meaning C's NULL. Reused from the fast side, being plain already or tables:
+``make_qp_quants`` (quants/search.py), the IQ grids' neighbour tables (quants/iq2.py, iq3.py).
 """
 
 import functools
 
 import numba
 import numpy as np
+from gguf import QK_K  # noqa: F401  (256 values per super-block)
 
+from ...types import quant_type
 from ..iq2 import grid_tables
-from ..numeric import FP16_TO_FP32, fp32_to_fp16_bits, get_fp16, nearest_int, put_fp16, roundf  # noqa: F401
+from ..numeric import fp32_to_fp16_bits, nearest_int, put_fp16, roundf  # noqa: F401  (re-exported)
 from ..search import make_qp_quants  # noqa: F401  (already a plain transcription; L is uint8 as in C)
 
 plain = numba.njit(cache=True, error_model="numpy")
@@ -20,13 +23,7 @@ plain = numba.njit(cache=True, error_model="numpy")
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 GROUP_MAX_EPS = np.float32(1e-15)
-QK_K = 256
-
-
-@plain
-def fp16_round(value):
-    """``GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(value))``: the value as an fp16 field stores it."""
-    return FP16_TO_FP32[np.int64(fp32_to_fp16_bits(np.float32(value)))]
+FLT_MAX = np.float32(3.4028234663852886e38)
 
 
 @plain
@@ -240,11 +237,12 @@ def best_index_int8(values, x):
     return hi - 1 if x - np.float32(values[hi - 1]) < np.float32(values[hi]) - x else hi
 
 
-def quantize_rows(rows, imatrix, row_bytes, quantize_row):
-    """Run ``quantize_row(x, qw, y)`` on every row; ``qw`` is the imatrix or an empty array (C's NULL)."""
+def quantize_rows(type_name, rows, imatrix, quantize_row):
+    """Run ``quantize_row(x, qw, y)`` on every row into zeroed bytes (the type's row size from the
+    type table); ``qw`` is the imatrix or an empty array (C's NULL)."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     qw = np.empty(0, np.float32) if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    out = np.zeros((rows.shape[0], row_bytes), dtype=np.uint8)
+    out = np.zeros((rows.shape[0], quant_type(type_name).row_bytes(rows.shape[1])), dtype=np.uint8)
     for r in range(rows.shape[0]):
         quantize_row(rows[r], qw, out[r])
     return out
@@ -256,7 +254,6 @@ def quantize_rows(rows, imatrix, row_bytes, quantize_row):
 # entry of an on-grid point or -(offset + 1) of its list in ``neighbours``: count, then entries
 # (iq2xs_init_impl / iq3xs_init_impl).
 
-FLT_MAX = np.float32(3.4028234663852886e38)
 
 
 @plain

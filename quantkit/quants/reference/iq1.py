@@ -325,9 +325,9 @@ def _iq1_m_row(x, qw, y, levels, kmap, neighbours):
 
 def quantize_iq1_s(rows, imatrix):
     tables = iq2_grid_tables(2048)
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 50, lambda x, qw, y: _iq1_s_row(x, qw, y, *tables))
+    return quantize_rows("IQ1_S", rows, imatrix, lambda x, qw, y: _iq1_s_row(x, qw, y, *tables))
 
 
 def quantize_iq1_m(rows, imatrix=None):
     tables = iq2_grid_tables(2048)
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 56, lambda x, qw, y: _iq1_m_row(x, qw, y, *tables))
+    return quantize_rows("IQ1_M", rows, imatrix, lambda x, qw, y: _iq1_m_row(x, qw, y, *tables))

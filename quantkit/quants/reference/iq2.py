@@ -150,14 +150,14 @@ def _iq2_xs_s_row(x, qw, y, levels, kmap, neighbours):
 
 def quantize_iq2_xxs(rows, imatrix):
     tables = iq2_grid_tables(256)
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 66, lambda x, qw, y: _iq2_xxs_row(x, qw, y, *tables))
+    return quantize_rows("IQ2_XXS", rows, imatrix, lambda x, qw, y: _iq2_xxs_row(x, qw, y, *tables))
 
 
 def quantize_iq2_xs(rows, imatrix):
     tables = iq2_grid_tables(512)
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 74, lambda x, qw, y: _iq2_xs_s_row(x, qw, y, *tables))
+    return quantize_rows("IQ2_XS", rows, imatrix, lambda x, qw, y: _iq2_xs_s_row(x, qw, y, *tables))
 
 
 def quantize_iq2_s(rows, imatrix=None):
     tables = iq2_grid_tables(1024)
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 82, lambda x, qw, y: _iq2_xs_s_row(x, qw, y, *tables))
+    return quantize_rows("IQ2_S", rows, imatrix, lambda x, qw, y: _iq2_xs_s_row(x, qw, y, *tables))

@@ -135,9 +135,9 @@ def _iq3_s_row(x, qw, y, levels, kmap, neighbours):
 
 def quantize_iq3_xxs(rows, imatrix=None):
     tables = neighbour_tables("IQ3_XXS")
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 98, lambda x, qw, y: _iq3_xxs_row(x, qw, y, *tables))
+    return quantize_rows("IQ3_XXS", rows, imatrix, lambda x, qw, y: _iq3_xxs_row(x, qw, y, *tables))
 
 
 def quantize_iq3_s(rows, imatrix=None):
     tables = neighbour_tables("IQ3_S")
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 110, lambda x, qw, y: _iq3_s_row(x, qw, y, *tables))
+    return quantize_rows("IQ3_S", rows, imatrix, lambda x, qw, y: _iq3_s_row(x, qw, y, *tables))

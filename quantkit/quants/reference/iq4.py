@@ -117,9 +117,9 @@ def _iq4_row(x, qw, y, super_block, values):
 
 
 def quantize_iq4_nl(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // 32 * 18, lambda x, qw, y: _iq4_row(x, qw, y, 32, iq4nl_values()))
+    return quantize_rows("IQ4_NL", rows, imatrix, lambda x, qw, y: _iq4_row(x, qw, y, 32, iq4nl_values()))
 
 
 def quantize_iq4_xs(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 136,
+    return quantize_rows("IQ4_XS", rows, imatrix,
                          lambda x, qw, y: _iq4_row(x, qw, y, QK_K, iq4nl_values()))

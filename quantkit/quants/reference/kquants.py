@@ -294,20 +294,20 @@ def _q6_K_row(x, qw, y):
 
 
 def quantize_q2_k(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 84, _q2_K_row)
+    return quantize_rows("Q2_K", rows, imatrix, _q2_K_row)
 
 
 def quantize_q3_k(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 110, _q3_K_row)
+    return quantize_rows("Q3_K", rows, imatrix, _q3_K_row)
 
 
 def quantize_q4_k(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 144, lambda x, qw, y: _q4_5_K_row(x, qw, y, 15))
+    return quantize_rows("Q4_K", rows, imatrix, lambda x, qw, y: _q4_5_K_row(x, qw, y, 15))
 
 
 def quantize_q5_k(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 176, lambda x, qw, y: _q4_5_K_row(x, qw, y, 31))
+    return quantize_rows("Q5_K", rows, imatrix, lambda x, qw, y: _q4_5_K_row(x, qw, y, 31))
 
 
 def quantize_q6_k(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK_K * 210, _q6_K_row)
+    return quantize_rows("Q6_K", rows, imatrix, _q6_K_row)

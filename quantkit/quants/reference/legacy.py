@@ -10,6 +10,7 @@ import numpy as np
 from .common import (
     F0,
     F1,
+    FLT_MAX,
     imatrix_weights,
     make_qkx_quants,
     make_qx_quants,
@@ -22,7 +23,6 @@ from .common import (
 )
 
 QK = 32
-FLT_MAX = np.float32(3.4028234663852886e38)
 
 
 @plain
@@ -107,20 +107,20 @@ def _asymmetric_row(x, qw, y, nmax, block_bytes):
 
 
 def quantize_q8_0(rows, imatrix=None):
-    return quantize_rows(rows, None, rows.shape[1] // QK * 34, _q8_0_row)
+    return quantize_rows("Q8_0", rows, None, _q8_0_row)
 
 
 def quantize_q4_0(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK * 18, lambda x, qw, y: _symmetric_row(x, qw, y, 8, 18))
+    return quantize_rows("Q4_0", rows, imatrix, lambda x, qw, y: _symmetric_row(x, qw, y, 8, 18))
 
 
 def quantize_q5_0(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK * 22, lambda x, qw, y: _symmetric_row(x, qw, y, 16, 22))
+    return quantize_rows("Q5_0", rows, imatrix, lambda x, qw, y: _symmetric_row(x, qw, y, 16, 22))
 
 
 def quantize_q4_1(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK * 20, lambda x, qw, y: _asymmetric_row(x, qw, y, 15, 20))
+    return quantize_rows("Q4_1", rows, imatrix, lambda x, qw, y: _asymmetric_row(x, qw, y, 15, 20))
 
 
 def quantize_q5_1(rows, imatrix=None):
-    return quantize_rows(rows, imatrix, rows.shape[1] // QK * 24, lambda x, qw, y: _asymmetric_row(x, qw, y, 31, 24))
+    return quantize_rows("Q5_1", rows, imatrix, lambda x, qw, y: _asymmetric_row(x, qw, y, 31, 24))

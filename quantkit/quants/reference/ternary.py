@@ -56,8 +56,8 @@ def _tq2_0_row(x, qw, y):
 
 
 def quantize_tq1_0(rows, imatrix=None):
-    return quantize_rows(rows, None, rows.shape[1] // QK_K * 54, _tq1_0_row)
+    return quantize_rows("TQ1_0", rows, None, _tq1_0_row)
 
 
 def quantize_tq2_0(rows, imatrix=None):
-    return quantize_rows(rows, None, rows.shape[1] // QK_K * 66, _tq2_0_row)
+    return quantize_rows("TQ2_0", rows, None, _tq2_0_row)
