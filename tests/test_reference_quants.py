@@ -25,6 +25,7 @@ def make_rows(n: int) -> np.ndarray:
     spike = np.zeros(n)
     spike[37] = -3.0
     rows += [np.zeros(n), np.full(n, 0.5), np.full(n, -2.0), rng.standard_normal(n) * 1e-9,
+             rng.standard_normal(n) * 1e-20,
              rng.standard_normal(n) * 1e4, spike]
     near_zero = rng.standard_normal(n)
     near_zero[rng.random(n) < 0.3] *= 1e-9

@@ -353,14 +353,22 @@ def lattice_search(xval, weight, waux, L, ref_max, scale, nsteps, step, resnap, 
 
 
 @plain
-def lattice_prepare(xb, qw, sigma2, weight, waux, xval):
-    """Weights (imatrix-based; the caller fills them when qw is empty), their square roots, and
-    |x| (C's ``x >= 0 ? x : -x``)."""
+def lattice_prepare(xb, qw, start, sigma2, bias):
+    """A sub-block's (weight, sqrt(weight), |x|): weight qw[start + i] * sqrtf(sigma2 + x^2) with an
+    imatrix, else bias + x^2 (bias 0.25*sigma2 for IQ2_S, 0 for IQ3); |x| as C's ``x >= 0 ? x : -x``."""
+    n = xb.size
+    weight = np.empty(n, np.float32)
+    waux = np.empty(n, np.float32)
+    xval = np.empty(n, np.float32)
     if qw.size:
-        imatrix_weights(xb, qw, sigma2, weight)
-    for i in range(xb.size):
+        imatrix_weights(xb, qw[start:start + n], sigma2, weight)
+    else:
+        for i in range(n):
+            weight[i] = bias + xb[i] * xb[i]
+    for i in range(n):
         waux[i] = np.sqrt(weight[i])
         xval[i] = xb[i] if xb[i] >= 0 else -xb[i]
+    return weight, waux, xval
 
 
 @plain

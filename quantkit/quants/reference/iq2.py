@@ -34,9 +34,6 @@ from .common import (
 @plain
 def _iq2_xxs_row(x, qw, y, levels, kmap, neighbours):
     """IQ2_XXS (66 bytes): d | per sub-block of 32: u32 of 4 grid indices, u32 of 4 x 7 signs | scale << 28."""
-    weight = np.empty(32, np.float32)
-    waux = np.empty(32, np.float32)
-    xval = np.empty(32, np.float32)
     L = np.zeros(32, np.int32)
     Lqp = np.zeros(32, np.uint8)
     scales = np.zeros(8, np.float32)
@@ -51,7 +48,7 @@ def _iq2_xxs_row(x, qw, y, levels, kmap, neighbours):
         max_scale = F0
         for ib in range(8):
             xb = xs[32 * ib:32 * ib + 32]
-            lattice_prepare(xb, qw[ibl * QK_K + 32 * ib:][:32], sigma2, weight, waux, xval)
+            weight, waux, xval = lattice_prepare(xb, qw, ibl * QK_K + 32 * ib, sigma2, F0)
             for k in range(4):
                 signs[k] = even_signs(xb[8 * k:], weight[8 * k:], xval[8 * k:])
             mx = first_max(xval)
@@ -89,9 +86,6 @@ def _iq2_xs_s_row(x, qw, y, levels, kmap, neighbours):
     IQ2_S (82 bytes, grid of 1024): d | qs[32] low index bits | signs[32] | qh[8] (2 high bits each) | scales[8]."""
     xs_type = levels.shape[0] == 512
     block_bytes = 74 if xs_type else 82
-    weight = np.empty(16, np.float32)
-    waux = np.empty(16, np.float32)
-    xval = np.empty(16, np.float32)
     L = np.zeros(16, np.int32)
     scales = np.zeros(16, np.float32)
     signs = np.zeros(2, np.int64)
@@ -99,16 +93,12 @@ def _iq2_xs_s_row(x, qw, y, levels, kmap, neighbours):
         xs = x[ibl * QK_K:(ibl + 1) * QK_K]
         y8 = y[ibl * block_bytes:(ibl + 1) * block_bytes]
         y8[:] = 0
-        sigma2 = row_sigma2(xs) / np.float32(QK_K)
-        if not xs_type:
-            sigma2 *= np.float32(2.0)
+        sigma2 = row_sigma2(xs) / np.float32(QK_K) if xs_type else np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
         for ib in range(16):
             xb = xs[16 * ib:16 * ib + 16]
-            if not qw.size:  # IQ2_S only (IQ2_XS requires an imatrix)
-                for i in range(16):
-                    weight[i] = np.float32(0.25) * sigma2 + xb[i] * xb[i]
-            lattice_prepare(xb, qw[ibl * QK_K + 16 * ib:][:16] if qw.size else qw, sigma2, weight, waux, xval)
+            # without an imatrix (IQ2_S only): weights 0.25*sigma2 + x^2
+            weight, waux, xval = lattice_prepare(xb, qw, ibl * QK_K + 16 * ib, sigma2, np.float32(0.25) * sigma2)
             for k in range(2):
                 if xs_type:
                     signs[k] = even_signs(xb[8 * k:], weight[8 * k:], xval[8 * k:])

@@ -30,9 +30,6 @@ from .common import (
 @plain
 def _iq3_xxs_row(x, qw, y, levels, kmap, neighbours):
     """IQ3_XXS (98 bytes): d | qs[64] grid indices | 8 x u32 (4 x 7 sign bits, 4-bit scale << 28)."""
-    weight = np.empty(32, np.float32)
-    waux = np.empty(32, np.float32)
-    xval = np.empty(32, np.float32)
     L = np.zeros(32, np.int32)
     scales = np.zeros(8, np.float32)
     signs_and_scales = np.zeros(8, np.uint32)
@@ -46,10 +43,7 @@ def _iq3_xxs_row(x, qw, y, levels, kmap, neighbours):
         max_scale = F0
         for ib in range(8):
             xb = xs[32 * ib:32 * ib + 32]
-            if not qw.size:
-                for i in range(32):
-                    weight[i] = xb[i] * xb[i]
-            lattice_prepare(xb, qw[ibl * QK_K + 32 * ib:][:32] if qw.size else qw, sigma2, weight, waux, xval)
+            weight, waux, xval = lattice_prepare(xb, qw, ibl * QK_K + 32 * ib, sigma2, F0)
             for k in range(4):
                 signs[k] = even_signs(xb[8 * k:], weight[8 * k:], xval[8 * k:])
             mx = first_max(xval)
@@ -80,9 +74,6 @@ def _iq3_xxs_row(x, qw, y, levels, kmap, neighbours):
 @plain
 def _iq3_s_row(x, qw, y, levels, kmap, neighbours):
     """IQ3_S (110 bytes): d | qs[64] (low 8 index bits) | qh[8] (9th bits) | signs[32] | scales[4]."""
-    weight = np.empty(32, np.float32)
-    waux = np.empty(32, np.float32)
-    xval = np.empty(32, np.float32)
     L = np.zeros(32, np.int32)
     scales = np.zeros(8, np.float32)
     for ibl in range(x.size // QK_K):
@@ -95,10 +86,7 @@ def _iq3_s_row(x, qw, y, levels, kmap, neighbours):
         max_scale = F0
         for ib in range(8):
             xb = xs[32 * ib:32 * ib + 32]
-            if not qw.size:
-                for i in range(32):
-                    weight[i] = xb[i] * xb[i]
-            lattice_prepare(xb, qw[ibl * QK_K + 32 * ib:][:32] if qw.size else qw, sigma2, weight, waux, xval)
+            weight, waux, xval = lattice_prepare(xb, qw, ibl * QK_K + 32 * ib, sigma2, F0)
             mx = first_max(xval)
             L[:] = 0
             if mx == F0:  # qs and signs do not advance: later sub-blocks are stored one slot early
