@@ -12,7 +12,7 @@ from quant_checks import assert_same_blocks
 import llamacpp_ref as ref
 from quantkit.quants import quantize
 from quantkit.quants.reference import reference_quantizer
-from quantkit.types import _FAMILY, quant_type
+from quantkit.types import quant_type, supported_names
 
 N_PER_ROW = 512
 
@@ -42,7 +42,7 @@ def make_imatrix(n: int) -> np.ndarray:
 
 CASES = [
     pytest.param(name, with_imatrix, id=f"{name}-{'imatrix' if with_imatrix else 'plain'}")
-    for name in _FAMILY
+    for name in supported_names()
     for with_imatrix in (False, True)
     if with_imatrix or not quant_type(name).requires_imatrix
 ]
