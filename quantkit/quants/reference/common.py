@@ -39,6 +39,14 @@ def put_u32(y, pos, value):
 
 
 @plain
+def block_views(x, y, i, n, nbytes):
+    """Block i of a row: its n values and its nbytes output bytes, zeroed (C's memset)."""
+    y8 = y[i * nbytes:(i + 1) * nbytes]
+    y8[:] = 0
+    return x[i * n:(i + 1) * n], y8
+
+
+@plain
 def row_sigma2(x):
     """sum of x^2 over ``x``, in order (C's ``sum_x2``)."""
     s = F0

@@ -15,6 +15,7 @@ from .common import (
     F1,
     FLT_MAX,
     QK_K,
+    block_views,
     fp32_to_fp16_bits,
     imatrix_weights,
     iq2_grid_tables,
@@ -100,9 +101,7 @@ def _iq1_s_row(x, qw, y, levels, kmap, neighbours):
     shifts = np.zeros(8, np.int64)
     qh = np.zeros(8, np.int64)
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * 50:(ibl + 1) * 50]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, 50)
         qh[:] = 0
         sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
@@ -213,9 +212,7 @@ def _iq1_m_row(x, qw, y, levels, kmap, neighbours):
     cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1]
     cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2]
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * 56:(ibl + 1) * 56]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, 56)
         sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
         for ib in range(16):

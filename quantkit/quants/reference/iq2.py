@@ -14,6 +14,7 @@ from .common import (
     F1,
     GROUP_MAX_EPS,
     QK_K,
+    block_views,
     even_signs,
     first_max,
     iq2_grid_tables,
@@ -40,9 +41,7 @@ def _iq2_xxs_row(x, qw, y, levels, kmap, neighbours):
     q2 = np.zeros(16, np.uint32)
     signs = np.zeros(4, np.int64)
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * 66:(ibl + 1) * 66]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, 66)
         q2[:] = 0
         sigma2 = row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
@@ -90,9 +89,7 @@ def _iq2_xs_s_row(x, qw, y, levels, kmap, neighbours):
     scales = np.zeros(16, np.float32)
     signs = np.zeros(2, np.int64)
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * block_bytes:(ibl + 1) * block_bytes]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, block_bytes)
         sigma2 = row_sigma2(xs) / np.float32(QK_K) if xs_type else np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
         for ib in range(16):

@@ -13,6 +13,7 @@ from .common import (
     F0,
     F1,
     QK_K,
+    block_views,
     even_signs,
     first_max,
     lattice_code,
@@ -35,9 +36,7 @@ def _iq3_xxs_row(x, qw, y, levels, kmap, neighbours):
     signs_and_scales = np.zeros(8, np.uint32)
     signs = np.zeros(4, np.int64)
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * 98:(ibl + 1) * 98]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, 98)
         signs_and_scales[:] = 0
         sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
         max_scale = F0
@@ -77,9 +76,7 @@ def _iq3_s_row(x, qw, y, levels, kmap, neighbours):
     L = np.zeros(32, np.int32)
     scales = np.zeros(8, np.float32)
     for ibl in range(x.size // QK_K):
-        xs = x[ibl * QK_K:(ibl + 1) * QK_K]
-        y8 = y[ibl * 110:(ibl + 1) * 110]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, ibl, QK_K, 110)
         qs = 2
         signs = 74
         sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)

@@ -16,6 +16,7 @@ from .common import (
     QK_K,
     abs_max_signed,
     best_index_int8,
+    block_views,
     imatrix_weights,
     nearest_int,
     plain,
@@ -69,8 +70,7 @@ def _iq4_row(x, qw, y, super_block, values):
     weight = np.empty(32, np.float32)
     scales = np.empty(nb, np.float32)
     for ibl in range(x.size // super_block):
-        xs = x[ibl * super_block:(ibl + 1) * super_block]
-        y8 = y[ibl * block_bytes:(ibl + 1) * block_bytes]
+        xs, y8 = block_views(x, y, ibl, super_block, block_bytes)
         sigma2 = F0
         for v in xs:
             sigma2 += v * v

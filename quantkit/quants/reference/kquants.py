@@ -13,6 +13,7 @@ from .common import (
     F1,
     GROUP_MAX_EPS,
     QK_K,
+    block_views,
     imatrix_weights,
     make_q3_quants,
     make_qkx_quants,
@@ -47,8 +48,7 @@ def _q2_K_row(x, qw, y):
     Lm = np.zeros(16, np.uint8)
     q4scale = np.float32(15.0)
     for i in range(x.size // QK_K):
-        xs = x[i * QK_K:(i + 1) * QK_K]
-        y8 = y[i * 84:(i + 1) * 84]
+        xs, y8 = block_views(x, y, i, QK_K, 84)
         if qw.size:  # quantize_row_q2_K_impl
             sigma2 = row_sigma2(xs) / np.float32(QK_K)
             for j in range(16):
@@ -103,9 +103,7 @@ def _q3_K_row(x, qw, y):
     sw = np.empty(16, np.float32)
     Ls = np.zeros(16, np.int32)
     for i in range(x.size // QK_K):
-        xs = x[i * QK_K:(i + 1) * QK_K]
-        y8 = y[i * 110:(i + 1) * 110]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, i, QK_K, 110)
         if qw.size:  # quantize_row_q3_K_impl: 6-bit scales by make_qx_quants on the 16 group scales
             sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
             for j in range(16):
@@ -193,9 +191,7 @@ def _q4_5_K_row(x, qw, y, nmax):
     Ls = np.zeros(8, np.uint8)
     Lm = np.zeros(8, np.uint8)
     for i in range(x.size // QK_K):
-        xs = x[i * QK_K:(i + 1) * QK_K]
-        y8 = y[i * block_bytes:(i + 1) * block_bytes]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, i, QK_K, block_bytes)
         if qw.size:  # quantize_row_q{4,5}_K_impl: make_qkx3_quants, then make_qp_quants on scales and mins
             sigma2 = np.float32(2.0) * row_sigma2(xs) / np.float32(QK_K)
             for j in range(8):
@@ -261,9 +257,7 @@ def _q6_K_row(x, qw, y):
     L = np.zeros(QK_K, np.int32)
     scales = np.empty(16, np.float32)
     for i in range(x.size // QK_K):
-        xs = x[i * QK_K:(i + 1) * QK_K]
-        y8 = y[i * 210:(i + 1) * 210]
-        y8[:] = 0
+        xs, y8 = block_views(x, y, i, QK_K, 210)
         max_scale = F0
         max_abs_scale = F0
         for ib in range(16):
