@@ -172,7 +172,7 @@ def test_stacked_experts_quantize_each_expert_with_its_imatrix_row(smollm2_hf_di
     import llamacpp_ref
     import quantkit
     from quantkit import read_gguf
-    from quantkit.imatrix import Imatrix, ImatrixEntry, write_imatrix
+    from quantkit.plan.imatrix_file import Imatrix, ImatrixEntry, write_imatrix
 
     folder = stacked_experts_model("qwen3moe", smollm2_hf_dir, _WORK / "tiny-qwen3moe-stacked")
     with read_gguf(quantkit_convert(folder, "F32")) as f:
