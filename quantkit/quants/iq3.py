@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import NonFiniteError, ShapeError
 from .codebooks import grid, ksigns
-from .iq2 import _signs_with_parity, flip_signs, largest, plain_signs, scale_code
+from .iq2 import _signs_with_parity, bound_sums, flip_signs, largest, plain_signs, scale_code
 from .numeric import FP16_TO_FP32, nearest_int, put_fp16
 
 QK_K = 256
@@ -150,14 +150,10 @@ def _group_terms(xval, waux, cand):
     w*q^2 and 2*w*x*q for each element i and level l (q = 2*l + 1) at _TERMS + 64k + 8i + l and
     + 32 more; sum w, sum w*|x|, sum w*x^2, sum |x| (for the error bound) at _GROUP_SUMS + 4k."""
     for k in range(8):
-        sw = swax = swx2 = sax = 0.0
+        sw, swax, swx2, sax = bound_sums(waux, xval, 4 * k, 4)
         for i in range(4):
             w = np.float64(waux[4 * k + i])
             x = np.float64(xval[4 * k + i])
-            sw += w
-            swax += w * abs(x)
-            swx2 += w * x * x
-            sax += abs(x)
             for l in range(8):
                 q = np.float64(2 * l + 1)
                 cand[_TERMS + 64 * k + 8 * i + l] = w * q * q
