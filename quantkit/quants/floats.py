@@ -11,25 +11,29 @@ import numpy as np
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits
 
 
+@numba.njit(inline="always", cache=True)
+def _bf16_bits(b):
+    """The top 16 bits of float32 bits ``b``, rounded to nearest even."""
+    return np.uint16((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+
+
 @numba.njit(parallel=True, cache=True)
+def _to_half_kernel(rows, bf16):
+    """The 16-bit words of float32 rows: BF16 (``bf16``) or F16."""
+    bits = rows.view(np.uint32)
+    out = np.empty(rows.shape, dtype=np.uint16)
+    for r in numba.prange(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            out[r, j] = _bf16_bits(bits[r, j]) if bf16 else fp32_to_fp16_bits(rows[r, j])
+    return out
+
+
 def _to_f16_kernel(rows):
-    nrows, n = rows.shape
-    out = np.empty((nrows, n), dtype=np.uint16)
-    for r in numba.prange(nrows):
-        for j in range(n):
-            out[r, j] = fp32_to_fp16_bits(rows[r, j])
-    return out
+    return _to_half_kernel(rows, False)
 
 
-@numba.njit(parallel=True, cache=True)
 def _to_bf16_kernel(bits):
-    nrows, n = bits.shape
-    out = np.empty((nrows, n), dtype=np.uint16)
-    for r in numba.prange(nrows):
-        for j in range(n):
-            b = bits[r, j]
-            out[r, j] = np.uint16((b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
-    return out
+    return _to_half_kernel(bits.view(np.float32), True)
 
 
 @numba.njit(parallel=True, cache=True)
