@@ -331,6 +331,23 @@ def _c_distance(c, xval, w, off, scale):
     return d2
 
 
+@njit(inline="always", cache=True)
+def bound_sums(w, xval, off, n):
+    """float64 sum w, sum w*|x|, sum w*x^2 and sum |x| over n elements: the inputs of a distance error bound."""
+    wsum = 0.0
+    wxabs = 0.0
+    wx2 = 0.0
+    xabs = 0.0
+    for i in range(n):
+        wi = np.float64(w[off + i])
+        xi = np.float64(xval[off + i])
+        wsum += wi
+        wxabs += wi * abs(xi)
+        wx2 += wi * xi * xi
+        xabs += abs(xi)
+    return wsum, wxabs, wx2, xabs
+
+
 @njit(inline="always", cache=True, error_model="numpy")
 def _margin(sc, wsum, wxabs, wx2, xabs):
     """2E(s)/s: twice the bound on |C's float32 distance - real distance| at scale s, over s."""
@@ -354,17 +371,10 @@ def _run_neighbours(u, kmap, nbr_list, xval, w, off, scl, s0, s1, lv, lanes, ab,
     """
     first = -kmap[u]
     cnt = nbr_list[first - 1]
-    wsum = 0.0
-    wxabs = 0.0
-    wx2 = 0.0
-    xabs = 0.0
+    wsum, wxabs, wx2, xabs = bound_sums(w, xval, off, 8)
     for i in range(8):
         wi = np.float64(w[off + i])
         xi = np.float64(xval[off + i])
-        wsum += wi
-        wxabs += wi * abs(xi)
-        wx2 += wi * xi * xi
-        xabs += abs(xi)
         for l in range(3):
             q = np.float64(2 * l + 1)
             ab[8 * l + i] = wi * q * q

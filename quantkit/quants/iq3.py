@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..types import QK_K
 from .codebooks import grid, ksigns
+from .iq2 import _signs_with_parity, bound_sums, flip_signs, largest, plain_signs, scale_code
 from .numeric import FP16_TO_FP32, nearest_int, put_fp16
 
 _GRID_SIZE = {"IQ3_XXS": 256, "IQ3_S": 512}
@@ -148,14 +149,10 @@ def _group_terms(xval, waux, cand):
     w*q^2 and 2*w*x*q for each element i and level l (q = 2*l + 1) at _TERMS + 64k + 8i + l and
     + 32 more; sum w, sum w*|x|, sum w*x^2, sum |x| (for the error bound) at _GROUP_SUMS + 4k."""
     for k in range(8):
-        sw = swax = swx2 = sax = 0.0
+        sw, swax, swx2, sax = bound_sums(waux, xval, 4 * k, 4)
         for i in range(4):
             w = np.float64(waux[4 * k + i])
             x = np.float64(xval[4 * k + i])
-            sw += w
-            swax += w * abs(x)
-            swx2 += w * x * x
-            sax += abs(x)
             for l in range(8):
                 q = np.float64(2 * l + 1)
                 cand[_TERMS + 64 * k + 8 * i + l] = w * q * q
@@ -342,6 +339,24 @@ def _sigma2(xbl):
     return np.float32(2.0) * sumx2 / np.float32(QK_K)
 
 
+@numba.njit(inline="always", cache=True)
+def _row_work(ntrials):
+    """A row's work arrays: sub-block scales, weights, sqrt(weights), |x|, levels, on-grid flags, the 4
+    sign fields, the failure flag, and :func:`_scratch`."""
+    return (np.zeros(8, dtype=np.float32), np.zeros(32, dtype=np.float32), np.zeros(32, dtype=np.float32),
+            np.zeros(32, dtype=np.float32), np.zeros(32, dtype=np.int64), np.zeros(8, dtype=np.bool_),
+            np.zeros(4, dtype=np.int64), np.zeros(1, dtype=np.bool_), _scratch(ntrials))
+
+
+@numba.njit(inline="always", cache=True)
+def _grid_point(L, k):
+    """The 12-bit code of group k's 4 levels (3 bits each, element 0 lowest)."""
+    u = 0
+    for i in range(4):
+        u |= L[4 * k + i] << (3 * i)
+    return u
+
+
 @numba.njit(parallel=True, cache=True)
 def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
     nrows, n = rows.shape
@@ -349,15 +364,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
     out = np.zeros((nrows, nbl * 98), dtype=np.uint8)
     bad = np.zeros(nrows, dtype=np.bool_)
     for r in numba.prange(nrows):
-        scales = np.zeros(8, dtype=np.float32)
-        weight = np.zeros(32, dtype=np.float32)
-        waux = np.zeros(32, dtype=np.float32)
-        xval = np.zeros(32, dtype=np.float32)
-        L = np.zeros(32, dtype=np.int64)
-        on_grid = np.zeros(8, dtype=np.bool_)
-        block_signs = np.zeros(4, dtype=np.int64)
-        failed = np.zeros(1, dtype=np.bool_)
-        scratch = _scratch(31)
+        scales, weight, waux, xval, L, on_grid, block_signs, failed, scratch = _row_work(31)
         q3 = np.zeros(64, dtype=np.uint8)
         sas = np.zeros(8, dtype=np.uint32)
         for ibl in range(nbl):
@@ -372,30 +379,8 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
                 qw = imatrix[ibl * QK_K + 32 * ib:ibl * QK_K + 32 * ib + 32] if use_w else imatrix[0:0]
                 _weights(xb, qw, use_w, sigma2, weight, waux)
                 for k in range(4):
-                    nflip = 0
-                    s = 0
-                    for i in range(8):
-                        v = xb[8 * k + i]
-                        if v >= np.float32(0.0):
-                            xval[8 * k + i] = v
-                        else:
-                            xval[8 * k + i] = -v
-                            nflip += 1
-                            s |= 1 << i
-                    if nflip % 2:
-                        imin = 0
-                        vmin = weight[8 * k] * xb[8 * k] * xb[8 * k]
-                        for i in range(1, 8):
-                            ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i]
-                            if ax < vmin:
-                                vmin = ax
-                                imin = i
-                        xval[8 * k + imin] = -xval[8 * k + imin]
-                        s ^= 1 << imin
-                    block_signs[k] = s & 127
-                vmax = xval[0]
-                for i in range(1, 32):
-                    vmax = vmax if vmax > xval[i] else xval[i]
+                    block_signs[k] = _signs_with_parity(xb, 8 * k, weight, xval)
+                vmax = largest(xval, 32)
                 L[:] = 0
                 if vmax < _GROUP_MAX_EPS_IQ3_XXS:
                     scales[ib] = np.float32(0.0)
@@ -406,13 +391,9 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
                     break
                 if scale < np.float32(0.0):
                     scale = -scale
-                    for k in range(4):
-                        block_signs[k] = (~block_signs[k]) & 127
+                    flip_signs(block_signs, 4, 127)
                 for k in range(8):
-                    u = 0
-                    for i in range(4):
-                        u |= L[4 * k + i] << (3 * i)
-                    q3[8 * ib + k] = np.uint8(kmap[u])  # on the grid by construction
+                    q3[8 * ib + k] = np.uint8(kmap[_grid_point(L, k)])  # on the grid by construction
                 sas[ib] = np.uint32(block_signs[0] | (block_signs[1] << 7) | (block_signs[2] << 14)
                                     | (block_signs[3] << 21))
                 scales[ib] = scale
@@ -426,9 +407,7 @@ def _quantize_iq3_xxs(rows, imatrix, use_w, levels, kmap, neighbours, slots):
             put_fp16(y, 0, d * np.float32(1.0125))
             inv = np.float32(1.0) / d
             for ib in range(8):
-                l = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))
-                l = max(0, min(15, l))
-                sas[ib] |= np.uint32(l) << np.uint32(28)
+                sas[ib] |= np.uint32(scale_code(inv, scales[ib])) << np.uint32(28)
             for j in range(64):
                 y[2 + j] = q3[j]
             for ib in range(8):
@@ -445,15 +424,7 @@ def _quantize_iq3_s(rows, imatrix, use_w, levels, kmap, neighbours, slots):
     out = np.zeros((nrows, nbl * 110), dtype=np.uint8)
     bad = np.zeros(nrows, dtype=np.bool_)
     for r in numba.prange(nrows):
-        scales = np.zeros(8, dtype=np.float32)
-        weight = np.zeros(32, dtype=np.float32)
-        waux = np.zeros(32, dtype=np.float32)
-        xval = np.zeros(32, dtype=np.float32)
-        L = np.zeros(32, dtype=np.int64)
-        on_grid = np.zeros(8, dtype=np.bool_)
-        block_signs = np.zeros(4, dtype=np.int64)
-        failed = np.zeros(1, dtype=np.bool_)
-        scratch = _scratch(19)
+        scales, weight, waux, xval, L, on_grid, block_signs, failed, scratch = _row_work(19)
         for ibl in range(nbl):
             xbl = rows[r, ibl * QK_K:(ibl + 1) * QK_K]
             y = out[r, ibl * 110:(ibl + 1) * 110]  # d 0:2, qs 2:66, qh 66:74, signs 74:106, scales 106:110
@@ -466,18 +437,8 @@ def _quantize_iq3_s(rows, imatrix, use_w, levels, kmap, neighbours, slots):
                 qw = imatrix[ibl * QK_K + 32 * ib:ibl * QK_K + 32 * ib + 32] if use_w else imatrix[0:0]
                 _weights(xb, qw, use_w, sigma2, weight, waux)
                 for k in range(4):
-                    s = 0
-                    for i in range(8):
-                        v = xb[8 * k + i]
-                        if v >= np.float32(0.0):
-                            xval[8 * k + i] = v
-                        else:
-                            xval[8 * k + i] = -v
-                            s |= 1 << i
-                    block_signs[k] = s
-                vmax = xval[0]
-                for i in range(1, 32):
-                    vmax = vmax if vmax > xval[i] else xval[i]
+                    block_signs[k] = plain_signs(xb, 8 * k, xval)
+                vmax = largest(xval, 32)
                 L[:] = 0
                 if vmax == np.float32(0.0):
                     scales[ib] = np.float32(0.0)
@@ -488,13 +449,9 @@ def _quantize_iq3_s(rows, imatrix, use_w, levels, kmap, neighbours, slots):
                     break
                 if scale < np.float32(0.0):
                     scale = -scale
-                    for k in range(4):
-                        block_signs[k] = (~block_signs[k]) & 255
+                    flip_signs(block_signs, 4, 255)
                 for k in range(8):
-                    u = 0
-                    for i in range(4):
-                        u |= L[4 * k + i] << (3 * i)
-                    gi = kmap[u]  # on the grid by construction
+                    gi = kmap[_grid_point(L, k)]  # on the grid by construction
                     y[qs + k] = np.uint8(gi & 255)
                     y[66 + ib] |= np.uint8((gi >> 8) << k)
                 qs += 8
@@ -512,68 +469,57 @@ def _quantize_iq3_s(rows, imatrix, use_w, levels, kmap, neighbours, slots):
             put_fp16(y, 0, d * np.float32(1.033))
             inv = np.float32(1.0) / d
             for ib in range(0, 8, 2):
-                l1 = nearest_int(np.float32(0.5) * (inv * scales[ib] - np.float32(1.0)))
-                l1 = max(0, min(15, l1))
-                l2 = nearest_int(np.float32(0.5) * (inv * scales[ib + 1] - np.float32(1.0)))
-                l2 = max(0, min(15, l2))
-                y[106 + ib // 2] = np.uint8(l1 | (l2 << 4))
+                y[106 + ib // 2] = np.uint8(scale_code(inv, scales[ib]) | (scale_code(inv, scales[ib + 1]) << 4))
     return out, bad
 
 
+@numba.njit(inline="always", cache=True)
+def _put_signed_pair(y, o, db, gridv, g1, g2, sg):
+    """8 weights at y[o:o+8]: grid entries g1 and g2 times db, negated where bits 0-7 of sg are set."""
+    for j in range(4):
+        s1 = np.float32(-1.0) if sg & (1 << j) else np.float32(1.0)
+        s2 = np.float32(-1.0) if sg & (1 << (j + 4)) else np.float32(1.0)
+        y[o + j] = db * gridv[g1, j] * s1
+        y[o + 4 + j] = db * gridv[g2, j] * s2
+
+
 @numba.njit(parallel=True, cache=True)
-def _dequantize_iq3_xxs(data, n, gridv, signs_table, fp16):
-    nrows = data.shape[0]
-    nbl = n // QK_K
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ibl in range(nbl):
-            b = ibl * 98
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            y = ibl * QK_K
+def _dequantize_blocks(data, n, gridv, signs_table, fp16, xxs):
+    """float32 rows from IQ3_XXS (``xxs``: 98-byte blocks, 7-bit signs through ``signs_table``) or
+    IQ3_S (110-byte blocks) bytes."""
+    block_bytes = 98 if xxs else 110
+    out = np.empty((data.shape[0], n), dtype=np.float32)
+    for r in numba.prange(data.shape[0]):
+        q = data[r]
+        y = out[r]
+        for ibl in range(n // QK_K):
+            b = ibl * block_bytes
+            d = fp16[np.int64(q[b]) | (np.int64(q[b + 1]) << 8)]
             for ib in range(8):
                 aux = np.int64(0)
-                for t in range(4):
-                    aux |= np.int64(data[r, b + 66 + 4 * ib + t]) << (8 * t)
-                db = d * (np.float32(0.5) + np.float32(aux >> 28)) * np.float32(0.5)
+                qh = np.int64(0)
+                if xxs:
+                    for t in range(4):
+                        aux |= np.int64(q[b + 66 + 4 * ib + t]) << (8 * t)
+                    db = d * (np.float32(0.5) + np.float32(aux >> 28)) * np.float32(0.5)
+                else:
+                    sc = np.int64(q[b + 106 + ib // 2])
+                    db = d * np.float32(1 + 2 * ((sc >> 4) if ib % 2 else (sc & 0xF)))
+                    qh = np.int64(q[b + 66 + ib])
                 for l in range(4):
-                    sg = signs_table[(aux >> (7 * l)) & 127]
-                    g1 = np.int64(data[r, b + 2 + 8 * ib + 2 * l])
-                    g2 = np.int64(data[r, b + 2 + 8 * ib + 2 * l + 1])
-                    for j in range(4):
-                        s1 = np.float32(-1.0) if sg & (1 << j) else np.float32(1.0)
-                        s2 = np.float32(-1.0) if sg & (1 << (j + 4)) else np.float32(1.0)
-                        out[r, y + j] = db * gridv[g1, j] * s1
-                        out[r, y + 4 + j] = db * gridv[g2, j] * s2
-                    y += 8
+                    g1 = np.int64(q[b + 2 + 8 * ib + 2 * l]) | (((qh >> (2 * l)) & 1) << 8)
+                    g2 = np.int64(q[b + 2 + 8 * ib + 2 * l + 1]) | (((qh >> (2 * l + 1)) & 1) << 8)
+                    sg = np.int64(signs_table[(aux >> (7 * l)) & 127]) if xxs else np.int64(q[b + 74 + 4 * ib + l])
+                    _put_signed_pair(y, ibl * QK_K + 32 * ib + 8 * l, db, gridv, g1, g2, sg)
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+def _dequantize_iq3_xxs(data, n, gridv, signs_table, fp16):
+    return _dequantize_blocks(data, n, gridv, signs_table, fp16, True)
+
+
 def _dequantize_iq3_s(data, n, gridv, fp16):
-    nrows = data.shape[0]
-    nbl = n // QK_K
-    out = np.empty((nrows, n), dtype=np.float32)
-    for r in numba.prange(nrows):
-        for ibl in range(nbl):
-            b = ibl * 110
-            d = fp16[np.int64(data[r, b]) | (np.int64(data[r, b + 1]) << 8)]
-            y = ibl * QK_K
-            for ib in range(8):
-                sc = np.int64(data[r, b + 106 + ib // 2])
-                s = (sc >> 4) if ib % 2 else (sc & 0xF)
-                db = d * np.float32(1 + 2 * s)
-                qh = np.int64(data[r, b + 66 + ib])
-                for l in range(4):
-                    g1 = np.int64(data[r, b + 2 + 8 * ib + 2 * l]) | (((qh >> (2 * l)) & 1) << 8)
-                    g2 = np.int64(data[r, b + 2 + 8 * ib + 2 * l + 1]) | (((qh >> (2 * l + 1)) & 1) << 8)
-                    sg = np.int64(data[r, b + 74 + 4 * ib + l])
-                    for j in range(4):
-                        s1 = np.float32(-1.0) if sg & (1 << j) else np.float32(1.0)
-                        s2 = np.float32(-1.0) if sg & (1 << (j + 4)) else np.float32(1.0)
-                        out[r, y + j] = db * gridv[g1, j] * s1
-                        out[r, y + 4 + j] = db * gridv[g2, j] * s2
-                    y += 8
-    return out
+    return _dequantize_blocks(data, n, gridv, ksigns(), fp16, False)
 
 
 def _quantize(name: str, kernel, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
