@@ -16,7 +16,7 @@ The nearest entry: C tries all 16 entries with ``err = |kvalues[i] * d - x|``. T
 exact, and the error of ``-k*d`` for ``x < 0`` is that of ``k*d`` for ``|x|`` (rounding is
 symmetric), while an entry of the other sign never beats index 0 strictly; so the kernels search
 the 8 non-negative entries for ``|x|`` (a loop over the values that vectorizes) and add 8 for a
-negative ``x`` whose best entry is not 0. :func:`quantize_reference` is C's loop as written.
+negative ``x`` whose best entry is not 0. ``quants/reference/fp4.py`` is C's loop as written.
 """
 
 from __future__ import annotations
@@ -202,19 +202,3 @@ def dequantize_mxfp4(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 def dequantize_nvfp4(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return _dequantize("NVFP4", data, n_per_row)
-
-
-def quantize_reference(name: str, rows: np.ndarray) -> np.ndarray:
-    """llama.cpp's quantize_row_mxfp4_ref / quantize_row_nvfp4_ref as written (all 16 entries tried per
-    value): slow, for tests. The scale of a group uses the Numba helpers above (one call per group)."""
-    group, groups_per_block, scale_bytes = GEOMETRY[name]
-    x = np.asarray(rows, dtype=np.float32).reshape(-1, groups_per_block, group)  # (blocks, groups, values)
-    out = np.zeros((x.shape[0], scale_bytes + groups_per_block * group // 2), dtype=np.uint8)
-    for b, s in np.ndindex(x.shape[:2]):
-        code, d = _scale_code.py_func(0 if name == "MXFP4" else 1, np.abs(x[b, s]).max())
-        out[b, s] = code
-        err = np.abs(KVALUES.astype(np.float32)[:, None] * np.float32(d) - x[b, s][None, :])  # (16, values)
-        q = err.argmin(axis=0)  # the first minimum, as C's strict "<"
-        at = scale_bytes + s * group // 2
-        out[b, at:at + group // 2] = q[: group // 2] | (q[group // 2:] << 4)
-    return out.reshape(len(rows), -1)

@@ -8,7 +8,7 @@
   sits in bits ``2 * (j % 4)`` of byte ``j / 4``; value ``j`` is ``(q - 1) * d``: -d, 0, d or 2d.
 
 llama.cpp's quantizers ignore an importance matrix, and so does this module.
-:func:`quantize_reference` is the same rule in plain numpy (a test shows both give the same bytes).
+``quants/reference/lowbit.py`` is C's loop over one block as written.
 """
 
 from __future__ import annotations
@@ -116,23 +116,3 @@ def dequantize_q1_0(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 def dequantize_q2_0(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return _dequantize_kernel(data, int(n_per_row), False)
-
-
-def quantize_reference(name: str, rows: np.ndarray) -> np.ndarray:
-    """llama.cpp's quantize_row_q1_0_ref / quantize_row_q2_0_ref in numpy float32: slow, for tests."""
-    block, per_byte = GEOMETRY[name]
-    x = np.asarray(rows, dtype=np.float32).reshape(-1, block)
-    if name == "Q1_0":
-        d = np.add.accumulate(np.abs(x), axis=1)[:, -1] / np.float32(block)  # accumulate: in order, float32
-        q = (x >= 0).astype(np.uint8)
-    else:
-        d = np.abs(x).max(axis=1)
-        with np.errstate(divide="ignore"):
-            inv = np.where(d > 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
-        t = x * inv[:, None]
-        rounded = np.trunc(t) + np.where(np.abs(t - np.trunc(t)) >= np.float32(0.5), np.sign(t), 0)  # C roundf
-        q = np.clip(rounded.astype(np.int32) + 1, 0, 3).astype(np.uint8)
-    shifts = (np.arange(per_byte) * (8 // per_byte)).astype(np.uint8)
-    qs = np.bitwise_or.reduce(q.reshape(len(x), -1, per_byte) << shifts, axis=2).astype(np.uint8)
-    scale = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return np.concatenate([scale, qs], axis=1).reshape(len(rows), -1)

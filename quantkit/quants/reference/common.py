@@ -4,7 +4,8 @@ Every function is plain Numba (``@plain``: no parallel loops, no fast-math, divi
 inf/nan as in C) and keeps C's float32 order: ints are turned into ``np.float32`` before they meet
 a float (a Numba ``float32 * int`` is float64), and literals are ``np.float32``. Weights arrays
 may be empty, meaning C's NULL. Reused from the fast side, being plain already or tables:
-``make_qp_quants`` (quants/search.py), the IQ grids' neighbour tables (quants/iq2.py, iq3.py).
+``make_qp_quants`` (quants/search.py), the sign helpers and the IQ grids' neighbour tables
+(quants/iq2.py, iq3.py).
 """
 
 import functools
@@ -14,7 +15,8 @@ import numpy as np
 from gguf import QK_K  # noqa: F401  (256 values per super-block)
 
 from ...types import quant_type
-from ..iq2 import grid_tables
+from ..iq2 import _signs_with_parity as signs_with_parity  # plain already
+from ..iq2 import flip_signs, grid_tables, plain_signs  # noqa: F401  (flip_signs re-exported)
 from ..numeric import fp32_to_fp16_bits, nearest_int, put_fp16, roundf  # noqa: F401  (re-exported)
 from ..search import make_qp_quants  # noqa: F401  (already a plain transcription; L is uint8 as in C)
 
@@ -39,20 +41,18 @@ def put_u32(y, pos, value):
 
 
 @plain
-def block_views(x, y, i, n, nbytes):
-    """Block i of a row: its n values and its nbytes output bytes, zeroed (C's memset)."""
-    y8 = y[i * nbytes:(i + 1) * nbytes]
-    y8[:] = 0
-    return x[i * n:(i + 1) * n], y8
-
-
-@plain
 def row_sigma2(x):
     """sum of x^2 over ``x``, in order (C's ``sum_x2``)."""
     s = F0
     for v in x:
         s += v * v
     return s
+
+
+@plain
+def block_sigma2(xs, factor):
+    """factor * sum x^2 / n over a block (C's ``sigma2``: factor 1 or 2)."""
+    return factor * row_sigma2(xs) / np.float32(xs.size)
 
 
 @plain
@@ -79,43 +79,53 @@ def abs_max_signed(x):
 
 
 @plain
+def symmetric_fit(n, nmax, x, L, qw, iscale, offset):
+    """Levels l = clamp(nearest_int(iscale*x), -nmax, nmax-1), stored as l + offset; returns
+    (sum w*x*l, sum w*l^2) with weights qw, or x^2 when qw is empty."""
+    sumlx = F0
+    suml2 = F0
+    for i in range(n):
+        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
+        L[i] = l + offset
+        w = qw[i] if qw.size else x[i] * x[i]
+        fl = np.float32(l)
+        sumlx += w * x[i] * fl
+        suml2 += w * fl * fl
+    return sumlx, suml2
+
+
+@plain
+def symmetric_start(n, nmax, x, L, qw, offset):
+    """The start of make_qx_quants and make_q3_quants: ``symmetric_fit`` at iscale -nmax/max. Returns
+    (the value of largest magnitude, sumlx, suml2); all 0, with L zeroed, when max|x| < GROUP_MAX_EPS."""
+    mx, amax = abs_max_signed(x[:n])
+    if amax < GROUP_MAX_EPS:
+        L[:n] = 0
+        return F0, F0, F0
+    sumlx, suml2 = symmetric_fit(n, nmax, x, L, qw, np.float32(-nmax) / mx, offset)
+    return mx, sumlx, suml2
+
+
+@plain
 def make_qx_quants(n, nmax, x, L, qw):
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: symmetric levels L in [0, 2*nmax), returns the scale.
 
     Weights are qw (or x^2 when qw is empty); tries iscale = -(nmax + 0.1*is)/max, is = -9..9, and
     keeps the best weighted least-squares fit sumlx^2/suml2.
     """
-    mx, amax = abs_max_signed(x[:n])
-    if amax < GROUP_MAX_EPS:
-        L[:n] = 0
+    mx, sumlx, suml2 = symmetric_start(n, nmax, x, L, qw, nmax)
+    if mx == F0:
         return F0
-    iscale = np.float32(-nmax) / mx
-    sumlx = F0
-    suml2 = F0
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l + nmax
-        w = qw[i] if qw.size else x[i] * x[i]
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
     scale = sumlx / suml2 if suml2 != F0 else F0
     best = scale * sumlx
+    Laux = np.empty(n, np.int32)
     for step in range(-9, 10):
         if step == 0:
             continue
         iscale = -(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / mx
-        sumlx = F0
-        suml2 = F0
-        for i in range(n):
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-            w = qw[i] if qw.size else x[i] * x[i]
-            fl = np.float32(l)
-            sumlx += w * x[i] * fl
-            suml2 += w * fl * fl
+        sumlx, suml2 = symmetric_fit(n, nmax, x, Laux, qw, iscale, nmax)
         if suml2 > 0 and sumlx * sumlx > best * suml2:
-            for i in range(n):
-                L[i] = nmax + max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
+            L[:n] = Laux
             scale = sumlx / suml2
             best = scale * sumlx
     return scale
@@ -125,19 +135,9 @@ def make_qx_quants(n, nmax, x, L, qw):
 def make_q3_quants(n, nmax, x, L):
     """``make_q3_quants(..., do_rmse=true)``: levels in [0, 2*nmax) refined one coordinate at a time
     (weights x^2) while sumlx^2/suml2 grows, at most 5 rounds; returns the scale."""
-    mx, amax = abs_max_signed(x[:n])
-    if amax < GROUP_MAX_EPS:
-        L[:n] = 0
+    mx, sumlx, suml2 = symmetric_start(n, nmax, x, L, np.empty(0, np.float32), 0)
+    if mx == F0:
         return F0
-    iscale = np.float32(-nmax) / mx
-    sumlx = F0
-    suml2 = F0
-    for i in range(n):
-        l = max(-nmax, min(nmax - 1, nearest_int(iscale * x[i])))
-        L[i] = l
-        w = x[i] * x[i]
-        sumlx += w * x[i] * np.float32(l)
-        suml2 += w * np.float32(l) * np.float32(l)
     for _ in range(5):
         n_changed = 0
         for i in range(n):
@@ -151,9 +151,7 @@ def make_q3_quants(n, nmax, x, L):
                     slx += w * x[i] * np.float32(new_l)
                     sl2 += w * np.float32(new_l) * np.float32(new_l)
                     if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
+                        L[i], sumlx, suml2 = new_l, slx, sl2
                         n_changed += 1
         if n_changed == 0:
             break
@@ -254,6 +252,19 @@ def quantize_rows(type_name, rows, imatrix, quantize_row):
     for r in range(rows.shape[0]):
         quantize_row(rows[r], qw, out[r])
     return out
+
+
+def quantize_blocks(type_name, rows, imatrix, quantize_block, *params):
+    """Run ``quantize_block(xs, qw, y8, *params)`` on every block of every row (C's loop over ``nb``):
+    its values, its part of the imatrix (empty without one: C's NULL) and its bytes, zeroed (C's memset)."""
+    qt = quant_type(type_name)
+    n, nbytes = qt.block_size, qt.type_size
+
+    def quantize_row(x, qw, y):
+        for b in range(x.size // n):
+            quantize_block(x[b * n:(b + 1) * n], qw[b * n:(b + 1) * n], y[b * nbytes:(b + 1) * nbytes], *params)
+
+    return quantize_rows(type_name, rows, imatrix, quantize_row)
 
 
 # ----------------------------------------------------------------------------------- IQ2 / IQ3 lattices
@@ -361,46 +372,47 @@ def lattice_search(xval, weight, waux, L, ref_max, scale, nsteps, step, resnap, 
 
 
 @plain
-def lattice_prepare(xb, qw, start, sigma2, bias):
-    """A sub-block's (weight, sqrt(weight), |x|): weight qw[start + i] * sqrtf(sigma2 + x^2) with an
-    imatrix, else bias + x^2 (bias 0.25*sigma2 for IQ2_S, 0 for IQ3); |x| as C's ``x >= 0 ? x : -x``."""
-    n = xb.size
+def lattice_prepare(xs, qw, ib, n, sigma2, bias):
+    """Sub-block ib of n values of a block: (x, weight, sqrt(weight), |x|); weight qw * sqrtf(sigma2 +
+    x^2) with an imatrix, else bias + x^2 (bias 0.25*sigma2 for IQ2_S, 0 for IQ3); |x| as C's
+    ``x >= 0 ? x : -x``."""
+    xb = xs[n * ib:n * (ib + 1)]
     weight = np.empty(n, np.float32)
     waux = np.empty(n, np.float32)
     xval = np.empty(n, np.float32)
     if qw.size:
-        imatrix_weights(xb, qw[start:start + n], sigma2, weight)
+        imatrix_weights(xb, qw[n * ib:n * (ib + 1)], sigma2, weight)
     else:
         for i in range(n):
             weight[i] = bias + xb[i] * xb[i]
     for i in range(n):
         waux[i] = np.sqrt(weight[i])
         xval[i] = xb[i] if xb[i] >= 0 else -xb[i]
-    return weight, waux, xval
+    return xb, weight, waux, xval
 
 
 @plain
-def even_signs(xb, weight, xval):
-    """Sign bits of 8 values with an even count of minus signs (IQ2_XXS/XS, IQ3_XXS store 7): an odd
-    count flips the value with the least weight*x^2 (its |x| in xval becomes -|x|). Returns the 7 bits."""
-    s = 0
-    for i in range(8):
-        if xb[i] < 0:
-            s |= 1 << i
-    nflip = 0
-    for i in range(8):
-        nflip += (s >> i) & 1
-    if nflip % 2:
-        imin = 0
-        least = weight[0] * xb[0] * xb[0]
-        for i in range(1, 8):
-            ax = weight[i] * xb[i] * xb[i]
-            if ax < least:
-                least = ax
-                imin = i
-        xval[imin] = -xval[imin]
-        s ^= 1 << imin
-    return s & 127
+def super_scale(y8, max_scale, fudge, clear):
+    """An IQ2/IQ3 block's d = max_scale / 31, stored at y8[0] as fp16 d * fudge. For max_scale 0:
+    nothing stored, the block's bytes zeroed when ``clear`` (IQ2_XS, IQ2_S, IQ3_XXS), returns 0."""
+    if max_scale == F0:
+        if clear:
+            y8[:] = 0
+        return F0
+    d = max_scale / np.float32(31.0)
+    put_fp16(y8, 0, d * fudge)
+    return d
+
+
+@plain
+def group_signs(xb, weight, xval, even):
+    """Sign bits of each group of 8 values, |x| into xval (``quants/iq2.py``'s plain helpers). With
+    ``even`` (IQ2_XXS/XS, IQ3_XXS store 7 of 8), an odd count of minus signs flips the value with the
+    least weight*x^2 (its xval becomes -|x|) and the 7 low bits are kept."""
+    signs = np.zeros(xb.size // 8, np.int64)
+    for k in range(signs.size):
+        signs[k] = signs_with_parity(xb, 8 * k, weight, xval) if even else plain_signs(xb, 8 * k, xval)
+    return signs
 
 
 @plain

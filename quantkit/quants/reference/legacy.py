@@ -11,12 +11,14 @@ from .common import (
     F0,
     F1,
     FLT_MAX,
+    abs_max_signed,
     imatrix_weights,
     make_qkx_quants,
     make_qx_quants,
     plain,
     put_fp16,
     put_u32,
+    quantize_blocks,
     quantize_rows,
     roundf,
     row_sigma2,
@@ -39,88 +41,88 @@ def _put_levels(y, pos, L, five_bits):
 
 
 @plain
-def _q8_0_row(x, qw, y):
-    for b in range(x.size // QK):
-        xb = x[b * QK:(b + 1) * QK]
-        amax = F0
-        for v in xb:
-            amax = max(amax, np.abs(v))
-        d = amax / np.float32(127.0)
-        inv = F1 / d if d != F0 else F0
-        put_fp16(y, 34 * b, d)
-        for j in range(QK):
-            y[34 * b + 2 + j] = np.uint8(np.int32(roundf(xb[j] * inv)) & 0xFF)
+def _q8_0_block(xb, qw, y8):
+    """Q8_0 (34 bytes): d = max|x| / 127 | qs[32] = roundf(x / d)."""
+    amax = F0
+    for v in xb:
+        amax = max(amax, np.abs(v))
+    d = amax / np.float32(127.0)
+    inv = F1 / d if d != F0 else F0
+    put_fp16(y8, 0, d)
+    for j in range(QK):
+        y8[2 + j] = np.uint8(np.int32(roundf(xb[j] * inv)) & 0xFF)
 
 
 @plain
-def _symmetric_row(x, qw, y, nmax, block_bytes):
-    """Q4_0 (nmax 8) and Q5_0 (nmax 16): d = max / -nmax, or make_qx_quants with an imatrix."""
-    L = np.zeros(QK, np.int32)
-    weight = np.empty(QK, np.float32)
-    sigma2 = row_sigma2(x) / np.float32(x.size)
-    for b in range(x.size // QK):
-        xb = x[b * QK:(b + 1) * QK]
-        if qw.size:
-            imatrix_weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
-            d = make_qx_quants(QK, nmax, xb, L, weight)
-        else:
-            amax = F0
-            mx = F0
-            for v in xb:
-                if amax < np.abs(v):
-                    amax = np.abs(v)
-                    mx = v
-            d = mx / np.float32(-nmax)
-            inv = F1 / d if d != F0 else F0
-            for j in range(QK):  # (int8)(x*id + nmax + 0.5): truncation toward zero
-                L[j] = min(2 * nmax - 1, np.int32(np.int8(np.int32(xb[j] * inv + np.float32(nmax + 0.5)))))
-        put_fp16(y, block_bytes * b, d)
-        _put_levels(y, block_bytes * b + 2, L, nmax == 16)
+def _symmetric_block(xb, weight, L, nmax):
+    """Q4_0, Q5_0: make_qx_quants with imatrix weights, else d = max / -nmax; returns d."""
+    if weight.size:
+        return make_qx_quants(QK, nmax, xb, L, weight)
+    mx, _ = abs_max_signed(xb)
+    d = mx / np.float32(-nmax)
+    inv = F1 / d if d != F0 else F0
+    for j in range(QK):  # (int8)(x*id + nmax + 0.5): truncation toward zero
+        L[j] = min(2 * nmax - 1, np.int32(np.int8(np.int32(xb[j] * inv + np.float32(nmax + 0.5)))))
+    return d
 
 
 @plain
-def _asymmetric_row(x, qw, y, nmax, block_bytes):
-    """Q4_1 (nmax 15) and Q5_1 (nmax 31): d = (max - min)/nmax, m = min, or make_qkx3_quants."""
+def _asymmetric_block(xb, weight, L, nmax):
+    """Q4_1, Q5_1: make_qkx3_quants with imatrix weights, else d = (max - min)/nmax; returns (d, min)."""
+    if weight.size:
+        d, the_min = make_qkx_quants(QK, nmax, xb, weight, L, np.zeros(QK, np.int32), np.float32(-0.9),
+                                     np.float32(0.05), 36, False)
+        return d, -the_min
+    mn = FLT_MAX
+    mx = -FLT_MAX
+    for v in xb:
+        mn = min(mn, v)
+        mx = max(mx, v)
+    d = (mx - mn) / np.float32(nmax)
+    inv = F1 / d if d != F0 else F0
+    for j in range(QK):  # (uint8)((x - min)*id + 0.5); Q4_1 also caps at 15
+        L[j] = min(nmax if nmax == 15 else 255, np.int32((xb[j] - mn) * inv + np.float32(0.5)) & 0xFF)
+    return d, mn
+
+
+@plain
+def _row(x, qw, y, nmax, with_min):
+    """Q4_0 (nmax 8), Q5_0 (16): d | qs; Q4_1 (15), Q5_1 (31): d | m | qs (a 4-byte qh first in qs for
+    5 bits). With an imatrix, weights qw * sqrt(sigma2 + x^2), sigma2 the row's mean square."""
+    five_bits = nmax in (16, 31)
+    block_bytes = (4 if with_min else 2) + (4 if five_bits else 0) + QK // 2
     L = np.zeros(QK, np.int32)
-    Laux = np.zeros(QK, np.int32)
-    weight = np.empty(QK, np.float32)
+    weight = np.empty(QK if qw.size else 0, np.float32)
     sigma2 = row_sigma2(x) / np.float32(x.size)
     for b in range(x.size // QK):
         xb = x[b * QK:(b + 1) * QK]
+        yb = y[b * block_bytes:(b + 1) * block_bytes]
         if qw.size:
             imatrix_weights(xb, qw[b * QK:(b + 1) * QK], sigma2, weight)
-            d, the_min = make_qkx_quants(QK, nmax, xb, weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-            mn = -the_min
+        if with_min:
+            d, mn = _asymmetric_block(xb, weight, L, nmax)
+            put_fp16(yb, 2, mn)
         else:
-            mn = FLT_MAX
-            mx = -FLT_MAX
-            for v in xb:
-                mn = min(mn, v)
-                mx = max(mx, v)
-            d = (mx - mn) / np.float32(nmax)
-            inv = F1 / d if d != F0 else F0
-            for j in range(QK):  # (uint8)((x - min)*id + 0.5); Q4_1 also caps at 15
-                L[j] = min(nmax if nmax == 15 else 255, np.int32((xb[j] - mn) * inv + np.float32(0.5)) & 0xFF)
-        put_fp16(y, block_bytes * b, d)
-        put_fp16(y, block_bytes * b + 2, mn)
-        _put_levels(y, block_bytes * b + 4, L, nmax == 31)
+            d = _symmetric_block(xb, weight, L, nmax)
+        put_fp16(yb, 0, d)
+        _put_levels(yb, 4 if with_min else 2, L, five_bits)
 
 
 def quantize_q8_0(rows, imatrix=None):
-    return quantize_rows("Q8_0", rows, None, _q8_0_row)
+    return quantize_blocks("Q8_0", rows, None, _q8_0_block)
 
 
 def quantize_q4_0(rows, imatrix=None):
-    return quantize_rows("Q4_0", rows, imatrix, lambda x, qw, y: _symmetric_row(x, qw, y, 8, 18))
+    return quantize_rows("Q4_0", rows, imatrix, lambda x, qw, y: _row(x, qw, y, 8, False))
 
 
 def quantize_q5_0(rows, imatrix=None):
-    return quantize_rows("Q5_0", rows, imatrix, lambda x, qw, y: _symmetric_row(x, qw, y, 16, 22))
+    return quantize_rows("Q5_0", rows, imatrix, lambda x, qw, y: _row(x, qw, y, 16, False))
 
 
 def quantize_q4_1(rows, imatrix=None):
-    return quantize_rows("Q4_1", rows, imatrix, lambda x, qw, y: _asymmetric_row(x, qw, y, 15, 20))
+    return quantize_rows("Q4_1", rows, imatrix, lambda x, qw, y: _row(x, qw, y, 15, True))
 
 
 def quantize_q5_1(rows, imatrix=None):
-    return quantize_rows("Q5_1", rows, imatrix, lambda x, qw, y: _asymmetric_row(x, qw, y, 31, 24))
+    return quantize_rows("Q5_1", rows, imatrix, lambda x, qw, y: _row(x, qw, y, 31, True))
