@@ -91,7 +91,7 @@ def test_shape_mismatch(tmp_path, smollm2_hf_dir, name, shape, fragment):
 def test_unsupported_architecture(tmp_path, smollm2_hf_dir):
     folder = make_folder(tmp_path, smollm2_hf_dir, config={**LLAMA_CONFIG, "architectures": ["GPTNeoXForCausalLM"]})
     assert_one_line_error(run(folder, tmp_path / "out.gguf"), "GPTNeoXForCausalLM", "not supported",
-                          "Llama, ", "Qwen3MoeForCausalLM", "BertModel")
+                          "Llama, ", "Qwen3Moe, ", "ForCausalLM", "BertModel")
 
 
 def test_pickle_checkpoint_refused(folder, tmp_path):
