@@ -170,8 +170,8 @@ def test_fp8_bad_input_is_one_line(smollm2_hf_dir, tmp_path, case, message):
 
 
 def test_fp8_peak_rss_flat_in_tensor_size(tmp_path, smollm2_hf_dir):
-    """A float8 weight is read and dequantized chunk by chunk: growing it from 128 to 256 MB of float32
-    moves quantkit's peak RSS (a fresh process, VmHWM) by far less than that."""
+    """Float8 weights are read and dequantized chunk by chunk: growing each of the three MLP weights from
+    128 to 256 MB of float32 moves quantkit's peak RSS (a fresh process, VmHWM) by far less than one."""
     from safetensors.numpy import save_file
     from test_convert_support import (
         LLAMA_CONFIG,
@@ -180,15 +180,19 @@ def test_fp8_peak_rss_flat_in_tensor_size(tmp_path, smollm2_hf_dir):
         run_measured,
     )
 
-    config = dict(LLAMA_CONFIG, quantization_config={"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]})
-    base = {k: v for k, v in llama_weights().items() if ".mlp." not in k}  # the MLP is optional for the converter
+    base = {k: v for k, v in llama_weights().items() if ".mlp." not in k}
     peaks = {}
     for rows in (1 << 19, 1 << 20):
+        config = dict(LLAMA_CONFIG, intermediate_size=rows,
+                      quantization_config={"quant_method": "fp8", "weight_block_size": [BLOCK, BLOCK]})
         folder = make_llama_folder(tmp_path / str(rows), smollm2_hf_dir, base, config)
-        weights, scale = fp8_blocks(np.random.default_rng(0).standard_normal((rows, 64), dtype=np.float32), (BLOCK, BLOCK))
-        save_file({**base, "model.layers.0.mlp.gate_proj.weight": weights,
-                   "model.layers.0.mlp.gate_proj.weight_scale_inv": scale},
-                  str(folder / "model.safetensors"))
+        rng = np.random.default_rng(0)
+        mlp = {}
+        for name, shape in (("gate_proj", (rows, 64)), ("up_proj", (rows, 64)), ("down_proj", (64, rows))):
+            weights, scale = fp8_blocks(rng.standard_normal(shape, dtype=np.float32), (BLOCK, BLOCK))
+            mlp[f"model.layers.0.mlp.{name}.weight"] = weights
+            mlp[f"model.layers.0.mlp.{name}.weight_scale_inv"] = scale
+        save_file({**base, **mlp}, str(folder / "model.safetensors"))
         command = [sys.executable, "-m", "quantkit.cli", "convert", str(folder), "-o", str(tmp_path / f"{rows}.gguf"),
                    "--type", "F16"]
         peaks[rows] = run_measured(command, {**os.environ, "HF_HUB_OFFLINE": "1"})[1]

@@ -103,7 +103,7 @@ def test_nvfp4_scale_rounding_and_saturation():
     assert len(set(quantize(x, "NVFP4").data.reshape(-1, 36)[:, :4].reshape(-1).tolist())) > 100
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(qtype=st.sampled_from(TYPES),
        x=hnp.arrays(np.float32, (2, 128), elements=st.floats(allow_nan=False, allow_infinity=False, width=32)))
 def test_any_finite_input_matches_llamacpp(qtype, x):

@@ -223,10 +223,10 @@ def test_quantize_reads_and_writes_split_sets(tmp_path, two_layer_model):
         assert split.metadata["split.count"] == 3 and split.metadata["split.tensors.count"] == len(single.tensors)
         assert [(t.name, bytes(t.data)) for t in split.tensors] == [(t.name, bytes(t.data)) for t in single.tensors]
     result = run_cli("inspect", shards[1])
-    assert result.exit_code == 2 and f"shard 2 of 3 of a split model; open {shards[0]}" in result.output
+    assert result.exit_code == 2 and f"shard 2 of 3 of a split model; open {shards[0].name}" in result.output
     shards[1].unlink()
     result = run_cli("inspect", shards[0])
-    assert result.output.strip() == f"quantkit: error: {shards[1]}: shard 2 of 3 of {shards[0]} is missing"
+    assert result.output.strip() == f"quantkit: error: {shards[1]}: shard 2 of 3 of {shards[0].name} is missing"
 
 
 def test_llama_cpp_runs_split_set(tmp_path, smollm2_hf_dir):
@@ -259,7 +259,7 @@ def test_scorecard_scores_the_merged_model(tmp_path, smollm2_hf_dir):
     f16 = result["types"][0]
     assert f16["text"]["kld"]["mean"] < 1e-4 and f16["teacher_forced"]["top1"]["mean"] == 1.0
     assert result["settings"]["lora"] == [str(adapter)]
-    variant = next((tmp_path / "report" / "files").glob("model.lora-*.F16.gguf"))
+    variant = next((tmp_path / "report" / "files").glob("model.lora-*.F16.*.gguf"))
     merged = tmp_path / "merged.gguf"
     assert run_cli("convert", base, "--lora", adapter, "-o", merged).exit_code == 0
     assert gguf_differences(variant, merged) == []

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_core(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK + code, *args], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, "-c", BLOCK + code, *args], capture_output=True, text=True,
                           cwd=ROOT)
 
 

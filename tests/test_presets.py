@@ -525,7 +525,7 @@ def test_cli_quantize_preset(smollm2_f16, tmp_path):
         types = {t.name: t.qtype.name for t in f.tensors}
     assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.0.ffn_up.weight"] == "Q8_0"
     assert types["token_embd.weight"] == "Q4_0"
-    for args, message in [(["Q4_K_Z"], "unknown preset"), (["Q4_K_M", "--tensor-type", "attn_v"], "PATTERN=TYPE"),
+    for args, message in [(["Q4_K_Z"], "unknown preset"), (["Q4_K_M", "--tensor-type", "attn_v"], "REGEX=TYPE"),
                           (["IQ1_S"], "needs an importance matrix")]:
         result = CliRunner().invoke(main, ["quantize", str(smollm2_f16), str(tmp_path / "x.gguf"), *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output

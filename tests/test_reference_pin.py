@@ -9,7 +9,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_reference_is_pinned_to_the_installed_build():
-    extra = re.search(r"^test = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
+    extra = re.search(r"^test = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M | re.S).group(1)
     pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', extra))
     assert pins["xllamacpp"] == version("xllamacpp")
     assert pins["llama-cpp-python"] == version("llama_cpp_python")

@@ -289,14 +289,14 @@ class GGUFFile:
         paths = shard_paths(self.path.with_name(match.group(1) + ".gguf"), count) if match else None
         if no != 0:
             raise GGUFFormatError(f"{self.label}: shard {no + 1} of {count} of a split model; open "
-                                  f"{paths[0] if paths else 'the first shard'}")
+                                  f"{paths[0].name if paths else 'the first shard'}")
         if paths is None or paths[0].name != self.path.name:
             raise GGUFFormatError(
                 f"{self.label}: first of {count} shards, but its name does not end in -00001-of-{count:05d}.gguf"
             )
         for i, path in enumerate(paths[1:], 1):
             if not path.is_file():
-                raise GGUFFormatError(f"{path}: shard {i + 1} of {count} of {self.label} is missing")
+                raise GGUFFormatError(f"{path}: shard {i + 1} of {count} of {self.path.name} is missing")
             shard = GGUFFile(path, whole_set=False)
             self.shards.append(shard)
             if (shard.metadata.get(SPLIT_NO), shard.metadata.get(SPLIT_COUNT)) != (i, count):

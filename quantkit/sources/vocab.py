@@ -277,8 +277,11 @@ def _custom_code_refused():
     """transformers' "run the custom code? [y/N]" prompt answered no without reading stdin, while
     gguf-py's LlamaHfVocab loads the tokenizer (it passes no ``trust_remote_code``): a folder's
     ``auto_map`` code is then never imported, whatever stdin holds."""
-    from transformers import dynamic_module_utils
-
+    try:
+        from transformers import dynamic_module_utils  # deferred: optional and heavy (the [hf] extra)
+    except ImportError:  # no transformers: nothing can import the folder's code (gguf-py then asks for it)
+        yield
+        return
     saved = dynamic_module_utils.TIME_OUT_REMOTE_CODE
     dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0  # 0: refuse instead of asking (transformers' CI setting)
     try:
