@@ -161,3 +161,16 @@ def test_llamacpp_selftest_error_below_threshold():
     for qtype in TYPES:
         err = np.sqrt(np.sum((dequantize(quantize(x, qtype)) - x).astype(np.float64) ** 2)) / n
         assert err < 0.002, (qtype, err)
+
+
+def test_f32_shares_float32_input_read_only_and_copies_other_dtypes():
+    """F32 storage is the float32 values: float32 input is viewed (read-only), not copied; other
+    dtypes are cast (f64 rounded to nearest) into fresh memory; the bytes are llama.cpp's either way."""
+    x = np.random.default_rng(7).standard_normal((8, 64)).astype(np.float32)
+    q = quantize(x, "F32")
+    assert np.shares_memory(q.data, x) and not q.data.flags.writeable
+    np.testing.assert_array_equal(q.data, ref.quantize(x, "F32"))
+    wide = x.astype(np.float64) + 1e-9
+    q64 = quantize(wide, "F32")
+    assert not np.shares_memory(q64.data, wide)
+    np.testing.assert_array_equal(q64.data, ref.quantize(wide.astype(np.float32), "F32"))

@@ -101,6 +101,8 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
 
     ``imatrix``: one importance weight per column (llama.cpp's importance matrix), or None.
     Returns a :class:`QuantizedTensor` whose ``data`` equals llama.cpp's ``ggml_quantize_chunk``.
+    For F32 the data is a read-only view of ``x`` when ``x`` already is C-contiguous float32 (as
+    ``np.asarray`` would be), not a copy.
     """
     qt = quant_type(qtype)
     values = _as_float32(x, name)

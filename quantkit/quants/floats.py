@@ -8,6 +8,7 @@ quantizing, so its special case never applies).
 import numba
 import numpy as np
 
+from .checks import nonfinite_rows
 from .numeric import FP16_TO_FP32, bits_f32, fp32_to_fp16_bits
 
 
@@ -24,13 +25,13 @@ def _bf16_bits(b):
 
 
 def _convert_kernel(name):
-    """F32 / F16 / BF16 conversion of float32 bit patterns into ``out`` in one pass that also finds
+    """F16 / BF16 conversion of float32 bit patterns into ``out`` in one pass that also finds
     NaN/Inf (returns per row whether one was met): the format a compile-time constant.
 
     ``out`` comes from numpy, which maps large arrays with huge pages: an array Numba allocates
     takes a page fault per 4 KiB on first write, two thirds of the time of these memory-bound
     conversions on a 64 MB tensor."""
-    kind = ("F32", "F16", "BF16").index(name)
+    to_f16 = name == "F16"
 
     @numba.njit(parallel=True, cache=True)
     def kernel(bits, out):
@@ -41,9 +42,7 @@ def _convert_kernel(name):
             for j in range(n):  # an integer or-reduction beside the conversion: vectorizes
                 b = bits[r, j]
                 special |= _is_special(b)
-                if kind == 0:
-                    out[r, j] = b
-                elif kind == 1:
+                if to_f16:
                     out[r, j] = fp32_to_fp16_bits(bits_f32(b))
                 else:
                     out[r, j] = _bf16_bits(b)
@@ -53,7 +52,7 @@ def _convert_kernel(name):
     return kernel
 
 
-_CONVERT = {name: _convert_kernel(name) for name in ("F32", "F16", "BF16")}
+_CONVERT = {name: _convert_kernel(name) for name in ("F16", "BF16")}
 
 
 @numba.njit(parallel=True, cache=True)
@@ -71,13 +70,16 @@ CHECKS_FINITE = True
 
 
 def _convert(name, rows):
-    values = np.empty(rows.shape, dtype=np.uint32 if name == "F32" else np.uint16)
+    values = np.empty(rows.shape, dtype=np.uint16)
     nonfinite = _CONVERT[name](rows.view(np.uint32), values)
     return values.view(np.uint8), nonfinite
 
 
 def quantize_f32(rows, imatrix):
-    return _convert("F32", rows)
+    """The rows' own bytes, as a read-only view (no copy: F32 storage is the float32 values)."""
+    data = rows.view(np.uint8)
+    data.flags.writeable = False
+    return data, nonfinite_rows(rows)
 
 
 def quantize_f16(rows, imatrix):
