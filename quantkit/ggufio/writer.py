@@ -342,8 +342,14 @@ class GGUFStreamWriter(_Atomic):
     def _header(self, metadata) -> bytes:
         """Magic, version, counts, kvs and tensor infos, offsets being aligned cumulative sizes."""
         remembered = getattr(metadata, "value_type", lambda key: None)
+        raw_value = getattr(metadata, "raw_value", lambda key: None)  # a GGUFMetadata's unread arrays
         parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(self.infos), len(metadata))]
-        parts += [encode_kv(key, value, remembered(key)) for key, value in metadata.items()]
+        for key in metadata.keys():
+            raw = raw_value(key) if key != "general.alignment" else None
+            if raw is not None:  # an array read from a file and never touched: its bytes as they were
+                parts.append(_pack_string(key) + struct.pack("<I", GGUFValueType.ARRAY) + raw)
+            else:
+                parts.append(encode_kv(key, metadata[key], remembered(key)))
         offset = 0
         for info, size in zip(self.infos, self.sizes):
             parts.append(_pack_string(info.name))
