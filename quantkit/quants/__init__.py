@@ -7,6 +7,8 @@ which assume valid input.
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Union
@@ -74,6 +76,27 @@ def numba_threads(threads: int | None):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def prepare_kernel_process() -> None:
+    """Set up a process that runs kernels and nothing else (the CLI's convert, quantize and lora), before
+    any kernel loads.
+
+    - OpenMP threads (Numba's threading layer) sleep instead of spinning when they wait: a spinning
+      thread takes the core the write-behind thread or a slower sibling needs (measured on 2 cores
+      under load: half the wall time). Only when the user has not set OMP_WAIT_POLICY.
+    - Numba's CPU target imports scipy.linalg at start-up to see whether BLAS is there for np.dot
+      (0.2-0.5 s); no quantkit kernel calls BLAS, so that import is made to fail during that check and
+      scipy stays importable afterwards.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg.cython_blas"] = None  # an import of it now raises ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401  (deferred: numba loads only in kernel processes; see above)
+    finally:
+        del sys.modules["scipy.linalg.cython_blas"]
 
 
 def check_finite(q, name: str = "tensor") -> None:
