@@ -57,7 +57,20 @@ def _as_float32(x, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype not in (np.float64, np.float32, np.float16) and x.dtype.name != "bfloat16":
         raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
+    if x.itemsize == 2 and x.size:  # F16 / BF16: one parallel pass (numpy's casts take two to four times as long)
+        from .floats import widen  # deferred: a Numba kernel module (see numba_threads)
+
+        halves = np.ascontiguousarray(x).view(np.uint16)
+        fmt = "BF16" if x.dtype.name == "bfloat16" else "F16"
+        return widen(halves.reshape(-1, halves.shape[-1] if halves.ndim else 1), fmt).reshape(x.shape)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _bf16_bits(x) -> np.ndarray | None:
+    """The uint16 bits of a numpy bfloat16 array (ml_dtypes' dtype), else None."""
+    if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16" and x.size and x.ndim:
+        return np.ascontiguousarray(x).view(np.uint16)
+    return None
 
 
 @contextmanager
@@ -126,7 +139,11 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
     Returns a :class:`QuantizedTensor` whose ``data`` equals llama.cpp's ``ggml_quantize_chunk``.
     """
     qt = quant_type(qtype)
-    values = _as_float32(x, name)
+    # BF16 rows without an imatrix go straight to a kernel that widens each row as it quantizes it, where
+    # the type's family has one (quantize_<type>_bf16); others are widened here first
+    halves = _bf16_bits(x) if imatrix is None else None
+    fused = getattr(qt.kernels(), f"quantize_{qt.name.lower()}_bf16", None) if halves is not None else None
+    values = halves if fused is not None else _as_float32(x, name)
     shape = tuple(int(d) for d in values.shape) or (1,)
     n_per_row = shape[-1]
     try:
@@ -146,7 +163,11 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
         return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
     rows = values.reshape(-1, n_per_row)
     with numba_threads(threads):
-        if getattr(qt.kernels(), "CHECKS_FINITE", False):
+        if fused is not None:
+            data, nonfinite = fused(rows)
+            if nonfinite.any():
+                check_finite(QuantizedTensor(GGMLQuantizationType.BF16, rows.shape, rows.view(np.uint8)), name)
+        elif getattr(qt.kernels(), "CHECKS_FINITE", False):
             data, nonfinite = qt.quantize_rows(rows, weights)
             if nonfinite.any():
                 check_finite(rows, name)

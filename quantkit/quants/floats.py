@@ -104,16 +104,16 @@ def dequantize_f32(data, n_per_row):
     return data.view(np.float32).copy()
 
 
-def _widen(name, data):
-    halves = data.view(np.uint16)
+def widen(halves, name):
+    """float32 values of 2-D F16 or BF16 rows given as their uint16 bits (``name``: "F16" or "BF16")."""
     out = np.empty(halves.shape, dtype=np.float32)
     _WIDEN[name](halves, out)
     return out
 
 
 def dequantize_f16(data, n_per_row):
-    return _widen("F16", data)
+    return widen(data.view(np.uint16), "F16")
 
 
 def dequantize_bf16(data, n_per_row):
-    return _widen("BF16", data)
+    return widen(data.view(np.uint16), "BF16")
