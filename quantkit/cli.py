@@ -24,6 +24,9 @@ EXIT_USER_ERROR = 2
 # Commands that live in their own module, ``quantkit/commands/<name>.py``, each defining a click
 # command of that name; imported only when invoked (or listed), so start-up stays fast.
 LAZY_COMMANDS = ("convert", "quantize", "imatrix", "scorecard", "inspect", "demo", "lora")
+# commands whose process runs quantkit's kernels and no torch: set up for that before they load
+# (quantkit.quants.prepare_kernel_process)
+KERNEL_COMMANDS = ("convert", "quantize", "lora")
 
 
 class QuantkitGroup(click.Group):
@@ -51,6 +54,14 @@ class QuantkitGroup(click.Group):
             raise
         except click.UsageError as e:  # an option of the group itself, e.g. ``quantkit --bogus``
             fail(usage_message(e))
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in KERNEL_COMMANDS and not ctx.resilient_parsing and not {"-h", "--help"} & set(rest):
+            from .quants import prepare_kernel_process  # deferred: numba loads only for commands that run kernels
+
+            prepare_kernel_process()
+        return name, command, rest
 
     def invoke(self, ctx):
         try:

@@ -162,3 +162,34 @@ def test_huge_sparse_file_opens_instantly(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, peak  # a view into the map: nothing of the 16 GiB copied
+
+
+def test_arrays_stay_bytes_until_read(smollm2_path):
+    """A tokenizer array is kept as its GGUF bytes at open; head() parses only its start; a read parses it once."""
+    with read_gguf(smollm2_path) as f:
+        md = f.metadata
+        assert md.raw_value("tokenizer.ggml.tokens") is not None
+        head, length = md.head("tokenizer.ggml.tokens", 3)
+        assert (head, length) == (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 49152)
+        assert md.raw_value("tokenizer.ggml.tokens") is not None  # head() left it unparsed
+        assert md.head("llama.block_count", 3) == (30, None)
+        tokens = md["tokenizer.ggml.tokens"]
+        assert md.raw_value("tokenizer.ggml.tokens") is None and md["tokenizer.ggml.tokens"] is tokens
+        assert md.head("tokenizer.ggml.tokens", 2) == (tokens[:2], 49152)
+
+
+def test_unread_arrays_read_like_lists_everywhere(smollm2_path, peer):
+    """get, items, values, pop, ==, dict(), {**m} and copy() all see plain lists equal to gguf-py's."""
+    expected = peer.fields["tokenizer.ggml.token_type"].contents()
+    with read_gguf(smollm2_path) as f:
+        for read in (lambda m: m.get("tokenizer.ggml.token_type"), lambda m: dict(m.items())["tokenizer.ggml.token_type"],
+                     lambda m: list(m.values())[list(m).index("tokenizer.ggml.token_type")],
+                     lambda m: m.pop("tokenizer.ggml.token_type"), lambda m: dict(m)["tokenizer.ggml.token_type"],
+                     lambda m: {**m}["tokenizer.ggml.token_type"]):
+            md = f.metadata.copy()
+            assert md.raw_value("tokenizer.ggml.token_type") is not None
+            assert read(md) == expected
+        md = f.metadata.copy()
+        assert md == dict(f.metadata.copy()) and not md != dict(md)
+        assert md["tokenizer.ggml.merges"] == peer.fields["tokenizer.ggml.merges"].contents()
+        assert f.metadata.raw_value("tokenizer.ggml.merges") is not None  # the copy parsed its own

@@ -283,3 +283,46 @@ def test_output_equal_to_input_is_refused(tmp_path):
 def test_missing_output_folder(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         write_small_gguf(tmp_path / "no" / "m.gguf")
+
+
+def test_unread_arrays_are_copied_as_their_bytes(smollm2_path, tmp_path):
+    """Writing arrays never read (their bytes copied) equals writing them parsed and encoded again;
+    a list edited in place after reading is written as edited."""
+    with read_gguf(smollm2_path) as f:
+        lazy = f.metadata.copy()
+        parsed = f.metadata.copy()
+        for key in parsed:
+            parsed[key]
+        assert all(parsed.raw_value(k) is None for k in parsed) and lazy.raw_value("tokenizer.ggml.tokens") is not None
+        a = write_gguf(tmp_path / "lazy.gguf", lazy, f.tensors[:3])
+        b = write_gguf(tmp_path / "parsed.gguf", parsed, f.tensors[:3])
+        edited = f.metadata.copy()
+        edited["tokenizer.ggml.tokens"][1] = "<edited>"
+        c = write_gguf(tmp_path / "edited.gguf", edited, f.tensors[:3])
+    assert filecmp.cmp(a, b, shallow=False)
+    with read_gguf(c) as g:
+        assert g.metadata["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<edited>", "<|im_end|>"]
+
+
+def test_early_sync_streams_identical_bytes_and_stops(smollm2_path, tmp_path, monkeypatch):
+    """With write-behind a thread fdatasyncs as data arrives (here every 64 KiB); the file is unchanged and
+    the thread is gone after close and after abort."""
+    import threading
+
+    from quantkit.ggufio import writer
+
+    monkeypatch.setattr(writer, "EARLY_SYNC_BYTES", 64 << 10)
+    syncing = lambda: [t for t in threading.enumerate() if t.name == "gguf-early-sync"]  # noqa: E731
+    out = tmp_path / "synced.gguf"
+    with read_gguf(smollm2_path) as f:
+        with GGUFStreamWriter(out, f.metadata, f.tensors, write_behind=2) as w:
+            assert len(syncing()) == 1
+            for t in f.tensors:
+                w.write(t.name, t.data)
+        assert not syncing()
+        with pytest.raises(RuntimeError):
+            with GGUFStreamWriter(tmp_path / "aborted.gguf", f.metadata, f.tensors, write_behind=2) as w:
+                w.write(f.tensors[0].name, f.tensors[0].data)
+                raise RuntimeError("stop")
+    assert not syncing() and leftovers(tmp_path) == ["synced.gguf"]
+    assert filecmp.cmp(out, smollm2_path, shallow=False)

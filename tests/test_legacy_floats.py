@@ -119,6 +119,22 @@ def test_bf16_and_f16_inputs_convert_exactly():
     np.testing.assert_array_equal(quantize(xb, "BF16").data.view(np.uint16), xb.view(torch.int16).numpy().view(np.uint16).reshape(-1))
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_bf16_rows_quantize_in_the_widening_kernel_as_llamacpp(qtype):
+    """numpy bfloat16 rows without an imatrix take quantize_<type>_bf16 (each row widened inside the
+    kernel): bytes equal llama.cpp's on the widened floats, zero blocks and signed zeros included;
+    a NaN is reported at its row and column."""
+    import ml_dtypes
+
+    x = np.random.default_rng(5).standard_normal((67, 96)).astype(np.float32) * np.float32(0.05)
+    x[3, :32], x[4, 5], x[5, 32:64] = 0.0, -0.0, 1e-30
+    rows = x.astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(quantize(rows, qtype).data, ref.quantize(rows.astype(np.float32), qtype))
+    rows[7, 40] = np.nan
+    with pytest.raises(NonFiniteError, match="at row 7, column 40"):
+        quantize(rows, qtype)
+
+
 def test_threads_do_not_change_bytes():
     x = np.random.default_rng(3).standard_normal((97, 256)).astype(np.float32)
     im = np.random.default_rng(4).random(256).astype(np.float32)

@@ -30,22 +30,31 @@ def _elem_label(spec) -> str:
     return {"STRING": "strings", "ARRAY": "arrays"}.get(elem, elem)
 
 
-def _text_value(value, spec=None) -> str:
-    """One metadata value as text: long strings cut, arrays past ARRAY_HEAD elements summarised."""
+def _text_value(value, spec=None, length=None) -> str:
+    """One metadata value as text: long strings cut, arrays past ARRAY_HEAD elements summarised
+    (``value`` may be an array's head only, ``length`` its full length)."""
     if isinstance(value, str):
         s = _clean(value)
         if len(s) > STRING_CUT:
             return json.dumps(s[:STRING_CUT], ensure_ascii=False)[:-1] + f'..." ({len(s)} chars)'
         return json.dumps(s, ensure_ascii=False)
     if isinstance(value, list):
+        length = len(value) if length is None else length
         items = [_text_value(v) for v in value[:ARRAY_HEAD]]
-        if len(value) > ARRAY_HEAD:
-            return f"[{len(value)} {_elem_label(spec)}: {', '.join(items)}, ... ]"
+        if length > ARRAY_HEAD:
+            return f"[{length} {_elem_label(spec)}: {', '.join(items)}, ... ]"
         return f"[{', '.join(items)}]"
     return repr(value)
 
 
-def _json_value(value, spec):
+def _shown(metadata, key):
+    """(value, GGUF type, length): a top-level array's first ARRAY_HEAD + 1 elements only (the reader parses
+    no more of the tokenizer's arrays), its length; a scalar whole, length None."""
+    value, length = metadata.head(key, ARRAY_HEAD + 1)
+    return value, metadata.value_type(key), length
+
+
+def _json_value(value, spec, length=None):
     """One metadata value as JSON: {"type", "value"}, or for a long array {"type", "length", "head"}."""
 
     def plain(v):
@@ -57,8 +66,8 @@ def _json_value(value, spec):
 
     entry = {"type": _type_name(spec)}
     if isinstance(value, list):
-        entry["length"] = len(value)
-        if len(value) > ARRAY_HEAD:
+        entry["length"] = len(value) if length is None else length
+        if entry["length"] > ARRAY_HEAD:
             entry["head"] = plain(value[:ARRAY_HEAD])
             return entry
     entry["value"] = plain(value)
@@ -92,7 +101,7 @@ def describe(f) -> dict:
         "version": f.version,
         "alignment": f.alignment,
         "data_offset": f.data_offset,
-        "metadata": {_clean(k): _json_value(v, f.metadata.value_type(k)) for k, v in f.metadata.items()},
+        "metadata": {_clean(k): _json_value(*_shown(f.metadata, k)) for k in f.metadata},
         "tensors": tensors,
         "totals": {
             "tensors": len(tensors),
@@ -110,9 +119,9 @@ def _print_text(f, info: dict) -> None:
     out(f"{info['path']}: GGUF v{info['version']}, {info['file_bytes']:,} bytes{files}, alignment {info['alignment']}, "
         f"data at offset {info['data_offset']:,}")
     out(f"\nmetadata ({len(f.metadata)} keys):")
-    for key, value in f.metadata.items():
-        spec = f.metadata.value_type(key)
-        out(f"  {_clean(key)} [{_type_name(spec)}] = {_text_value(value, spec)}")
+    for key in f.metadata:
+        value, spec, length = _shown(f.metadata, key)
+        out(f"  {_clean(key)} [{_type_name(spec)}] = {_text_value(value, spec, length)}")
     out(f"\ntensors ({len(info['tensors'])}):")
     rows = [("name", "shape", "type", "bytes", "bpw")]
     for t in info["tensors"]:

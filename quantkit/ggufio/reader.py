@@ -19,6 +19,7 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import ItemsView, Mapping, ValuesView
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 HEADER_BYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
 MAX_ARRAY_DEPTH = 8  # arrays of arrays nested deeper than this are refused
+ARRAY_HEAD_BYTES = 4 + 8  # an array value starts with its u32 element type and u64 count
+_U64 = struct.Struct("<Q")
 
 # fixed-size value types: numpy little-endian dtype
 SCALAR_DTYPES = {
@@ -85,12 +88,42 @@ def _type_label(spec) -> str:
     return f"ARRAY[{spec.elem.name}]" if isinstance(spec, ArrayType) else spec.name
 
 
+class LazyArray:
+    """A flat array value still in its GGUF bytes: ``raw`` is the whole encoded value (u32 element
+    type, u64 count, the elements), checked when the file was opened; parsed on first use."""
+
+    __slots__ = ("raw", "elem", "count")
+
+    def __init__(self, raw: bytes, elem: GGUFValueType, count: int):
+        self.raw = raw
+        self.elem = elem
+        self.count = count
+
+    def values(self, limit: int | None = None) -> list:
+        """The first ``limit`` elements (all when None) as plain Python values."""
+        n = self.count if limit is None else min(limit, self.count)
+        if self.elem == GGUFValueType.STRING:
+            out, pos, raw = [], ARRAY_HEAD_BYTES, self.raw
+            for _ in range(n):
+                (length,) = _U64.unpack_from(raw, pos)
+                out.append(raw[pos + 8 : pos + 8 + length].decode("utf-8", "surrogateescape"))
+                pos += 8 + length
+            return out
+        raw = np.frombuffer(self.raw, dtype=SCALAR_DTYPES[self.elem], count=n, offset=ARRAY_HEAD_BYTES)
+        return (raw.astype(bool) if self.elem == GGUFValueType.BOOL else raw).tolist()
+
+
 class GGUFMetadata(dict):
     """An ordered dict key -> plain Python value that also remembers each key's GGUF type.
 
     ``value_type(key)`` is a :class:`gguf.GGUFValueType` for scalars or an :class:`ArrayType`.
     The writer uses the remembered type while the value still fits it (so a file read and
     written back is byte-identical) and infers a type otherwise.
+
+    Flat arrays read from a file (the tokenizer's 50-250 thousand strings and numbers) stay in their
+    GGUF bytes until a value is asked for: every read (``[]``, ``get``, ``items``, ``values``, ``pop``,
+    ``==``, ``dict(m)``) sees plain lists, while ``copy()`` keeps the bytes and the writer copies the
+    bytes of an array never read (``raw_value``), so a quantize job builds no Python object per token.
     """
 
     def __init__(self, *args, **kwargs):
@@ -105,8 +138,75 @@ class GGUFMetadata(dict):
         """Remember ``vtype`` (GGUFValueType or ArrayType) as the GGUF type of ``key``."""
         self._types[key] = vtype
 
+    def raw_value(self, key) -> bytes | None:
+        """The GGUF bytes of ``key``'s value (after its type tag) while it is an array not read yet, else None."""
+        value = dict.get(self, key)
+        return value.raw if isinstance(value, LazyArray) else None
+
+    def head(self, key, limit: int):
+        """(first ``limit`` elements, length) of an array value, without parsing the rest; (value, None)
+        for a scalar."""
+        value = dict.__getitem__(self, key)
+        if isinstance(value, LazyArray):
+            return value.values(limit), value.count
+        if isinstance(value, list):
+            return value[:limit], len(value)
+        return value, None
+
+    def __getitem__(self, key):
+        value = dict.__getitem__(self, key)
+        if isinstance(value, LazyArray):
+            value = value.values()
+            dict.__setitem__(self, key, value)  # parsed once; the list may be edited in place from now on
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def pop(self, key, *default):
+        if key not in self:
+            return dict.pop(self, key, *default)
+        value = self[key]
+        dict.__delitem__(self, key)
+        return value
+
+    def popitem(self):
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __iter__(self):  # defined so that dict(m), {**m} and update(m) read values through __getitem__
+        return dict.__iter__(self)
+
+    def items(self):
+        return ItemsView(self)
+
+    def values(self):
+        return ValuesView(self)
+
+    def __eq__(self, other):
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self) == dict(other)
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"GGUFMetadata({dict(self)!r})"
+
     def copy(self) -> GGUFMetadata:
-        out = GGUFMetadata(self)
+        """A copy that keeps unread arrays as bytes (they are immutable) and the remembered types."""
+        out = GGUFMetadata()
+        for key, value in dict.items(self):
+            dict.__setitem__(out, key, value)
         out._types = dict(self._types)
         return out
 
@@ -209,6 +309,38 @@ class _Cursor:
         if raw not in (0, 1):
             raise self.fail(f"{what}: bool byte {raw} at offset {self.pos - 1} is neither 0 nor 1")
         return bool(raw)
+
+    def flat_array(self, what: str):
+        """A key's array value: a :class:`LazyArray` of its bytes, checked now, unless it holds arrays
+        (parsed now); returns (value, ArrayType)."""
+        start = self.pos
+        elem = self.value_type(f"{what} array element")
+        if elem == GGUFValueType.ARRAY:
+            self.pos = start
+            return self.array(what, 1)
+        n = self.count(MIN_VALUE_BYTES[elem], f"{what} array length")
+        if elem == GGUFValueType.STRING:
+            self.skip_strings(n, what)
+        else:
+            raw = np.frombuffer(self.buf, dtype=SCALAR_DTYPES[elem], count=n, offset=self.pos)
+            if elem == GGUFValueType.BOOL and raw.size and raw.max() > 1:
+                raise self.fail(f"{what}: bool array holds a byte other than 0 or 1")
+            self.pos += raw.nbytes
+        return LazyArray(bytes(self.buf[start : self.pos]), elem, n), ArrayType(elem)
+
+    def skip_strings(self, n: int, what: str) -> None:
+        """Step over ``n`` strings, checking each length against the bytes left (as :meth:`string`)."""
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        for i in range(n):
+            if size - pos < 8:
+                self.pos = pos
+                self.need(8, f"{what}[{i}] length")
+            (length,) = unpack(buf, pos)
+            if length > size - pos - 8:
+                raise self.fail(f"{what}[{i}] length {length} at offset {pos} runs past the end of the file "
+                                f"({size - pos - 8} bytes left; truncated or corrupt file)")
+            pos += 8 + length
+        self.pos = pos
 
     def array(self, what: str, depth: int):
         if depth > MAX_ARRAY_DEPTH:
@@ -341,7 +473,10 @@ class GGUFFile:
             if key in self.metadata:
                 raise cur.fail(f"duplicate metadata key {_quoted(key)} at offset {start}")
             vtype = cur.value_type(f"key {_quoted(key)}")
-            value, spec = cur.value(vtype, f"key {_quoted(key)}")
+            if vtype == GGUFValueType.ARRAY:
+                value, spec = cur.flat_array(f"key {_quoted(key)}")
+            else:
+                value, spec = cur.value(vtype, f"key {_quoted(key)}")
             self.metadata[key] = value
             self.metadata.set_value_type(key, spec)
         self.alignment = self._alignment()

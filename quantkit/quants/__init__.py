@@ -7,6 +7,8 @@ which assume valid input.
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Union
@@ -55,7 +57,20 @@ def _as_float32(x, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype not in (np.float64, np.float32, np.float16) and x.dtype.name != "bfloat16":
         raise QuantkitError(f"{what}: dtype {x.dtype} is not float64, float32, float16 or bfloat16")
+    if x.itemsize == 2 and x.size:  # F16 / BF16: one parallel pass (numpy's casts take two to four times as long)
+        from .floats import widen  # deferred: a Numba kernel module (see numba_threads)
+
+        halves = np.ascontiguousarray(x).view(np.uint16)
+        fmt = "BF16" if x.dtype.name == "bfloat16" else "F16"
+        return widen(halves.reshape(-1, halves.shape[-1] if halves.ndim else 1), fmt).reshape(x.shape)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _bf16_bits(x) -> np.ndarray | None:
+    """The uint16 bits of a numpy bfloat16 array (ml_dtypes' dtype), else None."""
+    if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16" and x.size and x.ndim:
+        return np.ascontiguousarray(x).view(np.uint16)
+    return None
 
 
 @contextmanager
@@ -74,6 +89,27 @@ def numba_threads(threads: int | None):
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def prepare_kernel_process() -> None:
+    """Set up a process that runs kernels and nothing else (the CLI's convert, quantize and lora), before
+    any kernel loads.
+
+    - OpenMP threads (Numba's threading layer) sleep instead of spinning when they wait: a spinning
+      thread takes the core the write-behind thread or a slower sibling needs (measured on 2 cores
+      under load: half the wall time). Only when the user has not set OMP_WAIT_POLICY.
+    - Numba's CPU target imports scipy.linalg at start-up to see whether BLAS is there for np.dot
+      (0.2-0.5 s); no quantkit kernel calls BLAS, so that import is made to fail during that check and
+      scipy stays importable afterwards.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg.cython_blas"] = None  # an import of it now raises ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401  (deferred: numba loads only in kernel processes; see above)
+    finally:
+        del sys.modules["scipy.linalg.cython_blas"]
 
 
 def check_finite(q, name: str = "tensor") -> None:
@@ -105,7 +141,11 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
     ``np.asarray`` would be), not a copy.
     """
     qt = quant_type(qtype)
-    values = _as_float32(x, name)
+    # BF16 rows without an imatrix go straight to a kernel that widens each row as it quantizes it, where
+    # the type's family has one (quantize_<type>_bf16); others are widened here first
+    halves = _bf16_bits(x) if imatrix is None else None
+    fused = getattr(qt.kernels(), f"quantize_{qt.name.lower()}_bf16", None) if halves is not None else None
+    values = halves if fused is not None else _as_float32(x, name)
     shape = tuple(int(d) for d in values.shape) or (1,)
     n_per_row = shape[-1]
     try:
@@ -125,7 +165,11 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
         return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
     rows = values.reshape(-1, n_per_row)
     with numba_threads(threads):
-        if getattr(qt.kernels(), "CHECKS_FINITE", False):
+        if fused is not None:
+            data, nonfinite = fused(rows)
+            if nonfinite.any():
+                check_finite(QuantizedTensor(GGMLQuantizationType.BF16, rows.shape, rows.view(np.uint8)), name)
+        elif getattr(qt.kernels(), "CHECKS_FINITE", False):
             data, nonfinite = qt.quantize_rows(rows, weights)
             if nonfinite.any():
                 check_finite(rows, name)

@@ -234,6 +234,36 @@ def _ref_kernel(kind):
 _REF_KERNELS = {kind: _ref_kernel(kind) for kind in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}
 
 
+def _ref_bf16_kernel(kind):
+    """_ref_kernel on BF16 rows (uint16 bits): each row is widened to float32 in a row-sized buffer just
+    before its blocks are quantized, so a BF16 model's rows are read once, from the file's pages, and
+    no float32 copy of the chunk is written and read back (the widening is exact: the same bytes)."""
+    block_bytes = known_type(kind).type_size
+
+    @numba.njit(parallel=True, cache=True)
+    def kernel(halves):
+        nrows, n = halves.shape
+        nblocks = n // QK
+        out = np.empty((nrows, nblocks * block_bytes), dtype=np.uint8)
+        nonfinite = np.zeros(nrows, dtype=np.bool_)
+        for r in numba.prange(nrows):
+            xb = np.empty(n, dtype=np.uint32)
+            for j in range(n):
+                xb[j] = np.uint32(halves[r, j]) << np.uint32(16)
+            x = xb.view(np.float32)
+            o = out[r]
+            for b in range(nblocks):
+                if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
+                    nonfinite[r] = True
+                    break
+        return out, nonfinite
+
+    return kernel
+
+
+_REF_BF16_KERNELS = {kind: _ref_bf16_kernel(kind) for kind in (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)}
+
+
 @numba.njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_weighted_kernel(rows, kind, block_bytes, imatrix):
     """imatrix-weighted search (Q4_0, Q4_1, Q5_0, Q5_1), LANES blocks of a row side by side (see search.py)."""
@@ -332,7 +362,8 @@ def _quantize(kind, rows, imatrix):
 
 
 def _functions(kind):
-    """(quantize_<type>, dequantize_<type>) of the legacy type with ggml id ``kind``."""
+    """(quantize_<type>, dequantize_<type>, quantize_<type>_bf16) of the legacy type with ggml id ``kind``;
+    the last takes BF16 rows as uint16 bits, without an imatrix (the reference rule)."""
 
     def quantize(rows, imatrix):
         return _quantize(kind, rows, imatrix)
@@ -340,11 +371,14 @@ def _functions(kind):
     def dequantize(data, n_per_row):
         return _dequantize_kernel(data, kind, n_per_row)
 
-    return quantize, dequantize
+    def quantize_bf16(halves):
+        return _REF_BF16_KERNELS[kind](halves)
+
+    return quantize, dequantize, quantize_bf16
 
 
-quantize_q8_0, dequantize_q8_0 = _functions(Q8_0)
-quantize_q4_0, dequantize_q4_0 = _functions(Q4_0)
-quantize_q4_1, dequantize_q4_1 = _functions(Q4_1)
-quantize_q5_0, dequantize_q5_0 = _functions(Q5_0)
-quantize_q5_1, dequantize_q5_1 = _functions(Q5_1)
+quantize_q8_0, dequantize_q8_0, quantize_q8_0_bf16 = _functions(Q8_0)
+quantize_q4_0, dequantize_q4_0, quantize_q4_0_bf16 = _functions(Q4_0)
+quantize_q4_1, dequantize_q4_1, quantize_q4_1_bf16 = _functions(Q4_1)
+quantize_q5_0, dequantize_q5_0, quantize_q5_0_bf16 = _functions(Q5_0)
+quantize_q5_1, dequantize_q5_1, quantize_q5_1_bf16 = _functions(Q5_1)
