@@ -30,7 +30,7 @@ from .codebooks import iq4nl_values
 from .numeric import FP16_TO_FP32, fp32_to_fp16_bits, nearest_int
 
 _F0 = np.float32(0.0)
-_ITERS = 4  # refinement rounds (each: sub-scales, fp16 re-fit, levels); most blocks settle in 2
+_ITERS = 2  # refinement rounds (each: sub-scales, fp16 re-fit, levels); most blocks settle in 2
 
 # ------------------------------------------------------------------------------------------ weights
 
@@ -76,10 +76,25 @@ def error_weights(name: str, rows: np.ndarray, imatrix: np.ndarray | None) -> np
     return x2
 
 
+@numba.njit(parallel=True, cache=True)
+def _block_errors(x, y, w, block):
+    nrows, n = x.shape
+    out = np.empty((nrows, n // block), np.float64)
+    for r in numba.prange(nrows):
+        for b in range(n // block):
+            e = 0.0
+            for i in range(b * block, b * block + block):
+                diff = np.float64(x[r, i]) - np.float64(y[r, i])
+                e += np.float64(w[r, i]) * diff * diff
+            out[r, b] = e
+    return out
+
+
 def block_errors(rows: np.ndarray, values: np.ndarray, weights: np.ndarray, block: int) -> np.ndarray:
     """sum(w * (x - values)^2) per block of ``block`` values: float64 (nrows, blocks per row)."""
-    diff = rows.astype(np.float64) - values
-    return (weights * diff * diff).reshape(rows.shape[0], -1, block).sum(axis=2)
+    x = np.ascontiguousarray(rows, np.float32).reshape(rows.shape[0], -1)
+    return _block_errors(x, np.ascontiguousarray(values).reshape(x.shape), np.ascontiguousarray(weights).reshape(x.shape),
+                         block)
 
 
 # ------------------------------------------------------------------------------------------ layouts
@@ -113,6 +128,8 @@ class _Layout:
         self.nsub = nsub
         self.codebook = np.asarray(codebook, dtype=np.float32)
         self.uniform = bool(np.all(np.diff(self.codebook) == 1))
+        assert self.uniform or self.codebook.size == 16  # _nearest16
+        self.midpoints = np.append((self.codebook[1:] + self.codebook[:-1]) / 2, np.inf).astype(np.float32)
         # integer ranges of s and m; mmax 0: no mins; smin == smax (mmin == mmax): fixed
         self.smin, self.smax, self.mmin, self.mmax = smin, smax, mmin, mmax
         self.unpack, self.pack = unpack, pack
@@ -167,12 +184,21 @@ def _unpack_q2k(data):
     return _fp16(data, 80), _fp16(data, 82), sc & 0xF, sc >> 4, L
 
 
+def _pack_2bit(L):
+    """64 bytes from 256 2-bit levels: value 128n + 32j + l at byte 32n + l, bit shift 2j."""
+    q = L.reshape(-1, 2, 4, 32) & 3
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64).astype(np.uint8)
+
+
+def _bit_planes_32(bits):
+    """32 bytes from 256 bits: value k's bit at byte k % 32, bit k // 32."""
+    b = bits.reshape(-1, 8, 32).astype(np.int32) << np.arange(8, dtype=np.int32).reshape(1, 8, 1)
+    return b.sum(axis=1).astype(np.uint8)
+
+
 def _pack_q2k(d, dm, s, m, L, out):
-    byte, shift = _q2k_index()
     out[:, 0:16] = (s | (m << 4)).astype(np.uint8)
-    qs = np.zeros((L.shape[0], 64), np.int64)
-    np.add.at(qs, (slice(None), byte), L.astype(np.int64) << shift)  # disjoint bits: add is or
-    out[:, 16:80] = qs.astype(np.uint8)
+    out[:, 16:80] = _pack_2bit(L)
     _put_fp16(out, 80, d)
     _put_fp16(out, 82, dm)
 
@@ -194,15 +220,9 @@ def _unpack_q3k(data):
 
 
 def _pack_q3k(d, dm, s, m, L, out):
-    byte, shift = _q2k_index()
-    k = np.arange(QK_K)
     nb = L.shape[0]
-    hm = np.zeros((nb, 32), np.int64)
-    np.add.at(hm, (slice(None), k % 32), ((L.astype(np.int64) >> 2) & 1) << ((k // 32) % 8))
-    out[:, 0:32] = hm.astype(np.uint8)
-    qs = np.zeros((nb, 64), np.int64)
-    np.add.at(qs, (slice(None), byte), (L.astype(np.int64) & 3) << shift)
-    out[:, 32:96] = qs.astype(np.uint8)
+    out[:, 0:32] = _bit_planes_32((L >> 2) & 1)
+    out[:, 32:96] = _pack_2bit(L)
     u = (s + 32).astype(np.int64)
     sc = np.zeros((nb, 12), np.int64)
     sc[:, 0:8] = (u[:, 0:8] & 0xF) | ((u[:, 8:16] & 0xF) << 4)
@@ -248,16 +268,10 @@ def _unpack_q45(five):
         return _fp16(data, 0), _fp16(data, 2), s, m, L
 
     def pack(d, dm, s, m, L, out):
-        byte, shift = _q45_index()
-        nb = L.shape[0]
-        qs = np.zeros((nb, 128), np.int64)
-        np.add.at(qs, (slice(None), byte), (L.astype(np.int64) & 0xF) << shift)
-        out[:, (48 if five else 16) :][:, :128] = qs.astype(np.uint8)
+        q = L.reshape(-1, 4, 2, 32) & 0xF
+        out[:, (48 if five else 16) :][:, :128] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128).astype(np.uint8)
         if five:
-            k = np.arange(QK_K)
-            qh = np.zeros((nb, 32), np.int64)
-            np.add.at(qh, (slice(None), k % 32), ((L.astype(np.int64) >> 4) & 1) << (2 * (k // 64) + (k % 64) // 32))
-            out[:, 16:48] = qh.astype(np.uint8)
+            out[:, 16:48] = _bit_planes_32((L >> 4) & 1)
         _put_fp16(out, 0, d)
         _put_fp16(out, 2, dm)
         _pack_k4_scales(s, m, out, 4)
@@ -280,13 +294,10 @@ def _unpack_q6k(data):
 
 
 def _pack_q6k(d, dm, s, m, L, out):
-    lb, ls, hb, hs = _q6k_index()
-    nb = L.shape[0]
-    q = np.zeros((nb, 192), np.int64)
-    L64 = L.astype(np.int64)
-    np.add.at(q, (slice(None), lb), (L64 & 0xF) << ls)
-    np.add.at(q, (slice(None), hb), (L64 >> 4) << hs)
-    out[:, 0:192] = q.astype(np.uint8)
+    q = L.reshape(-1, 2, 4, 32)
+    low = q & 0xF
+    out[:, 0:128] = (low[:, :, 0:2] | (low[:, :, 2:4] << 4)).reshape(-1, 128).astype(np.uint8)
+    out[:, 128:192] = _pack_2bit(L >> 4)
     out[:, 192:208] = s.astype(np.int8).view(np.uint8)
     _put_fp16(out, 208, d)
 
@@ -368,44 +379,55 @@ def _fp16_step(v, k):
 
 
 @numba.njit(inline="always", cache=True)
-def _nearest(v, cb, uniform):
-    """Index of the codebook entry nearest v (uniform codebooks: cb[i] = cb[0] + i)."""
-    n = cb.shape[0]
-    if uniform:
-        return max(0, min(n - 1, nearest_int(max(np.float32(-4e6), min(np.float32(4e6), v - cb[0])))))
-    best = 0
-    bd = np.abs(v - cb[0])
-    for i in range(1, n):
-        dd = np.abs(v - cb[i])
-        if dd < bd:
-            bd = dd
-            best = i
-    return best
+def _nearest16(v, mid):
+    """Index of the entry nearest v in a sorted 16-entry codebook whose midpoints are ``mid``
+    (mid[k] between entries k and k+1; mid[15] unused): a branch-free binary search."""
+    li = np.int32(0)
+    for step in (8, 4, 2, 1):
+        li += np.int32(step) if v > mid[li + step - 1] else np.int32(0)
+    return li
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always", cache=True)
 def _sub_error(x, w, lo, n, scale, shift, cb, L):
-    """sum over x[lo:lo+n] of w * (x - (scale * cb[L] - shift))^2 (float64)."""
-    e = 0.0
+    """sum over x[lo:lo+n] of w * (x - (scale * cb[L] - shift))^2."""
+    e = _F0
     for i in range(lo, lo + n):
-        r = np.float64(x[i]) - (np.float64(scale * cb[L[i]]) - np.float64(shift))
-        e += np.float64(w[i]) * r * r
-    return e
+        r = x[i] - (scale * cb[L[i]] - shift)
+        e += w[i] * r * r
+    return np.float64(e)
 
 
-@numba.njit(cache=True)
-def _assign(x, w, lo, n, scale, shift, cb, uniform, L, Lt):
+@numba.njit(inline="always", cache=True)
+def _assign(x, w, lo, n, scale, shift, cb, mid, uniform, L, Lt):
     """Round x[lo:lo+n] to the nearest level for (scale, shift) into Lt; returns the error.
     A zero scale keeps the levels L (every level gives the same value)."""
-    for i in range(lo, lo + n):
-        if scale != _F0:
-            Lt[i] = _nearest((x[i] + shift) / scale, cb, uniform)
-        else:
+    if scale == _F0:
+        for i in range(lo, lo + n):
             Lt[i] = L[i]
-    return _sub_error(x, w, lo, n, scale, shift, cb, Lt)
+        return _sub_error(x, w, lo, n, scale, shift, cb, Lt)
+    inv = np.float32(1.0) / scale
+    e = _F0
+    if not uniform:
+        for i in range(lo, lo + n):
+            li = _nearest16((x[i] + shift) * inv, mid)
+            Lt[i] = li
+            r = x[i] - (scale * cb[li] - shift)
+            e += w[i] * r * r
+        return np.float64(e)
+    top = np.int32(cb.shape[0] - 1)
+    c0 = cb[0]
+    for i in range(lo, lo + n):
+        v = (x[i] + shift) * inv - c0
+        v = max(np.float32(-1.0), min(np.float32(top + 1), v))
+        li = max(np.int32(0), min(top, nearest_int(v)))
+        Lt[i] = li
+        r = x[i] - (scale * (c0 + np.float32(li)) - shift)
+        e += w[i] * r * r
+    return np.float64(e)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)  # a search: C's order does not matter here
 def _refit(x, w, nsub, sl, cb, d, dm, s, m, L, has_min):
     """Weighted least-squares (d, dmin) for fixed s, m, L, rounded to fp16 and the neighbouring
     fp16 values, the best of those (current (d, dmin) included) by exact error."""
@@ -455,9 +477,9 @@ def _refit(x, w, nsub, sl, cb, d, dm, s, m, L, has_min):
     return np.float32(best_d), np.float32(best_m)
 
 
-@numba.njit(cache=True)
-def _scan(x, w, n, cb, uniform, L, Lt):
-    """Single-scale blocks: try scales max/(end + 0.1 t), t = -10..10, for both codebook ends,
+@numba.njit(cache=True, fastmath=True)  # a search: C's order does not matter here
+def _scan(x, w, n, cb, mid, uniform, L, Lt):
+    """Single-scale blocks: try scales max/(end + 0.2 t), t = -5..5, for both codebook ends,
     each rounded, least-squares re-fitted, rounded to fp16 and re-rounded; keep the best in L.
     Returns (d, error)."""
     mx = _F0
@@ -470,14 +492,14 @@ def _scan(x, w, n, cb, uniform, L, Lt):
         return d_best, e_best
     for end in range(2):
         c = cb[0] if end == 0 else cb[cb.shape[0] - 1]
-        for t in range(-10, 11):
-            den = c + np.float32(0.1) * np.float32(t)
+        for t in range(-5, 6):
+            den = c + np.float32(0.2) * np.float32(t)
             if den == _F0 or (den > _F0) != (c > _F0):
                 continue
             d = _fp16_round(mx / den)
             if d == _F0:
                 continue
-            _assign(x, w, 0, n, d, _F0, cb, uniform, L, Lt)
+            _assign(x, w, 0, n, d, _F0, cb, mid, uniform, L, Lt)
             sxl = 0.0
             sll = 0.0
             for i in range(n):
@@ -488,7 +510,7 @@ def _scan(x, w, n, cb, uniform, L, Lt):
                 d = _fp16_round(np.float32(sxl / sll))
             if d == _F0:
                 continue
-            e = _assign(x, w, 0, n, d, _F0, cb, uniform, L, Lt)
+            e = _assign(x, w, 0, n, d, _F0, cb, mid, uniform, L, Lt)
             if e < e_best:
                 e_best = e
                 d_best = d
@@ -497,7 +519,7 @@ def _scan(x, w, n, cb, uniform, L, Lt):
     return d_best, e_best
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)  # a search: C's order does not matter here
 def _descend(x, w, n, cb, L, Lt):
     """Greedy ±1 coordinate descent on the levels with the least-squares scale re-fitted: move the
     level whose change raises sum(wxq)^2 / sum(wq^2) most, while it rises. Returns that scale."""
@@ -540,8 +562,8 @@ def _descend(x, w, n, cb, L, Lt):
     return np.float32(sxl / sll)
 
 
-@numba.njit(cache=True)
-def _refine_block(x, w, nsub, cb, uniform, smin, smax, mmin, mmax, d, dm, s, m, L, Lt, Lb):
+@numba.njit(cache=True, fastmath=True)  # a search: C's order does not matter here
+def _refine_block(x, w, nsub, cb, mid, uniform, smin, smax, mmin, mmax, d, dm, s, m, L, Lt, Lb):
     """Improve one block's (d, dm, s, m, L) in place; returns (d, dm). The error never rises."""
     n = x.shape[0]
     sl = n // nsub
@@ -551,14 +573,14 @@ def _refine_block(x, w, nsub, cb, uniform, smin, smax, mmin, mmax, d, dm, s, m, 
     err = 0.0
     for j in range(nsub):
         e0 = _sub_error(x, w, j * sl, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, L)
-        e1 = _assign(x, w, j * sl, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, uniform, L, Lt)
+        e1 = _assign(x, w, j * sl, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, mid, uniform, L, Lt)
         if e1 < e0:
             for i in range(j * sl, j * sl + sl):
                 L[i] = Lt[i]
             e0 = e1
         err += e0
     if single:
-        ds, es = _scan(x, w, n, cb, uniform, Lb, Lt)
+        ds, es = _scan(x, w, n, cb, mid, uniform, Lb, Lt)
         if es < err:
             err = es
             d = ds
@@ -568,36 +590,42 @@ def _refine_block(x, w, nsub, cb, uniform, smin, smax, mmin, mmax, d, dm, s, m, 
         for k in range(-1, 2):
             dk = _fp16_step(dc, k)
             if dk != _F0:
-                e = _assign(x, w, 0, n, dk, _F0, cb, uniform, L, Lt)
+                e = _assign(x, w, 0, n, dk, _F0, cb, mid, uniform, L, Lt)
                 if e < err:
                     err = e
                     d = dk
                     for i in range(n):
                         L[i] = Lt[i]
-    for _ in range(_ITERS):
+    neighbours = smax > smin or mmax > mmin
+    for _ in range(_ITERS if neighbours else 4 * _ITERS):  # rounds without neighbours are cheap
         before = err
-        if smax > smin or mmax > mmin:  # neighbouring integer sub-block scales (and mins), both signs
+        if neighbours:  # neighbouring integer sub-block scales (and mins), both signs
             err = 0.0
             for j in range(nsub):
                 lo = j * sl
                 be = _sub_error(x, w, lo, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, L)
                 bs = s[j]
                 bm = m[j]
-                for k in range(10 if smin < 0 else 5):
-                    sc = s[j] + k - 2 if k < 5 else -s[j] + k - 7
-                    if sc < smin or sc > smax or (k >= 5 and sc == s[j]):
+                # the scale (-2..2 around it, and -s-1..-s+1 where signed), then the min (-1, +1)
+                for k in range(9 if smin < 0 else 6):
+                    if k < 4:
+                        sc = s[j] + (k - 2 if k < 2 else k - 1)
+                        mc = m[j]
+                    elif k < 6:
+                        sc = bs
+                        mc = m[j] + (-1 if k == 4 else 1)
+                    else:
+                        sc = -s[j] + k - 7
+                        mc = bm
+                    if sc < smin or sc > smax or mc < mmin or mc > mmax or (sc == bs and mc == bm):
                         continue
-                    for dm_ in range(-1, 2):
-                        mc = m[j] + dm_
-                        if mc < mmin or mc > mmax or (k == 2 and dm_ == 0):
-                            continue
-                        e = _assign(x, w, lo, sl, d * np.float32(sc), dm * np.float32(mc), cb, uniform, L, Lt)
-                        if e < be:
-                            be = e
-                            bs = sc
-                            bm = mc
-                            for i in range(lo, lo + sl):
-                                Lb[i] = Lt[i]
+                    e = _assign(x, w, lo, sl, d * np.float32(sc), dm * np.float32(mc), cb, mid, uniform, L, Lt)
+                    if e < be:
+                        be = e
+                        bs = sc
+                        bm = mc
+                        for i in range(lo, lo + sl):
+                            Lb[i] = Lt[i]
                 if bs != s[j] or bm != m[j]:
                     s[j] = bs
                     m[j] = bm
@@ -609,7 +637,7 @@ def _refine_block(x, w, nsub, cb, uniform, smin, smax, mmin, mmax, d, dm, s, m, 
         for j in range(nsub):
             lo = j * sl
             e0 = _sub_error(x, w, lo, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, L)
-            e1 = _assign(x, w, lo, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, uniform, L, Lt)
+            e1 = _assign(x, w, lo, sl, d * np.float32(s[j]), dm * np.float32(m[j]), cb, mid, uniform, L, Lt)
             if e1 < e0:
                 for i in range(lo, lo + sl):
                     L[i] = Lt[i]
@@ -621,13 +649,13 @@ def _refine_block(x, w, nsub, cb, uniform, smin, smax, mmin, mmax, d, dm, s, m, 
 
 
 @numba.njit(parallel=True, cache=True)
-def _refine(X, W, nsub, cb, uniform, smin, smax, mmin, mmax, D, DM, S, M, L):
+def _refine(X, W, nsub, cb, mid, uniform, smin, smax, mmin, mmax, D, DM, S, M, L):
     """_refine_block on every block (rows of X), in parallel."""
     nb, n = X.shape
     for b in numba.prange(nb):
         Lt = np.empty(n, np.int32)
         Lb = np.empty(n, np.int32)
-        d, dm = _refine_block(X[b], W[b], nsub, cb, uniform, smin, smax, mmin, mmax, D[b], DM[b], S[b], M[b], L[b], Lt, Lb)
+        d, dm = _refine_block(X[b], W[b], nsub, cb, mid, uniform, smin, smax, mmin, mmax, D[b], DM[b], S[b], M[b], L[b], Lt, Lb)
         D[b] = d
         DM[b] = dm
 
@@ -641,7 +669,7 @@ def _scaled_candidate(lay: _Layout, rows: np.ndarray, weights: np.ndarray, defau
     W = weights.astype(np.float32).reshape(nb, lay.block)
     d, dm = np.ascontiguousarray(d, np.float32), np.ascontiguousarray(dm, np.float32)
     s, m, L = (np.ascontiguousarray(a, np.int32) for a in (s, m, L))
-    _refine(X, W, lay.nsub, lay.codebook, lay.uniform, lay.smin, lay.smax, lay.mmin, lay.mmax, d, dm, s, m, L)
+    _refine(X, W, lay.nsub, lay.codebook, lay.midpoints, lay.uniform, lay.smin, lay.smax, lay.mmin, lay.mmax, d, dm, s, m, L)
     out = blocks.copy()
     lay.pack(d, dm, s, m, L, out)
     return out.reshape(default.shape)
