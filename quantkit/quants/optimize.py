@@ -477,6 +477,18 @@ def _refit(x, w, nsub, sl, cb, d, dm, s, m, L, has_min):
     return np.float32(best_d), np.float32(best_m)
 
 
+@numba.njit(inline="always", cache=True)
+def _fit_sums(x, w, n, cb, L):
+    """(sum(w x q), sum(w q^2)), q = cb[L]: the least-squares scale of one-scale levels is their ratio."""
+    sxl = 0.0
+    sll = 0.0
+    for i in range(n):
+        q = np.float64(cb[L[i]])
+        sxl += np.float64(w[i]) * np.float64(x[i]) * q
+        sll += np.float64(w[i]) * q * q
+    return sxl, sll
+
+
 @numba.njit(cache=True, fastmath=True)  # a search: C's order does not matter here
 def _scan(x, w, n, cb, mid, uniform, L, Lt):
     """Single-scale blocks: try scales max/(end + 0.2 t), t = -5..5, for both codebook ends,
@@ -500,12 +512,7 @@ def _scan(x, w, n, cb, mid, uniform, L, Lt):
             if d == _F0:
                 continue
             _assign(x, w, 0, n, d, _F0, cb, mid, uniform, L, Lt)
-            sxl = 0.0
-            sll = 0.0
-            for i in range(n):
-                q = np.float64(cb[Lt[i]])
-                sxl += np.float64(w[i]) * np.float64(x[i]) * q
-                sll += np.float64(w[i]) * q * q
+            sxl, sll = _fit_sums(x, w, n, cb, Lt)
             if sll > 0.0:
                 d = _fp16_round(np.float32(sxl / sll))
             if d == _F0:
@@ -525,12 +532,7 @@ def _descend(x, w, n, cb, L, Lt):
     level whose change raises sum(wxq)^2 / sum(wq^2) most, while it rises. Returns that scale."""
     for i in range(n):
         Lt[i] = L[i]
-    sxl = 0.0
-    sll = 0.0
-    for i in range(n):
-        q = np.float64(cb[Lt[i]])
-        sxl += np.float64(w[i]) * np.float64(x[i]) * q
-        sll += np.float64(w[i]) * q * q
+    sxl, sll = _fit_sums(x, w, n, cb, Lt)
     if sll <= 0.0:
         return _F0
     nlev = cb.shape[0]
