@@ -45,12 +45,16 @@ class Chunk:
 
 @dataclass(frozen=True)
 class TensorWork:
-    """One output tensor: GGUF name, type and numpy-order shape, and its rows as chunks, in order."""
+    """One output tensor: GGUF name, type and numpy-order shape, and its rows as chunks, in order.
+
+    ``optimize``: quantize with ``quantize(..., optimize=True)`` (same type and size, a harder search).
+    """
 
     name: str
     qtype: GGMLQuantizationType
     shape: tuple
     chunks: Callable[[], Iterator[Chunk]]
+    optimize: bool = False
 
 
 def rows_per_chunk(row_elements: int, align: int = 1) -> int:
@@ -95,7 +99,8 @@ def write_model(path, metadata: dict, tensors: list[TensorWork], *, inputs: Iter
                 if chunk.stored is not None:
                     data = chunk.stored
                 else:
-                    data = quantize(chunk.values, t.qtype, imatrix=chunk.imatrix, threads=threads, name=t.name).data
+                    data = quantize(chunk.values, t.qtype, imatrix=chunk.imatrix, threads=threads, name=t.name,
+                                    optimize=t.optimize).data
                 writer.write(t.name, data)
                 bar.update(chunk.consumed)
     return writer.paths

@@ -19,13 +19,15 @@ from . import lora_options, split_options
 @click.option("--threads", type=int, default=None,
               help="Threads for the kernels (default: the idle cores, i.e. cores minus the load average).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--optimize", is_flag=True,
+              help="Search harder within the same types (data-free; same sizes; llama.cpp runs it). See docs/optimize.md.")
 @lora_options
 @split_options
 def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, lora, lora_scale,
-            split_max_size, split_max_tensors):
+            optimize, split_max_size, split_max_tensors):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,
-                split_max_size=split_max_size, split_max_tensors=split_max_tensors)
+                split_max_size=split_max_size, split_max_tensors=split_max_tensors, optimize=optimize)

@@ -22,9 +22,11 @@ from . import split_options
 @click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type for token_embd.weight.")
 @click.option("--threads", type=int, default=None, help="Threads for the kernels (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--optimize", is_flag=True,
+              help="Search harder within the same types (data-free; same sizes; llama.cpp runs it). See docs/optimize.md.")
 @split_options
 def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_type, token_embedding_type, threads,
-             force, split_max_size, split_max_tensors):
+             force, optimize, split_max_size, split_max_tensors):
     """Quantize SOURCE.gguf into OUTPUT.gguf with PRESET, choosing each tensor's type as llama-quantize does.
 
     PRESET: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
@@ -39,4 +41,5 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_ty
         extra_metadata = imatrix.quantize_metadata(imatrix_path)  # the quantize.imatrix.* keys llama-quantize adds
     requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,
                pure=pure, output_type=output_type, token_embedding_type=token_embedding_type,
-               extra_metadata=extra_metadata, split_max_size=split_max_size, split_max_tensors=split_max_tensors)
+               extra_metadata=extra_metadata, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+               optimize=optimize)

@@ -76,8 +76,22 @@ def stored_16bit(model_dir: Path) -> str:
     return "F16"
 
 
+# a variant is a preset with optional "+FLAG" suffixes (Q4_K_M+OPT): FLAG -> convert's keyword set to True
+VARIANT_FLAGS = {"OPT": "optimize"}
+
+
+def variant_options(name: str) -> tuple[str, dict]:
+    """(preset, convert keywords) of a variant name like ``Q4_K_M+OPT``."""
+    preset, *flags = name.split("+")
+    unknown = [f for f in flags if f not in VARIANT_FLAGS]
+    if unknown:
+        raise QuantkitError(f"{name}: unknown variant suffix +{unknown[0]}; known: "
+                            + ", ".join(f"+{f}" for f in VARIANT_FLAGS))
+    return preset, {VARIANT_FLAGS[f]: True for f in flags}
+
+
 def preset_of(model_dir: Path, name: str) -> str:
-    return stored_16bit(model_dir) if name == BASELINE else name
+    return stored_16bit(model_dir) if name == BASELINE else variant_options(name)[0]
 
 
 def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
@@ -160,7 +174,8 @@ class VariantFiles:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
-                             overwrite=True, progress=self.progress, lora=self.lora or ())
+                             overwrite=True, progress=self.progress, lora=self.lora or (),
+                             **({} if name == BASELINE else variant_options(name)[1]))
             write_atomic(seconds_file, f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)

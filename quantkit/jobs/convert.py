@@ -276,13 +276,14 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
             imatrix: str | os.PathLike | Mapping | None = None, tensor_types: Iterable[str] = (),
             dry_run: bool = False, threads: int | None = None, overwrite: bool = False, progress: bool = True,
             lora: Iterable = (), lora_scale: float = 1.0, split_max_size: int = 0,
-            split_max_tensors: int = 0) -> ConversionResult | ConversionPlan:
+            split_max_tensors: int = 0, optimize: bool = False) -> ConversionResult | ConversionPlan:
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
     ``tensor_types``: ``"REGEX=TYPE"`` overrides; ``threads``: kernel threads (default: the idle
     cores); ``lora``: PEFT adapter folders merged in (``W + lora_scale * alpha / r * B @ A``);
-    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files. With ``dry_run`` nothing
+    ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files; ``optimize``: the
+    data-free search of ``quantize(..., optimize=True)`` (same types and sizes). With ``dry_run`` nothing
     is written and the :class:`ConversionPlan` is returned; otherwise a :class:`ConversionResult`
     (``path``: the file, or the first shard).
     """
@@ -298,7 +299,7 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
     if output is None:
         raise QuantkitError("no output path given (-o OUT.gguf)")
     output = Path(output)
-    work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p)) for p in plan.tensors]
+    work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p), optimize=optimize) for p in plan.tensors]
     paths = write_model(output, plan.metadata, work, inputs=plan.source.inputs, overwrite=overwrite, threads=threads,
                         progress=progress, total=sum(info.nbytes for p in plan.tensors for info in p.tensor.sources),
                         desc=f"{plan.source.folder.name} -> {plan.preset}", split_max_size=split_max_size,

@@ -72,7 +72,7 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
                progress: bool = True, overrides=(), pure: bool = False, output_type=None,
                token_embedding_type=None, extra_metadata=None, split_max_size: int = 0,
-               split_max_tensors: int = 0) -> list[TensorPlan]:
+               split_max_tensors: int = 0, optimize: bool = False) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
@@ -81,7 +81,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     ``extra_metadata``: keys set last, after general.file_type (llama-quantize's kv overrides, e.g. the
     ``quantize.imatrix.*`` keys its tool adds; see Imatrix.quantize_metadata).
     ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (a split ``src`` is read
-    whole from its first shard; its split.* keys are not copied).
+    whole from its first shard; its split.* keys are not copied). ``optimize``: the data-free search of
+    ``quantize(..., optimize=True)`` on the tensors that are requantized (same types and sizes).
     Returns the per-tensor plan that was carried out, in output order.
     """
     name = resolve_preset(preset)
@@ -109,7 +110,8 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         for key, value in (extra_metadata or {}).items():
             metadata.pop(key, None)
             metadata[key] = value
-        work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix))
+        work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix),
+                           optimize=optimize)
                 for t, p in zip(tensors, plans)]
         paths = write_model(dst, metadata, work, inputs=[src] + [shard.path for shard in source.shards],
                             overwrite=overwrite, threads=threads, progress=progress,

@@ -20,6 +20,10 @@ from numpy.typing import ArrayLike
 from ..errors import ImatrixError, NonFiniteError, QuantkitError, ShapeError
 from ..types import QuantType, known_type, quant_type
 
+# types ``quantize(..., optimize=True)`` searches (quants/optimize.py); others keep llama.cpp's bytes
+OPTIMIZED_TYPES = frozenset({"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                             "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"})
+
 TypeSpec = Union[str, int, GGMLQuantizationType, QuantType]  # a type by name ("Q4_K"), ggml id or enum
 
 
@@ -132,18 +136,21 @@ def check_finite(q, name: str = "tensor") -> None:
 
 
 def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, threads: int | None = None,
-             name: str = "tensor") -> QuantizedTensor:
+             name: str = "tensor", optimize: bool = False) -> QuantizedTensor:
     """Quantize ``x`` (numpy array or torch tensor, rows along the last axis) to GGUF type ``qtype``.
 
     ``imatrix``: one importance weight per column (llama.cpp's importance matrix), or None.
     Returns a :class:`QuantizedTensor` whose ``data`` equals llama.cpp's ``ggml_quantize_chunk``.
     For F32 the data is a read-only view of ``x`` when ``x`` already is C-contiguous float32 (as
     ``np.asarray`` would be), not a copy.
+    ``optimize``: search harder within the same format (docs/optimize.md): same type and size, each
+    block's weighted error at most llama.cpp's; types without such a search keep llama.cpp's bytes.
     """
     qt = quant_type(qtype)
-    # BF16 rows without an imatrix go straight to a kernel that widens each row as it quantizes it, where
-    # the type's family has one (quantize_<type>_bf16); others are widened here first
-    halves = _bf16_bits(x) if imatrix is None else None
+    # BF16 rows without an imatrix (and without optimize, whose search reads float32 rows) go straight to
+    # a kernel that widens each row as it quantizes it, where the type's family has one
+    # (quantize_<type>_bf16); others are widened here first
+    halves = _bf16_bits(x) if imatrix is None and not optimize else None
     fused = getattr(qt.kernels(), f"quantize_{qt.name.lower()}_bf16", None) if halves is not None else None
     values = halves if fused is not None else _as_float32(x, name)
     shape = tuple(int(d) for d in values.shape) or (1,)
@@ -176,6 +183,10 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
         else:
             check_finite(rows, name)
             data = qt.quantize_rows(rows, weights)
+        if optimize and qt.name in OPTIMIZED_TYPES:
+            from .optimize import optimize_rows  # deferred: a Numba kernel module (see numba_threads)
+
+            data = optimize_rows(qt, rows, weights, data)
     return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
 
 
