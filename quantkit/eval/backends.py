@@ -76,8 +76,23 @@ def stored_16bit(model_dir: Path) -> str:
     return "F16"
 
 
+# variant suffixes: "Q4_K_M+CAL" is Q4_K_M converted with these convert() options
+VARIANT_OPTIONS = {"CAL": {"optimize": True, "calibrate": True}}
+
+
+def variant_options(name: str) -> dict:
+    """The convert() options a variant name's ``+SUFFIX`` asks for ({} for a plain type)."""
+    _, _, suffix = name.partition("+")
+    if suffix and suffix.upper() not in VARIANT_OPTIONS:
+        raise QuantkitError(f"variant {name!r}: unknown suffix +{suffix}; known: "
+                            + ", ".join(f"+{s.lower()}" for s in VARIANT_OPTIONS))
+    return VARIANT_OPTIONS[suffix.upper()] if suffix else {}
+
+
 def preset_of(model_dir: Path, name: str) -> str:
-    return stored_16bit(model_dir) if name == BASELINE else name
+    """The preset a variant is converted with (its name without a ``+SUFFIX``)."""
+    variant_options(name)
+    return stored_16bit(model_dir) if name == BASELINE else name.partition("+")[0]
 
 
 def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
@@ -160,7 +175,7 @@ class VariantFiles:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             result = convert(self.model_dir, path, preset_of(self.model_dir, name),
                              imatrix=None if name == BASELINE else self.imatrix, threads=self.threads,
-                             overwrite=True, progress=self.progress, lora=self.lora or ())
+                             overwrite=True, progress=self.progress, lora=self.lora or (), **variant_options(name))
             write_atomic(seconds_file, f"{result.seconds:.3f}\n")
         with read_gguf(path) as f:
             counts = Counter(t.qtype.name for t in f.tensors)
