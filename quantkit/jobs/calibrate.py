@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save
 from tqdm import tqdm
 
 from ..errors import HessianError, QuantkitError
@@ -209,8 +211,6 @@ def collect_hessians(model_dir, text: str, ctx: int = 512, chunks: int | None = 
 
 def save_hessians(path, hessians: dict) -> None:
     """Write ``hessians`` as safetensors (one float32 matrix per GGUF tensor name), atomically."""
-    from safetensors.numpy import save
-
     write_atomic(path, save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in hessians.items()},
                             metadata={"format": "quantkit-hessians", "statistic": "mean x x^T"}))
 
@@ -219,8 +219,6 @@ class HessianFile:
     """A safetensors file of second moments (:func:`save_hessians`), read one matrix at a time."""
 
     def __init__(self, path):
-        from safetensors import safe_open
-
         self.path = Path(path)
         try:
             self._file = safe_open(str(self.path), framework="np")

@@ -16,6 +16,9 @@ in order: same type, same size, any llama.cpp loads them.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 from ..errors import HessianError
@@ -37,6 +40,25 @@ def check_hessian(hessian, n_per_row: int, name: str) -> np.ndarray:
     if np.any(diag < 0) or not np.any(diag > 0):
         raise HessianError(f"{name}: hessian diagonal must be >= 0 and not all zero (a sum of x x^T)")
     return (h + h.T) / 2
+
+
+_FACTORS: OrderedDict = OrderedDict()  # (sha256 of a hessian, block size) -> block_factors(...)
+FACTOR_CACHE = 8  # kept: q, k and v (gate and up) share a matrix, and a converter may ask twice
+
+
+def block_factors(h: np.ndarray, group: int) -> tuple[np.ndarray, list]:
+    """``U`` (:func:`inverse_cholesky`) and ``U_gg^-1`` per block column of ``group`` columns;
+    remembered for the last FACTOR_CACHE distinct (matrix, block size) pairs."""
+    key = (hashlib.sha256(np.ascontiguousarray(h).view(np.uint8)).hexdigest(), h.shape, group)
+    if key in _FACTORS:
+        _FACTORS.move_to_end(key)
+        return _FACTORS[key]
+    u = inverse_cholesky(h)
+    inverses = [np.linalg.inv(u[start:start + group, start:start + group]) for start in range(0, len(h), group)]
+    _FACTORS[key] = u, inverses
+    while len(_FACTORS) > FACTOR_CACHE:
+        _FACTORS.popitem(last=False)
+    return u, inverses
 
 
 def inverse_cholesky(h: np.ndarray) -> np.ndarray:
@@ -64,18 +86,16 @@ def quantize_rows_gptq(rows: np.ndarray, qt: QuantType, hessian: np.ndarray) -> 
     """
     nrows, n = rows.shape
     group = qt.block_size
-    u = inverse_cholesky(hessian)
+    u, inverses = block_factors(hessian, group)
     diag = np.diag(hessian)  # importance weights: activation-aware scales, as an imatrix gives them (damped: > 0)
     importance = (diag + DAMPING * diag.mean()).astype(np.float32)
-    steps = []  # per block column: (start, stop, U_gg^-1)
-    for start in range(0, n, group):
-        steps.append((start, start + group, np.linalg.inv(u[start:start + group, start:start + group])))
     out = np.empty((nrows, qt.row_bytes(n)), dtype=np.uint8)
     block_bytes = qt.row_bytes(group)
     checks_finite = getattr(qt.kernels(), "CHECKS_FINITE", False)
     for first in range(0, nrows, ROW_CHUNK):
         w = rows[first:first + ROW_CHUNK].astype(np.float64)
-        for i, (start, stop, u_gg_inv) in enumerate(steps):
+        for i, u_gg_inv in enumerate(inverses):
+            start, stop = i * group, (i + 1) * group
             block = np.ascontiguousarray(w[:, start:stop], dtype=np.float32)
             data = qt.quantize_rows(block, importance[start:stop])
             if checks_finite:  # kernels that also return a per-row non-finite flag (inputs were checked)
