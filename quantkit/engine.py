@@ -34,6 +34,7 @@ class Chunk:
 
     Exactly one of ``values`` (float32 rows to quantize) and ``stored`` (uint8: bytes already in the
     tensor's type) is set. ``imatrix``: importance weights for ``values`` (one per column) or None.
+    ``hessian``: second moments of the layer's inputs (n_cols, n_cols): quantize with error feedback.
     ``consumed``: input bytes this chunk stands for (progress only).
     """
 
@@ -41,6 +42,7 @@ class Chunk:
     stored: np.ndarray | None = None
     imatrix: np.ndarray | None = None
     consumed: int = 0
+    hessian: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def write_model(path, metadata: dict, tensors: list[TensorWork], *, inputs: Iter
                     data = chunk.stored
                 else:
                     data = quantize(chunk.values, t.qtype, imatrix=chunk.imatrix, threads=threads, name=t.name,
-                                    optimize=t.optimize).data
+                                    optimize=t.optimize, hessian=chunk.hessian).data
                 writer.write(t.name, data)
                 bar.update(chunk.consumed)
     return writer.paths

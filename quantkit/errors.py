@@ -41,6 +41,10 @@ class ImatrixError(QuantkitError):
     """An importance matrix that is missing, of the wrong length or invalid."""
 
 
+class HessianError(QuantkitError):
+    """A second-moment (hessian) matrix that does not fit its tensor: shape, non-finite, not positive."""
+
+
 class OutputError(QuantkitError):
     """An output path that cannot be written (exists, same as an input, disk full, ...)."""
 

@@ -3,6 +3,7 @@
 import click
 
 from ..errors import QuantkitError
+from ..extras import require_extra
 from ..jobs.convert import convert as run_convert
 from . import lora_options, split_options
 
@@ -21,13 +22,20 @@ from . import lora_options, split_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--optimize", is_flag=True,
               help="Search harder within the same types (data-free; same sizes; llama.cpp runs it). See docs/optimize.md.")
+@click.option("--calibrate", is_flag=True,
+              help="With --optimize: run the model on calibration text and quantize with error feedback (GPTQ).")
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibration text for --calibrate (default: the held-in half of quantkit's calibration.txt).")
 @lora_options
 @split_options
-def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, lora, lora_scale,
-            optimize, split_max_size, split_max_tensors):
+def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, optimize, calibrate,
+            calibration, lora, lora_scale, split_max_size, split_max_tensors):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
+    if calibrate and not dry_run:
+        require_extra("eval", "quantkit convert --calibrate")
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,
-                split_max_size=split_max_size, split_max_tensors=split_max_tensors, optimize=optimize)
+                split_max_size=split_max_size, split_max_tensors=split_max_tensors, optimize=optimize,
+                calibrate=calibrate, calibration=calibration)

@@ -6,6 +6,7 @@ import click
 
 from ..errors import OutputError, QuantkitError
 from ..extras import require_extra
+from ..jobs.calibrate import collect_hessians, save_hessians
 from ..jobs.imatrix import collect_imatrix
 from ..plan.imatrix_file import write_imatrix
 from . import lora_options
@@ -24,13 +25,20 @@ DEFAULT_CALIBRATION = Path(__file__).resolve().parent.parent / "eval" / "data" /
 @click.option("--device", default=None, help="torch device (default: cuda if present, else cpu).")
 @click.option("--process-output", is_flag=True, help="Record output.weight too, as llama-imatrix --process-output.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--hessians", "hessians_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write each decoder weight's input second moments (safetensors) for "
+                   "quantize --optimize --calibrate-from.")
 @lora_options
-def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force, lora, lora_scale):
+def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, force, hessians_path, lora,
+            lora_scale):
     """Compute MODEL_DIR's importance matrix over a text, in llama.cpp's imatrix GGUF format."""
     require_extra("eval", "quantkit imatrix")
 
-    if Path(output).exists() and not force:
-        raise OutputError(f"{output}: exists (use --force to overwrite)")
+    for path in (output, hessians_path):
+        if path is not None and Path(path).exists() and not force:
+            raise OutputError(f"{path}: exists (use --force to overwrite)")
+    if hessians_path is not None and lora:
+        raise QuantkitError("--hessians cannot be combined with --lora yet")
     source = Path(text_file) if text_file else DEFAULT_CALIBRATION
     try:
         text = source.read_text(encoding="utf-8")
@@ -41,3 +49,7 @@ def imatrix(model_dir, text_file, output, ctx, chunks, device, process_output, f
                          process_output=process_output, lora=lora, lora_scale=lora_scale)
     write_imatrix(output, im, overwrite=force)
     click.echo(f"{output}: {len(im)} tensors, {im.chunk_count} chunks of {ctx} tokens from {dataset}")
+    if hessians_path is not None:
+        hessians = collect_hessians(model_dir, text, ctx=ctx, chunks=chunks)
+        save_hessians(hessians_path, hessians)
+        click.echo(f"{hessians_path}: {len(hessians)} second-moment matrices from the same text")

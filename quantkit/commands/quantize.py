@@ -2,6 +2,7 @@
 
 import click
 
+from ..jobs.calibrate import HessianFile
 from ..jobs.quantize import requantize
 from ..plan.imatrix_file import read_imatrix
 from ..plan.overrides import parse_overrides
@@ -24,9 +25,11 @@ from . import split_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--optimize", is_flag=True,
               help="Search harder within the same types (data-free; same sizes; llama.cpp runs it). See docs/optimize.md.")
+@click.option("--calibrate-from", "hessians_path", type=click.Path(dir_okay=False), default=None,
+              help="With --optimize: input second moments (quantkit imatrix --hessians) for error feedback.")
 @split_options
 def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_type, token_embedding_type, threads,
-             force, optimize, split_max_size, split_max_tensors):
+             force, optimize, hessians_path, split_max_size, split_max_tensors):
     """Quantize SOURCE.gguf into OUTPUT.gguf with PRESET, choosing each tensor's type as llama-quantize does.
 
     PRESET: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
@@ -39,7 +42,8 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_ty
     if imatrix_path is not None:
         imatrix = read_imatrix(imatrix_path)
         extra_metadata = imatrix.quantize_metadata(imatrix_path)  # the quantize.imatrix.* keys llama-quantize adds
+    hessians = None if hessians_path is None else HessianFile(hessians_path)
     requantize(source, output, preset, imatrix=imatrix, threads=threads, overwrite=force, overrides=overrides,
                pure=pure, output_type=output_type, token_embedding_type=token_embedding_type,
                extra_metadata=extra_metadata, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-               optimize=optimize)
+               optimize=optimize, hessians=hessians)

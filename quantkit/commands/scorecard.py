@@ -11,7 +11,7 @@ from . import lora_options
 @click.command()
 @click.argument("model_dir", type=click.Path())
 @click.option("--types", default=",".join(DEFAULT_TYPES), show_default=True,
-              help="Comma-separated GGUF types or llama.cpp presets.")
+              help="Comma-separated GGUF types or llama.cpp presets; TYPE+cal: with --optimize --calibrate.")
 @click.option("--imatrix", type=click.Path(), default=None, help="Importance matrix file (quantkit imatrix).")
 @click.option("--prompts", type=click.Path(), default=None, help="Prompts, one per line [default: the shipped set].")
 @click.option("--text", type=click.Path(), default=None, help="Text for the KLD and perplexity [default: calibration text].")

@@ -76,21 +76,24 @@ def stored_16bit(model_dir: Path) -> str:
     return "F16"
 
 
-# a variant is a preset with optional "+FLAG" suffixes (Q4_K_M+OPT): FLAG -> convert's keyword set to True
-VARIANT_FLAGS = {"OPT": "optimize"}
+# a variant is a preset with optional "+SUFFIX"es (Q4_K_M+OPT, Q4_K_M+CAL): each adds convert() keywords
+VARIANT_OPTIONS = {"OPT": {"optimize": True}, "CAL": {"optimize": True, "calibrate": True}}
 
 
 def variant_options(name: str) -> tuple[str, dict]:
-    """(preset, convert keywords) of a variant name like ``Q4_K_M+OPT``."""
-    preset, *flags = name.split("+")
-    unknown = [f for f in flags if f not in VARIANT_FLAGS]
-    if unknown:
-        raise QuantkitError(f"{name}: unknown variant suffix +{unknown[0]}; known: "
-                            + ", ".join(f"+{f}" for f in VARIANT_FLAGS))
-    return preset, {VARIANT_FLAGS[f]: True for f in flags}
+    """(preset, convert keywords) of a variant name like ``Q4_K_M+OPT`` (suffixes in any case)."""
+    preset, *suffixes = name.split("+")
+    options: dict = {}
+    for suffix in suffixes:
+        if suffix.upper() not in VARIANT_OPTIONS:
+            raise QuantkitError(f"variant {name!r}: unknown suffix +{suffix}; known: "
+                                + ", ".join(f"+{s}" for s in VARIANT_OPTIONS))
+        options.update(VARIANT_OPTIONS[suffix.upper()])
+    return preset, options
 
 
 def preset_of(model_dir: Path, name: str) -> str:
+    """The preset a variant is converted with (its name without ``+SUFFIX``es)."""
     return stored_16bit(model_dir) if name == BASELINE else variant_options(name)[0]
 
 

@@ -41,6 +41,7 @@ from ..sources.archs import OutTensor, arch_for
 from ..sources.hf import HFSource
 from ..sources.lora import merged_source
 from ..types import known_type, quant_type
+from .calibrate import LayerHessians, calibration_text, read_calibration
 
 UNIFORM_PRESETS = {
     "F32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
@@ -232,16 +233,23 @@ def plan_conversion(model_dir, preset: str = "F16", imatrix=None, tensor_types=(
     return ConversionPlan(source, arch.gguf_arch_name, preset, metadata, planned, imatrix)
 
 
-def _chunks(plan: ConversionPlan, p: PlannedTensor) -> Iterator[Chunk]:
+def _chunks(plan: ConversionPlan, p: PlannedTensor, hessians=None) -> Iterator[Chunk]:
     """``p``'s rows, read from the checkpoint in chunks of whole ``row_align`` groups and transformed.
 
     A chunk of a stacked expert tensor (3-D: experts first) is given as one chunk per expert, each
-    with its expert's importance weights.
+    with its expert's importance weights. ``hessians``: a :class:`quantkit.jobs.calibrate.LayerHessians`;
+    a 2-D block-typed tensor made from one weight gets its matrix (error-feedback quantization).
     """
     t = p.tensor
     weights = None if plan.imatrix is None else plan.imatrix.get(p.name)
+    hessian = None
+    if hessians is not None and len(t.parts) == 1 and len(p.shape) == 2 and quant_type(p.qtype).family != "floats":
+        hessian = hessians.get(p.name)
 
     def chunks(values: np.ndarray, part: int, consumed: int, first_row: int = 0) -> Iterator[Chunk]:
+        if hessian is not None:
+            yield Chunk(values=values, consumed=consumed, hessian=hessian)
+            return
         if weights is None or p.qtype == GGMLQuantizationType.F32:
             yield Chunk(values=values, consumed=consumed)
             return
@@ -276,7 +284,8 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
             imatrix: str | os.PathLike | Mapping | None = None, tensor_types: Iterable[str] = (),
             dry_run: bool = False, threads: int | None = None, overwrite: bool = False, progress: bool = True,
             lora: Iterable = (), lora_scale: float = 1.0, split_max_size: int = 0,
-            split_max_tensors: int = 0, optimize: bool = False) -> ConversionResult | ConversionPlan:
+            split_max_tensors: int = 0, optimize: bool = False, calibrate: bool = False,
+            calibration: str | os.PathLike | None = None) -> ConversionResult | ConversionPlan:
     """Convert the Hugging Face folder ``model_dir`` to the GGUF file ``output`` with ``preset``.
 
     ``imatrix``: path of an importance matrix (or a mapping GGUF tensor name -> weights);
@@ -285,8 +294,14 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
     ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files; ``optimize``: the
     data-free search of ``quantize(..., optimize=True)`` (same types and sizes). With ``dry_run`` nothing
     is written and the :class:`ConversionPlan` is returned; otherwise a :class:`ConversionResult`
-    (``path``: the file, or the first shard).
+    (``path``: the file, or the first shard). ``calibrate`` (with ``optimize``): run the model on
+    ``calibration`` (a text file; default: the held-in half of the built-in text) and quantize each
+    decoder weight with error feedback (:mod:`quantkit.jobs.calibrate`, docs/optimize.md).
     """
+    if calibrate and not optimize:
+        raise QuantkitError("--calibrate needs --optimize (error feedback is part of the optimized path)")
+    if calibrate and lora:
+        raise QuantkitError("--calibrate cannot be combined with --lora yet")
     start = time.perf_counter()
     plan = plan_conversion(model_dir, preset, imatrix=imatrix, tensor_types=tensor_types, lora=lora,
                            lora_scale=lora_scale)
@@ -299,7 +314,13 @@ def convert(model_dir: str | os.PathLike, output: str | os.PathLike | None = Non
     if output is None:
         raise QuantkitError("no output path given (-o OUT.gguf)")
     output = Path(output)
-    work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p), optimize=optimize) for p in plan.tensors]
+    hessians = None
+    if calibrate:
+        text = calibration_text(None if calibration is None else read_calibration(calibration))
+        hessians = LayerHessians(plan.source.folder, text, types={p.name: p.qtype for p in plan.tensors},
+                                 progress=progress, threads=threads)
+    work = [TensorWork(p.name, p.qtype, p.shape, lambda p=p: _chunks(plan, p, hessians), optimize=optimize)
+            for p in plan.tensors]
     paths = write_model(output, plan.metadata, work, inputs=plan.source.inputs, overwrite=overwrite, threads=threads,
                         progress=progress, total=sum(info.nbytes for p in plan.tensors for info in p.tensor.sources),
                         desc=f"{plan.source.folder.name} -> {plan.preset}", split_max_size=split_max_size,

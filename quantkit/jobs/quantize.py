@@ -38,11 +38,12 @@ class TensorPlan:
     target: GGMLQuantizationType
 
 
-def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
+def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix, hessians=None) -> Iterator[Chunk]:
     """``tensor``'s bytes as they are when its type stays, else its rows dequantized in chunks.
 
     Rows are those of the last axis; a chunk never crosses from one expert (index of axis -3) to the
-    next, so each chunk takes its expert's importance weights.
+    next, so each chunk takes its expert's importance weights. ``hessians``: an object whose
+    ``get(name)`` gives a 2-D tensor's input second moments or None (error-feedback quantization).
     """
     if p.source == p.target:
         check_finite(tensor, p.name)  # F32/F16/BF16 copies are checked as quantized tensors are
@@ -51,6 +52,9 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
     if tensor.nbytes == 0:  # a zero dimension: no rows
         return
     weights = tensor_imatrix(imatrix, p.name, p.shape)
+    hessian = None
+    if hessians is not None and len(p.shape) == 2 and quant_type(p.target).family != "floats":
+        hessian = hessians.get(p.name)
     n_per_row = p.shape[-1]
     row_bytes = quant_type(p.source).row_bytes(n_per_row)
     nrows = tensor.nbytes // row_bytes
@@ -62,17 +66,17 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix) -> Iterator[Chunk]:
         for first in range(expert_first, expert_end, step):
             count = min(step, expert_end - first)
             stored = tensor.data[first * row_bytes:(first + count) * row_bytes]
-            if p.source == GGMLQuantizationType.BF16:  # quantize() widens BF16 itself, in the kernel where it can
+            if p.source == GGMLQuantizationType.BF16 and hessian is None:  # quantize() widens BF16 itself
                 values = stored.view(ml_dtypes.bfloat16).reshape(count, n_per_row)
             else:
                 values = dequantize(QuantizedTensor(p.source, (count, n_per_row), stored))
-            yield Chunk(values=values, imatrix=expert_weights, consumed=stored.nbytes)
+            yield Chunk(values=values, imatrix=expert_weights, consumed=stored.nbytes, hessian=hessian)
 
 
 def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overwrite: bool = False,
                progress: bool = True, overrides=(), pure: bool = False, output_type=None,
                token_embedding_type=None, extra_metadata=None, split_max_size: int = 0,
-               split_max_tensors: int = 0, optimize: bool = False) -> list[TensorPlan]:
+               split_max_tensors: int = 0, optimize: bool = False, hessians=None) -> list[TensorPlan]:
     """Write ``dst``: the GGUF ``src`` quantized with llama-quantize's ``preset`` (Q4_K_M, Q8_0, IQ4_XS, ...).
 
     ``imatrix``: optional mapping GGUF tensor name -> importance weights, (n_cols,) or (n_expert, n_cols).
@@ -83,9 +87,13 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
     ``split_max_size`` / ``split_max_tensors``: write llama.cpp's split files (a split ``src`` is read
     whole from its first shard; its split.* keys are not copied). ``optimize``: the data-free search of
     ``quantize(..., optimize=True)`` on the tensors that are requantized (same types and sizes).
+    ``hessians`` (with ``optimize``): a :class:`quantkit.jobs.calibrate.HessianFile` of input second
+    moments by GGUF name; the 2-D tensors it has are quantized with error feedback.
     Returns the per-tensor plan that was carried out, in output order.
     """
     name = resolve_preset(preset)
+    if hessians is not None and not optimize:
+        raise QuantkitError("--calibrate-from needs --optimize (error feedback is part of the optimized path)")
     start = time.perf_counter()
     with read_gguf(src) as source:
         tensors = sorted(source.tensors, key=lambda t: tensor_sort_key(t.name))
@@ -110,7 +118,9 @@ def requantize(src, dst, preset, imatrix=None, threads: int | None = None, overw
         for key, value in (extra_metadata or {}).items():
             metadata.pop(key, None)
             metadata[key] = value
-        work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix),
+        if hessians is not None:
+            hessians.check([(p.name, p.shape) for p in plans if p.source != p.target and len(p.shape) == 2])
+        work = [TensorWork(p.name, p.target, p.shape, lambda t=t, p=p: _chunks(t, p, imatrix, hessians),
                            optimize=optimize)
                 for t, p in zip(tensors, plans)]
         paths = write_model(dst, metadata, work, inputs=[src] + [shard.path for shard in source.shards],

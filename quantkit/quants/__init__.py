@@ -136,7 +136,7 @@ def check_finite(q, name: str = "tensor") -> None:
 
 
 def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, threads: int | None = None,
-             name: str = "tensor", optimize: bool = False) -> QuantizedTensor:
+             name: str = "tensor", *, optimize: bool = False, hessian: ArrayLike | None = None) -> QuantizedTensor:
     """Quantize ``x`` (numpy array or torch tensor, rows along the last axis) to GGUF type ``qtype``.
 
     ``imatrix``: one importance weight per column (llama.cpp's importance matrix), or None.
@@ -145,6 +145,10 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
     ``np.asarray`` would be), not a copy.
     ``optimize``: search harder within the same format (docs/optimize.md): same type and size, each
     block's weighted error at most llama.cpp's; types without such a search keep llama.cpp's bytes.
+    ``hessian`` (needs ``optimize=True``): the (n_per_row, n_per_row) second moments of the layer's
+    inputs (sum or mean of x x^T); the rows are then quantized with error feedback
+    (:mod:`quantkit.quants.gptq`; the importance weights come from it, ``imatrix`` is not used),
+    same type and size, not llama.cpp's bytes.
     """
     qt = quant_type(qtype)
     # BF16 rows without an imatrix (and without optimize, whose search reads float32 rows) go straight to
@@ -166,11 +170,21 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
             raise ImatrixError(f"{name}: imatrix has {weights.size} values, the row has {n_per_row} columns")
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ImatrixError(f"{name}: imatrix values must be finite and >= 0")
-    if qt.requires_imatrix and weights is None:
+    if hessian is not None and not optimize:
+        raise QuantkitError(f"{name}: hessian= is used only with optimize=True (error feedback is opt-in)")
+    if qt.requires_imatrix and weights is None and hessian is None:
         raise ImatrixError(f"{name}: {qt.name} needs an importance matrix; pass imatrix= (quantkit imatrix makes one)")
     if values.size == 0:  # a zero dimension: no blocks, as ggml_quantize_chunk writes none
         return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
     rows = values.reshape(-1, n_per_row)
+    if hessian is not None:
+        from .gptq import check_hessian, quantize_rows_gptq  # deferred: a Numba-calling module, opt-in
+
+        h = check_hessian(hessian, n_per_row, name)
+        check_finite(rows, name)
+        with numba_threads(threads):
+            data = quantize_rows_gptq(rows, qt, h)
+        return QuantizedTensor(qt.ggml, shape, data.reshape(-1))
     with numba_threads(threads):
         if fused is not None:
             data, nonfinite = fused(rows)
