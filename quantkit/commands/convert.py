@@ -4,7 +4,7 @@ import click
 
 from ..errors import QuantkitError
 from ..jobs.convert import convert as run_convert
-from . import lora_options, split_options
+from . import lora_options, mix_options, split_options, target_of, tensor_type_items
 
 
 @click.command()
@@ -21,11 +21,26 @@ from . import lora_options, split_options
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @lora_options
 @split_options
+@mix_options
 def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, lora, lora_scale,
-            split_max_size, split_max_tensors):
+            split_max_size, split_max_tensors, tensor_type_file, target_size, target_bpw, calibration_file, device):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
+    tensor_types = tensor_type_items(tensor_types, tensor_type_file)
+    target = target_of(target_size, target_bpw)
+    if target is not None:
+        if dry_run or lora or split_max_size or split_max_tensors:
+            raise QuantkitError("--target-size/--target-bpw do not combine with --dry-run, --lora or --split-*")
+        from ..eval.automix import auto_convert  # deferred: torch and transformers (the [eval] extra)
+        from ..eval.report import read_text
+        from ..extras import require_extra
+
+        require_extra("eval", "quantkit convert --target-size/--target-bpw")
+        text = None if calibration_file is None else read_text(calibration_file, "calibration text")
+        auto_convert(model_dir, output, target, imatrix=imatrix, tensor_types=tensor_types, text=text, device=device,
+                     threads=threads, overwrite=force)
+        return
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,
                 split_max_size=split_max_size, split_max_tensors=split_max_tensors)
