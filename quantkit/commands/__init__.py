@@ -52,9 +52,12 @@ def device_option(command):
 
 
 def mix_options(command):
-    """``--tensor-type-file``, ``--target-size``, ``--target-bpw``, ``-f`` and ``--device``: recipes and
+    """``--tensor-type-file``, ``--target-size``, ``--target-bpw``, ``-f``, ``--ray-address`` and ``--device``: recipes and
     size-targeted mixes (docs/automix.md)."""
     command = device_option(command)
+    command = click.option("--ray-address", default=None, metavar="ADDRESS",
+                           help="Run the sensitivity probes as Ray tasks on the cluster at ADDRESS ('local': start "
+                                "Ray here); the model folder must be at the same path on every node.")(command)
     command = click.option("-f", "--calibration-file", type=click.Path(dir_okay=False), default=None,
                            help="Text the sensitivity probes run on [default: the built-in calibration text].")(command)
     command = click.option("--target-bpw", type=click.FloatRange(min=0, min_open=True), default=None, metavar="BPW",

@@ -23,7 +23,8 @@ from . import lora_options, mix_options, split_options, target_of, tensor_type_i
 @split_options
 @mix_options
 def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, lora, lora_scale,
-            split_max_size, split_max_tensors, tensor_type_file, target_size, target_bpw, calibration_file, device):
+            split_max_size, split_max_tensors, tensor_type_file, target_size, target_bpw, calibration_file, ray_address,
+            device):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
@@ -39,7 +40,7 @@ def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, 
         require_extra("eval", "quantkit convert --target-size/--target-bpw")
         text = None if calibration_file is None else read_text(calibration_file, "calibration text")
         auto_convert(model_dir, output, target, imatrix=imatrix, tensor_types=tensor_types, text=text, device=device,
-                     threads=threads, overwrite=force)
+                     threads=threads, overwrite=force, ray_address=ray_address)
         return
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,

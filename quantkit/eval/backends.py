@@ -76,8 +76,13 @@ def stored_16bit(model_dir: Path) -> str:
     return "F16"
 
 
+AUTO_PREFIX = "AUTO@"  # scorecard variants auto@4.5bpw, auto@100MB: files made by eval.automix
+
+
 def preset_of(model_dir: Path, name: str) -> str:
-    return stored_16bit(model_dir) if name == BASELINE else name
+    """The preset that makes variant ``name``; for an auto mix, one with the same tensors and layout (the
+    file itself is made by eval.automix before the backend reads it)."""
+    return stored_16bit(model_dir) if name == BASELINE or name.upper().startswith(AUTO_PREFIX) else name
 
 
 def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:
