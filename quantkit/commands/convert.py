@@ -3,6 +3,9 @@
 import click
 
 from ..errors import QuantkitError
+from ..eval.automix import auto_convert
+from ..eval.report import read_text
+from ..extras import require_extra
 from ..jobs.convert import convert as run_convert
 from . import lora_options, mix_options, split_options, target_of, tensor_type_items
 
@@ -33,10 +36,6 @@ def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, 
     if target is not None:
         if dry_run or lora or split_max_size or split_max_tensors:
             raise QuantkitError("--target-size/--target-bpw do not combine with --dry-run, --lora or --split-*")
-        from ..eval.automix import auto_convert  # deferred: torch and transformers (the [eval] extra)
-        from ..eval.report import read_text
-        from ..extras import require_extra
-
         require_extra("eval", "quantkit convert --target-size/--target-bpw")
         text = None if calibration_file is None else read_text(calibration_file, "calibration text")
         auto_convert(model_dir, output, target, imatrix=imatrix, tensor_types=tensor_types, text=text, device=device,

@@ -4,6 +4,7 @@ import click
 
 from ..eval import DEFAULT_TYPES, Settings
 from ..eval import scorecard as run_scorecard
+from ..eval.report import recommend
 from ..extras import require_extra
 from ..plan.targets import parse_size
 from . import device_option, lora_options
@@ -40,8 +41,6 @@ def scorecard(model_dir, types, imatrix, prompts, text, backend, embedder, max_n
                            device=device)
     click.echo(f"wrote {out_dir}/scorecard.md, scorecard.json, scorecard.png")
     if budget is not None:
-        from ..eval.report import recommend  # deferred with the scorecard itself (torch, transformers)
-
         pick = recommend(result, budget)
         if pick is None:
             click.echo(f"budget {budget}: no variant fits")

@@ -40,6 +40,7 @@ from ..plan.overrides import override_type, parse_overrides
 from ..plan.presets import allows_quantization
 from ..plan.recipes import recipe_items, write_recipe
 from ..plan.targets import Option, Target, allocate, parse_target
+from ..quants import dequantize, quantize
 from ..sources.hf import load_pretrained
 from ..types import quant_type
 from . import metrics
@@ -49,6 +50,7 @@ from .backends import _source_rows, digest, model_digest, quantkit_version, stor
 # no importance matrix unless one is given), plus the model's stored 16-bit type
 CANDIDATES = ("Q2_K", "Q3_K", "IQ4_NL", "Q4_0", "IQ4_XS", "Q4_K", "Q4_1", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0")
 DEFAULT_CTX, DEFAULT_CHUNKS, DEFAULT_GROUPS_PER_KIND = 128, 8, 6
+CALIBRATION_TEXT = Path(__file__).parent / "data" / "calibration.txt"  # the built-in text (the scorecard's too)
 ALIGNMENT = 32  # GGUF's default data alignment (quantkit's writer)
 _LAYER = re.compile(r"blk\.(\d+)\.(.+)")
 # label (general.file_type) of a mix: the preset of the type holding most of its bytes
@@ -215,8 +217,6 @@ class Prober:
 def quantized_weights(plan: ConversionPlan, names, types: dict, prober: Prober, imatrix=None) -> dict:
     """HF name -> float32 values of each GGUF tensor of ``names`` quantized to ``types[name]`` and back,
     in the checkpoint's layout (the converter's row order undone)."""
-    from ..quants import dequantize, quantize  # deferred: compiles Numba kernels
-
     made_of = {p.name: p.tensor for p in plan.tensors}
     out = {}
     for name in names:
@@ -314,9 +314,7 @@ def measure(model_dir, *, imatrix=None, text: str | None = None, device=None, ct
     """Each group's KLD curve over its ``candidates`` types that fit its rows, plus the stored 16-bit
     type (see the module docstring); cached per model and settings. ``ray_address``: run the probes
     as Ray tasks (``"local"``: a Ray instance started here), see :func:`_ray_probes`."""
-    from .report import DEFAULT_TEXT, read_text
-
-    text = text if text is not None else read_text(DEFAULT_TEXT, "calibration text")
+    text = text if text is not None else CALIBRATION_TEXT.read_text(encoding="utf-8")
     imatrix_data = read_imatrix(imatrix) if isinstance(imatrix, (str, Path)) else imatrix
     plan = plan_conversion(model_dir, "F16")
     fixed = parse_overrides(fixed)
