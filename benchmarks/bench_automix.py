@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--heldout-ctx", type=int, default=256)
     parser.add_argument("--heldout-chunks", type=int, default=4)
     parser.add_argument("--candidates", default=None, help="comma-separated candidate types [default: automix's]")
+    parser.add_argument("--ray-workers", type=int, default=0,
+                        help="run the probes on a local Ray instance with this many CPU slots (0: in-process)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -93,7 +95,14 @@ def main() -> None:
         options["candidates"] = tuple(args.candidates.split(","))
     prober = Prober(model_dir, args.device, args.threads)
     start = time.perf_counter()
-    sensitivity = measure(model_dir, text=calibration, prober=prober, **options)
+    if args.ray_workers:
+        import ray
+
+        ray.init(num_cpus=args.ray_workers, log_to_driver=False)
+        sensitivity = measure(model_dir, text=calibration, ray_address="local", device=args.device, **options)
+        prober.baseline(calibration_chunks(model_dir, calibration, args.ctx, args.chunks))
+    else:
+        sensitivity = measure(model_dir, text=calibration, prober=prober, **options)
     measure_seconds = time.perf_counter() - start
     result = {"command": "python benchmarks/bench_automix.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                          vars(args).items() if v is not None),
