@@ -99,7 +99,8 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=args.ray_workers, log_to_driver=False)
-        sensitivity = measure(model_dir, text=calibration, ray_address="local", device=args.device, **options)
+        sensitivity = measure(model_dir, text=calibration, ray_address="local", device=args.device,
+                              threads=args.threads, **options)
         prober.baseline(calibration_chunks(model_dir, calibration, args.ctx, args.chunks))
     else:
         sensitivity = measure(model_dir, text=calibration, prober=prober, **options)

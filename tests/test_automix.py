@@ -356,3 +356,41 @@ def test_ray_probes_equal_in_process(tiny_dir, quantkit_cache):
     assert [g.name for g in remote.groups] == [g.name for g in local.groups]
     assert [g.kld for g in remote.groups] == [g.kld for g in local.groups]
     assert all(g.kld["Q3_K"] > g.kld["Q5_0"] > 0 for g in local.groups)
+
+
+LLAMA_QUANTIZE_RECIPE = """
+import ctypes, sys, gguf, llama_cpp
+items = open(sys.argv[3]).read().split()
+overrides = (llama_cpp.llama_model_tensor_override * (len(items) + 1))()
+patterns = [item.partition("=")[0].encode() for item in items]  # llama-quantize splits at the first '='
+for i, item in enumerate(items):
+    overrides[i].pattern = patterns[i]
+    overrides[i].type = int(gguf.GGMLQuantizationType[item.partition("=")[2].upper()])
+overrides[len(items)].pattern = None
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[4])
+params.nthread = 1
+params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params))
+"""
+
+
+def test_llama_quantize_reproduces_the_recipe(tiny_dir, sensitivity, quantkit_cache, tmp_path):
+    """llama.cpp's llama_model_quantize with the recipe as its tensor type overrides (what llama-quantize
+    --tensor-type-file passes), on the lossless BF16 file, writes the auto mix's file."""
+    import subprocess
+    import sys
+
+    import quantkit
+    from quantkit.eval.automix import auto_convert, recipe_path
+    from test_convert_support import gguf_differences
+
+    auto = tmp_path / "auto.gguf"
+    _, mix, _ = auto_convert(tiny_dir, auto, Target(bpw=4.8), device="cpu", progress=False, **MEASURE)
+    source = tmp_path / "bf16.gguf"
+    quantkit.convert(tiny_dir, source, "BF16", progress=False)
+    out = tmp_path / "llama-quantize.gguf"
+    subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE_RECIPE, str(source), str(out), str(recipe_path(auto)),
+                    mix.preset], check=True, capture_output=True)
+    assert gguf_differences(auto, out) == []
+    assert out.read_bytes() == auto.read_bytes()
