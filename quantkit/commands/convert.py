@@ -3,9 +3,11 @@
 import click
 
 from ..errors import QuantkitError
+from ..eval.automix import auto_convert
+from ..eval.report import read_text
 from ..extras import require_extra
 from ..jobs.convert import convert as run_convert
-from . import lora_options, split_options
+from . import lora_options, mix_options, split_options, target_of, tensor_type_items
 
 
 @click.command()
@@ -24,18 +26,28 @@ from . import lora_options, split_options
               help="Search harder within the same types (data-free; same sizes; llama.cpp runs it). See docs/optimize.md.")
 @click.option("--calibrate", is_flag=True,
               help="With --optimize: run the model on calibration text and quantize with error feedback (GPTQ).")
-@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
-              help="Calibration text for --calibrate (default: the held-in half of quantkit's calibration.txt).")
 @lora_options
 @split_options
-def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, optimize, calibrate,
-            calibration, lora, lora_scale, split_max_size, split_max_tensors):
+@mix_options
+def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, force, optimize, calibrate, lora,
+            lora_scale, split_max_size, split_max_tensors, tensor_type_file, target_size, target_bpw, calibration_file,
+            ray_address, device):
     """Convert the Hugging Face safetensors folder MODEL_DIR to a GGUF file llama.cpp runs."""
     if calibrate and not dry_run:
         require_extra("eval", "quantkit convert --calibrate")
     if output is None and not dry_run:
         raise QuantkitError("missing -o OUT.gguf (or pass --dry-run)")
+    tensor_types = tensor_type_items(tensor_types, tensor_type_file)
+    target = target_of(target_size, target_bpw)
+    if target is not None:
+        if dry_run or lora or split_max_size or split_max_tensors:
+            raise QuantkitError("--target-size/--target-bpw do not combine with --dry-run, --lora or --split-*")
+        require_extra("eval", "quantkit convert --target-size/--target-bpw")
+        text = None if calibration_file is None else read_text(calibration_file, "calibration text")
+        auto_convert(model_dir, output, target, imatrix=imatrix, tensor_types=tensor_types, text=text, device=device,
+                     threads=threads, overwrite=force, ray_address=ray_address)
+        return
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,
                 split_max_size=split_max_size, split_max_tensors=split_max_tensors, optimize=optimize,
-                calibrate=calibrate, calibration=calibration)
+                calibrate=calibrate, calibration=calibration_file)

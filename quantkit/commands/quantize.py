@@ -7,7 +7,7 @@ from ..jobs.quantize import requantize
 from ..plan.imatrix_file import read_imatrix
 from ..plan.overrides import parse_overrides
 from ..plan.presets import resolve_preset
-from . import split_options
+from . import split_options, tensor_type_items
 
 
 @click.command()
@@ -18,6 +18,9 @@ from . import split_options
               help="Importance matrix file (llama.cpp's imatrix GGUF or legacy .dat).")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
               help="Give tensors whose name matches REGEX the type TYPE (repeatable; first match wins).")
+@click.option("--tensor-type-file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="REGEX=TYPE items separated by spaces or newlines, as llama-quantize's --tensor-type-file "
+                   "(after any --tensor-type).")
 @click.option("--pure", is_flag=True, help="Give every quantizable tensor the preset's default type.")
 @click.option("--output-tensor-type", "output_type", default=None, metavar="TYPE", help="Type for output.weight.")
 @click.option("--token-embedding-type", default=None, metavar="TYPE", help="Type for token_embd.weight.")
@@ -28,8 +31,8 @@ from . import split_options
 @click.option("--calibrate-from", "hessians_path", type=click.Path(dir_okay=False), default=None,
               help="With --optimize: input second moments (quantkit imatrix --hessians) for error feedback.")
 @split_options
-def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_type, token_embedding_type, threads,
-             force, optimize, hessians_path, split_max_size, split_max_tensors):
+def quantize(source, output, preset, imatrix_path, tensor_types, tensor_type_file, pure, output_type,
+             token_embedding_type, threads, force, optimize, hessians_path, split_max_size, split_max_tensors):
     """Quantize SOURCE.gguf into OUTPUT.gguf with PRESET, choosing each tensor's type as llama-quantize does.
 
     PRESET: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S
@@ -37,7 +40,7 @@ def quantize(source, output, preset, imatrix_path, tensor_types, pure, output_ty
     (any case; Q3_K, Q4_K, Q5_K mean their _M presets).
     """
     resolve_preset(preset)  # an unknown preset fails before the imatrix is read
-    overrides = parse_overrides(tensor_types)
+    overrides = parse_overrides(tensor_type_items(tensor_types, tensor_type_file))
     imatrix = extra_metadata = None
     if imatrix_path is not None:
         imatrix = read_imatrix(imatrix_path)

@@ -78,6 +78,7 @@ def stored_16bit(model_dir: Path) -> str:
 
 # a variant is a preset with optional "+SUFFIX"es (Q4_K_M+OPT, Q4_K_M+CAL): each adds convert() keywords
 VARIANT_OPTIONS = {"OPT": {"optimize": True}, "CAL": {"optimize": True, "calibrate": True}}
+AUTO_PREFIX = "AUTO@"  # scorecard variants auto@4.5bpw, auto@100MB: files made by eval.automix
 
 
 def variant_options(name: str) -> tuple[str, dict]:
@@ -93,8 +94,11 @@ def variant_options(name: str) -> tuple[str, dict]:
 
 
 def preset_of(model_dir: Path, name: str) -> str:
-    """The preset a variant is converted with (its name without ``+SUFFIX``es)."""
-    return stored_16bit(model_dir) if name == BASELINE else variant_options(name)[0]
+    """The preset that makes variant ``name`` (its name without ``+SUFFIX``es); for an auto mix, one with
+    the same tensors and layout (the file itself is made by eval.automix before the backend reads it)."""
+    if name == BASELINE or name.upper().startswith(AUTO_PREFIX):
+        return stored_16bit(model_dir)
+    return variant_options(name)[0]
 
 
 def check_variant(model_dir: Path, name: str, imatrix=None, lora=None) -> None:

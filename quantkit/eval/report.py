@@ -36,10 +36,12 @@ from tqdm import tqdm
 from ..errors import QuantkitError
 from ..files import write_atomic
 from ..models import minilm_dir
+from ..plan.targets import parse_size, parse_target
 from ..sources.hf import load_pretrained
 from ..sources.lora import LoraMerge
 from . import metrics
-from .backends import BASELINE, check_variant, digest, make_backend, quantkit_version
+from .automix import make_auto_variant
+from .backends import AUTO_PREFIX, BASELINE, check_variant, digest, make_backend, quantkit_version
 
 DEFAULT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K")
 DATA_DIR = Path(__file__).parent / "data"
@@ -241,7 +243,7 @@ def _load_embedder(path):
 
 def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str = "torch", imatrix=None,
               prompts=None, text=None, embedder=None, settings: Settings = Settings(), threads: int | None = None,
-              progress: bool = True, lora=(), lora_scale: float = 1.0) -> dict:
+              progress: bool = True, lora=(), lora_scale: float = 1.0, device=None) -> dict:
     """Measure what each quantization in ``types`` costs against the model's 16-bit weights.
 
     ``model_dir``: a Hugging Face folder; ``types``: type or preset names (``"Q8_0,Q4_K_M"`` or a
@@ -249,7 +251,8 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     ``embedder``: a sentence-transformers folder (default all-MiniLM-L6-v2). Writes
     ``scorecard.md``, ``scorecard.json`` and ``scorecard.png`` into ``out_dir`` and returns the
     JSON's content. ``lora``: PEFT adapter folders merged into the model (``lora_scale`` times each)
-    for every variant and for the 16-bit baseline.
+    for every variant and for the 16-bit baseline. ``auto@4.5bpw`` / ``auto@100MB`` in ``types``: a mix
+    made for that target by eval.automix (probes on the calibration text, on ``device``).
     """
     from transformers import AutoTokenizer
 
@@ -264,6 +267,8 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
     merge = None
     if lora:
         merge = LoraMerge(lora, lora_scale)
+        if any(n.startswith(AUTO_PREFIX) for n in names):
+            raise QuantkitError("auto@ variants do not combine with --lora (the probes run the unmerged model)")
     _check_types(model_dir, names, imatrix, merge)
     out = Path(out_dir)
     runner = make_backend(backend, model_dir, out / "files", imatrix=imatrix, threads=threads, progress=progress,
@@ -292,6 +297,9 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
             if name != BASELINE and cached[name].exists():
                 rows[name] = json.loads(cached[name].read_text())
                 continue
+            if name.startswith(AUTO_PREFIX):  # the mix's file, where the backend looks for it
+                make_auto_variant(model_dir, name, runner.files.path(name), imatrix=imatrix, device=device,
+                                  threads=threads, progress=progress)
             rows[name] = run.baseline() if name == BASELINE else run.measure(name)
             cache.mkdir(parents=True, exist_ok=True)
             write_atomic(cached[name], json.dumps(rows[name]))
@@ -327,6 +335,8 @@ def _check_types(model_dir: Path, names: list[str], imatrix, lora=None) -> None:
     """Plan every type before any work, so an unknown type, a missing imatrix or an adapter that does not
     fit fails at once."""
     for name in names:
+        if name.startswith(AUTO_PREFIX):
+            parse_target(name[len(AUTO_PREFIX):])
         check_variant(model_dir, name, imatrix, lora)
 
 
@@ -400,9 +410,46 @@ def markdown(result: dict) -> str:
                  + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v))
     if result["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    lines += _recommendations(result)
     lines += ["", "Tensor types per variant:", ""]
     lines += [f"- {r['type']}: " + ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items()) for r in result["types"]]
     return "\n".join(lines) + "\n"
+
+
+def _kld(row: dict) -> float | None:
+    return row.get("text", {}).get("kld", {}).get("mean")
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """The variants no other beats in both size and mean KLD, smallest first."""
+    measured = sorted((r for r in rows if _kld(r) is not None), key=lambda r: (r["size_bytes"], _kld(r)))
+    out: list[dict] = []
+    for r in measured:
+        if not out or _kld(r) < _kld(out[-1]):
+            out.append(r)
+    return out
+
+
+def recommend(result: dict, budget) -> dict | None:
+    """The variant of least mean KLD whose file is at most ``budget`` (bytes, or a size such as 100MB)."""
+    limit = parse_size(budget, "--budget") if isinstance(budget, str) else int(budget)
+    fitting = [r for r in frontier(result["types"]) if r["size_bytes"] <= limit]
+    return fitting[-1] if fitting else None
+
+
+def _recommendations(result: dict) -> list[str]:
+    """The "recommendation" section: per size budget (each frontier variant's size up to the next), the pick."""
+    points = frontier(result["types"])
+    if not points:
+        return []
+    lines = ["", "## Recommendation", "", "For a file of at most the budget, the variant with the least mean KLD "
+             "(the quality-size frontier; others are beaten in both):", "",
+             "| budget | use | size MB | bits/weight | KLD mean |", "|---|---|---|---|---|"]
+    for i, r in enumerate(points):
+        upper = f"< {points[i + 1]['size_bytes'] / 1e6:.1f} MB" if i + 1 < len(points) else "and more"
+        lines.append(f"| {r['size_bytes'] / 1e6:.1f} MB {upper} | {r['type']} | {r['size_bytes'] / 1e6:.1f} | "
+                     f"{r['bits_per_weight']:.2f} | {_kld(r):.4f} |")
+    return lines
 
 
 def _16bit(row: dict) -> str:
@@ -437,6 +484,11 @@ def plot(result: dict) -> bytes:
         right.errorbar(x, sim["mean"], yerr=[[sim["mean"] - sim["lo"]], [sim["hi"] - sim["mean"]]], fmt="o",
                        color="tab:orange", capsize=3)
         right.annotate(r["type"], (x, sim["mean"]), textcoords="offset points", xytext=offset, fontsize=8)
+    points = frontier(rows)
+    if len(points) > 1:
+        left.plot([r["bits_per_weight"] for r in points], [max(_kld(r), floor) for r in points], color="tab:green",
+                  linewidth=1, zorder=0, label="frontier (least KLD for the size)")
+        left.legend(fontsize=8, loc="upper right")
     if rows:
         left.set_yscale("log")
         left.set_ylim(bottom=floor / 2)
