@@ -58,9 +58,8 @@ class QuantkitGroup(click.Group):
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
         if name in KERNEL_COMMANDS and not ctx.resilient_parsing and not {"-h", "--help"} & set(rest):
-            from .quants import prepare_kernel_process  # deferred: numba loads only for commands that run kernels
-
-            prepare_kernel_process()
+            # loaded by name, as the commands are: numpy and numba load only for commands that run kernels
+            importlib.import_module("quantkit.quants").prepare_kernel_process()
         return name, command, rest
 
     def invoke(self, ctx):

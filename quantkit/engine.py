@@ -32,7 +32,8 @@ WRITE_BEHIND = 2  # chunks queued for the writer thread
 class Chunk:
     """Consecutive rows of one output tensor.
 
-    Exactly one of ``values`` (float32 rows to quantize) and ``stored`` (uint8: bytes already in the
+    Exactly one of ``values`` (rows to quantize: float32, or a QuantizedTensor of rows in a stored type,
+    which quantize() widens itself) and ``stored`` (uint8: bytes already in the
     tensor's type) is set. ``imatrix``: importance weights for ``values`` (one per column) or None.
     ``hessian``: second moments of the layer's inputs (n_cols, n_cols): quantize with error feedback.
     ``consumed``: input bytes this chunk stands for (progress only).

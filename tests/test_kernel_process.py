@@ -36,3 +36,17 @@ def test_bf16_and_f16_widen_every_bit_pattern_exactly():
     np.testing.assert_array_equal(f16.view(np.uint32)[finite], expected.view(np.uint32)[finite])
     np.testing.assert_array_equal(np.isnan(f16), np.isnan(expected))
     np.testing.assert_array_equal(np.isinf(f16), np.isinf(expected))
+
+
+def test_quantizedtensor_input_is_requantized_as_its_values():
+    """quantize() of a QuantizedTensor (BF16 rows: the widening kernel for legacy types; others widened
+    first) gives the bytes of quantizing its dequantized float32 values."""
+    from quantkit import quantize
+
+    x = np.random.default_rng(6).standard_normal((40, 512)).astype(np.float32)
+    stored = quantize(x, "BF16")
+    q8 = quantize(x, "Q8_0")
+    widened = dequantize(stored)
+    for qtype in ("Q8_0", "Q4_1", "Q6_K"):
+        assert np.array_equal(quantize(stored, qtype).data, quantize(widened, qtype).data), qtype
+    assert np.array_equal(quantize(q8, "Q4_0").data, quantize(dequantize(q8), "Q4_0").data)

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-import ml_dtypes
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from ..engine import Chunk, TensorWork, rows_per_chunk, write_model
@@ -66,8 +65,8 @@ def _chunks(tensor: GGUFTensor, p: TensorPlan, imatrix, hessians=None) -> Iterat
         for first in range(expert_first, expert_end, step):
             count = min(step, expert_end - first)
             stored = tensor.data[first * row_bytes:(first + count) * row_bytes]
-            if p.source == GGMLQuantizationType.BF16 and hessian is None:  # quantize() widens BF16 itself
-                values = stored.view(ml_dtypes.bfloat16).reshape(count, n_per_row)
+            if p.source == GGMLQuantizationType.BF16:  # quantize() widens BF16 itself, in the kernel where it can
+                values = QuantizedTensor(p.source, (count, n_per_row), stored)
             else:
                 values = dequantize(QuantizedTensor(p.source, (count, n_per_row), stored))
             yield Chunk(values=values, imatrix=expert_weights, consumed=stored.nbytes, hessian=hessian)

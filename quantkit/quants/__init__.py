@@ -52,6 +52,8 @@ def _as_float32(x, what: str) -> np.ndarray:
 
     float64 is rounded to the nearest float32, as llama.cpp's converter casts it before quantizing.
     """
+    if isinstance(x, QuantizedTensor):  # values stored in a GGUF type (e.g. a GGUF tensor's rows)
+        return dequantize(x)
     if type(x).__module__.startswith("torch"):
         import torch  # deferred: optional; only reached when the caller passed a torch tensor
 
@@ -71,7 +73,12 @@ def _as_float32(x, what: str) -> np.ndarray:
 
 
 def _bf16_bits(x) -> np.ndarray | None:
-    """The uint16 bits of a numpy bfloat16 array (ml_dtypes' dtype), else None."""
+    """The uint16 bits, in the array's shape, of a numpy bfloat16 array (ml_dtypes' dtype) or of a
+    :class:`QuantizedTensor` stored as BF16; else None."""
+    if isinstance(x, QuantizedTensor):
+        if x.qtype != GGMLQuantizationType.BF16 or not x.data.size or not len(x.shape):
+            return None
+        return np.ascontiguousarray(x.data).view(np.uint16).reshape(x.shape)
     if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16" and x.size and x.ndim:
         return np.ascontiguousarray(x).view(np.uint16)
     return None
@@ -137,7 +144,8 @@ def check_finite(q, name: str = "tensor") -> None:
 
 def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, threads: int | None = None,
              name: str = "tensor", *, optimize: bool = False, hessian: ArrayLike | None = None) -> QuantizedTensor:
-    """Quantize ``x`` (numpy array or torch tensor, rows along the last axis) to GGUF type ``qtype``.
+    """Quantize ``x`` (numpy array, torch tensor or a :class:`QuantizedTensor` to requantize; rows along the last
+    axis) to GGUF type ``qtype``.
 
     ``imatrix``: one importance weight per column (llama.cpp's importance matrix), or None.
     Returns a :class:`QuantizedTensor` whose ``data`` equals llama.cpp's ``ggml_quantize_chunk``.

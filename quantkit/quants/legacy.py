@@ -248,9 +248,10 @@ def _ref_bf16_kernel(kind):
         nonfinite = np.zeros(nrows, dtype=np.bool_)
         for r in numba.prange(nrows):
             xb = np.empty(n, dtype=np.uint32)
+            x = np.empty(n, dtype=np.float32)  # not xb.view(): a cached closure's view fails to box its arrays
             for j in range(n):
                 xb[j] = np.uint32(halves[r, j]) << np.uint32(16)
-            x = xb.view(np.float32)
+                x[j] = bits_f32(xb[j])
             o = out[r]
             for b in range(nblocks):
                 if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
