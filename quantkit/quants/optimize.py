@@ -35,44 +35,44 @@ _ITERS = 2  # refinement rounds (each: sub-scales, fp16 re-fit, levels); most bl
 # ------------------------------------------------------------------------------------------ weights
 
 
-def _superblock_sum_x2(rows: np.ndarray, size: int) -> np.ndarray:
-    """Per element: the sum of x^2 over its block of ``size`` values (float64)."""
-    x2 = rows.astype(np.float64) ** 2
-    sums = x2.reshape(rows.shape[0], -1, size).sum(axis=2, keepdims=True)
-    return np.broadcast_to(sums, (rows.shape[0], rows.shape[1] // size, size)).reshape(rows.shape)
+def _superblock_sum_x2(x2: np.ndarray, size: int) -> np.ndarray:
+    """Per element: the sum of ``x2`` over its block of ``size`` values (float32, summed in float64)."""
+    sums = x2.reshape(x2.shape[0], -1, size).sum(axis=2, keepdims=True, dtype=np.float64).astype(np.float32)
+    return np.broadcast_to(sums, (x2.shape[0], x2.shape[1] // size, size)).reshape(x2.shape)
 
 
 def error_weights(name: str, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """The weights llama.cpp's search for type ``name`` uses (float64, shape of ``rows``).
+    """The weights llama.cpp's search for type ``name`` uses (float32, shape of ``rows``).
 
     With an imatrix ``qw``: qw * sqrt(sigma2 + x^2), sigma2 as llama.cpp computes it for the type
     (Q6_K: qw alone). Without: Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 round to nearest and minimise the plain
     squared error (weight 1); Q2_K |x|; Q4_K/Q5_K the sub-block rms + |x|; IQ2_S sigma2/4 + x^2;
     every other type x^2.
     """
-    x = rows.astype(np.float64)
+    x = np.asarray(rows, dtype=np.float32)
     x2 = x * x
     if imatrix is not None:
-        qw = np.asarray(imatrix, dtype=np.float64).reshape(1, -1)
+        qw = np.asarray(imatrix, dtype=np.float32).reshape(1, -1)
         if name == "Q6_K":
             return np.broadcast_to(qw, x.shape).copy()
         if name in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
-            sigma2 = x2.sum(axis=1, keepdims=True) / x.shape[1]
+            sigma2 = (x2.sum(axis=1, keepdims=True, dtype=np.float64) / x.shape[1]).astype(np.float32)
         elif name == "IQ4_NL":
-            sigma2 = 2.0 * _superblock_sum_x2(rows, 32) / 32
+            sigma2 = _superblock_sum_x2(x2, 32) * np.float32(2 / 32)
         elif name in ("Q2_K", "IQ2_XXS", "IQ2_XS"):
-            sigma2 = _superblock_sum_x2(rows, QK_K) / QK_K
+            sigma2 = _superblock_sum_x2(x2, QK_K) * np.float32(1 / QK_K)
         else:
-            sigma2 = 2.0 * _superblock_sum_x2(rows, QK_K) / QK_K
-        return qw * np.sqrt(sigma2 + x2)
+            sigma2 = _superblock_sum_x2(x2, QK_K) * np.float32(2 / QK_K)
+        x2 += sigma2
+        return qw * np.sqrt(x2)
     if name in ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"):
         return np.ones_like(x)
     if name == "Q2_K":
         return np.abs(x)
     if name in ("Q4_K", "Q5_K"):
-        return np.sqrt(_superblock_sum_x2(rows, 32) / 32) + np.abs(x)
+        return np.sqrt(_superblock_sum_x2(x2, 32) * np.float32(1 / 32)) + np.abs(x)
     if name == "IQ2_S":
-        return 0.25 * (2.0 * _superblock_sum_x2(rows, QK_K) / QK_K) + x2
+        return _superblock_sum_x2(x2, QK_K) * np.float32(0.5 / QK_K) + x2
     return x2
 
 
@@ -668,7 +668,7 @@ def _scaled_candidate(lay: _Layout, rows: np.ndarray, weights: np.ndarray, defau
     blocks = default.reshape(nb, lay.block_bytes)
     d, dm, s, m, L = lay.unpack(blocks)
     X = rows.reshape(nb, lay.block)
-    W = weights.astype(np.float32).reshape(nb, lay.block)
+    W = weights.reshape(nb, lay.block)
     d, dm = np.ascontiguousarray(d, np.float32), np.ascontiguousarray(dm, np.float32)
     s, m, L = (np.ascontiguousarray(a, np.int32) for a in (s, m, L))
     _refine(X, W, lay.nsub, lay.codebook, lay.midpoints, lay.uniform, lay.smin, lay.smax, lay.mmin, lay.mmax, d, dm, s, m, L)
@@ -710,7 +710,7 @@ def _refit_grid_scale(qt, rows: np.ndarray, weights: np.ndarray, data: np.ndarra
     put(unit, np.ones(nb, np.float32))
     basis = qt.dequantize_rows(unit.reshape(rows.shape[0], -1), rows.shape[1]).reshape(nb, qt.block_size).astype(np.float64)
     x = rows.reshape(nb, qt.block_size).astype(np.float64)
-    w = weights.reshape(nb, qt.block_size)
+    w = weights.reshape(nb, qt.block_size).astype(np.float64)
     A = (w * basis * basis).sum(axis=1)
     P = (w * x * basis).sum(axis=1)
     X2 = (w * x * x).sum(axis=1)
