@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import ImatrixError, NonFiniteError, QuantkitError, ShapeError
 from ..types import QuantType, known_type, quant_type
+from .gptq import check_hessian, quantize_rows_gptq
 
 # types ``quantize(..., optimize=True)`` searches (quants/optimize.py); others keep llama.cpp's bytes
 OPTIMIZED_TYPES = frozenset({"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -185,9 +186,7 @@ def quantize(x: ArrayLike, qtype: TypeSpec, imatrix: ArrayLike | None = None, th
     if values.size == 0:  # a zero dimension: no blocks, as ggml_quantize_chunk writes none
         return QuantizedTensor(qt.ggml, shape, np.empty(0, dtype=np.uint8))
     rows = values.reshape(-1, n_per_row)
-    if hessian is not None:
-        from .gptq import check_hessian, quantize_rows_gptq  # deferred: a Numba-calling module, opt-in
-
+    if hessian is not None and qt.family != "floats":  # F32/F16/BF16 round per value: nothing to feed back
         h = check_hessian(hessian, n_per_row, name)
         check_finite(rows, name)
         with numba_threads(threads):
