@@ -377,7 +377,9 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 
 def test_llama_quantize_reproduces_the_recipe(tiny_dir, sensitivity, quantkit_cache, tmp_path):
     """llama.cpp's llama_model_quantize with the recipe as its tensor type overrides (what llama-quantize
-    --tensor-type-file passes), on the lossless BF16 file, writes the auto mix's file."""
+    --tensor-type-file passes), on the lossless BF16 file, writes the auto mix's tensors and metadata (the
+    one-pass convert orders the keys as llama.cpp's converter, llama-quantize moves the file type last),
+    and ``quantkit quantize --tensor-type-file`` on that BF16 file writes llama-quantize's bytes."""
     import subprocess
     import sys
 
@@ -393,4 +395,8 @@ def test_llama_quantize_reproduces_the_recipe(tiny_dir, sensitivity, quantkit_ca
     subprocess.run([sys.executable, "-c", LLAMA_QUANTIZE_RECIPE, str(source), str(out), str(recipe_path(auto)),
                     mix.preset], check=True, capture_output=True)
     assert gguf_differences(auto, out) == []
-    assert out.read_bytes() == auto.read_bytes()
+    again = tmp_path / "quantkit-quantize.gguf"
+    result = CliRunner().invoke(main, ["quantize", str(source), str(again), mix.preset, "--tensor-type-file",
+                                       str(recipe_path(auto))])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == out.read_bytes()
