@@ -5,6 +5,7 @@ module fixtures; the llama.cpp run reuses the GGUF files the torch run converted
 """
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -119,6 +120,33 @@ def test_cached_run_is_reused(torch_run, smollm2_hf_dir, report_dir, prompts_fil
     assert "scorecard.md" in result.output
     assert json.loads((report_dir / "scorecard.json").read_text())["types"] == json.loads(json.dumps(torch_run["types"]))
     assert "| Q4_K_M | 105.5 | 6.17 |" in (report_dir / "scorecard.md").read_text()
+
+
+def test_model_outputs_are_cached(torch_run, smollm2_hf_dir, report_dir, prompts_file, monkeypatch):
+    """Adding a type runs the model for that type only (the baseline's answers and distributions come
+    from the cache); another seed reruns no model pass at all and gives the same per-position values."""
+    from quantkit.eval.backends import TorchBackend
+
+    calls = []
+    for method in ("prepare", "generate", "score"):
+        def counted(self, *args, _original=getattr(TorchBackend, method), _method=method, **kwargs):
+            calls.append(_method if _method != "prepare" else f"prepare {args[0]}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(TorchBackend, method, counted)
+    added = scorecard(smollm2_hf_dir, [*TYPES, "Q4_0"], report_dir, prompts=prompts_file, settings=SETTINGS,
+                      progress=False, threads=1)
+    assert calls == ["prepare Q4_0", "generate", "score", "score"]
+    assert len(list((report_dir / "cache").glob("torch.*.outputs.*.npz"))) == len(TYPES) + 2  # with the baseline
+    assert _rows(added)["Q4_0"]["text"]["kld"]["mean"] > 0
+    calls.clear()
+    reseeded = scorecard(smollm2_hf_dir, TYPES, report_dir, prompts=prompts_file, settings=replace(SETTINGS, seed=1),
+                         progress=False, threads=1)
+    assert calls == []
+    for name in TYPES:
+        before, after = _rows(torch_run)[name], _rows(reseeded)[name]
+        assert after["text"]["per_position_kld"] == before["text"]["per_position_kld"]
+        assert after["teacher_forced"]["per_prompt_kld"] == before["teacher_forced"]["per_prompt_kld"]
+        assert after["answers"]["texts"] == before["answers"]["texts"]
 
 
 def test_backends_agree_on_kld(torch_run, llama_run):

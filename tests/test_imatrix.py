@@ -129,6 +129,32 @@ def test_sums_equal_the_inputs_of_each_linear(tiny_llama_dir):
     assert with_output["output.weight"].shape == (64,) and with_output.token_count("output.weight") == 64
 
 
+BATCH_RTOL = 1e-5  # float32 sums of the same squares in another order; measured worst 3.3e-7 on SmolLM2
+
+
+def _assert_same_imatrix(a: Imatrix, b: Imatrix):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a.entries[name].counts, b.entries[name].counts)
+        np.testing.assert_allclose(a.entries[name].sums, b.entries[name].sums, rtol=BATCH_RTOL)
+
+
+def test_smollm2_batched_equals_one_chunk_at_a_time(smollm2_imatrix, smollm2_hf_dir):
+    """The fixture's 4 chunks went through the model as one batch; one chunk per pass gives the same sums."""
+    alone = collect_imatrix(smollm2_hf_dir, CALIBRATION, ctx=CTX, chunks=CHUNKS, progress=False,
+                            dataset="calibration.txt", batch_tokens=CTX)
+    _assert_same_imatrix(smollm2_imatrix, alone)
+
+
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_moe_dir"])
+def test_tiny_batched_equals_one_chunk_at_a_time(model, request):
+    """3 chunks: batches of 2 and 1 against 3 single passes; MoE expert rows and counts included."""
+    folder = request.getfixturevalue(model)
+    batched = collect_imatrix(folder, CALIBRATION, ctx=64, chunks=3, progress=False, batch_tokens=128)
+    alone = collect_imatrix(folder, CALIBRATION, ctx=64, chunks=3, progress=False, batch_tokens=64)
+    _assert_same_imatrix(batched, alone)
+
+
 def test_moe_experts_get_their_own_rows(tiny_moe_dir):
     """Expert stacks: (n_expert, n_cols) sums, per-expert token counts adding up to tokens x top-k."""
     from transformers import AutoModelForCausalLM

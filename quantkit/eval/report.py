@@ -4,7 +4,8 @@ Layout of a report folder::
 
     scorecard.md  scorecard.json  scorecard.png
     files/        the GGUF of each type, made by quantkit.convert once and used by both backends
-    cache/        one JSON of results per type and settings, reused by later runs
+    cache/        per type: its model outputs (.npz: answers, teacher-forced distributions), keyed by
+                  the inputs, and one JSON of results per settings, both reused by later runs
 
 Per type, with the baseline run the same way on the same backend:
 
@@ -42,6 +43,7 @@ from ..sources.lora import LoraMerge
 from . import metrics
 from .automix import make_auto_variant
 from .backends import AUTO_PREFIX, BASELINE, check_variant, digest, make_backend, quantkit_version
+from .outputs import Outputs, load_outputs, save_outputs
 
 DEFAULT_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K")
 DATA_DIR = Path(__file__).parent / "data"
@@ -128,7 +130,13 @@ class Reference:
 
 @dataclass
 class Run:
-    """One backend, one model, one set of inputs; measures variants against the baseline."""
+    """One backend, one model, one set of inputs; measures variants against the baseline.
+
+    Each variant's model outputs are cached in ``cache`` (outputs.py), keyed by the inputs (prompt
+    and text token ids, answer length, top-k), the backend and the variant's GGUF file name (model
+    content, quantkit version, type, imatrix, adapters): the statistics can be recomputed (another
+    seed or embedder) and types added without running the model again, the baseline included.
+    """
 
     backend: object
     tokenizer: object
@@ -136,32 +144,52 @@ class Run:
     chunks: list
     embedder: object
     settings: Settings
+    cache: Path
     reference: Reference | None = None
 
     @property
     def full(self) -> bool:
         return self.backend.name == "torch"
 
-    def _answers(self):
-        answers = self.backend.generate(self.prompts, self.settings.max_new_tokens)
-        texts = [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
-        return answers, texts
+    def _decode(self, answers) -> list:
+        return [self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
 
-    def _answer_sequences(self):
-        return [(list(p) + list(a), len(p)) for p, a in zip(self.prompts, self.reference.answers) if a]
+    def _answer_sequences(self, answers):
+        return [(list(p) + list(a), len(p)) for p, a in zip(self.prompts, answers) if a]
 
-    def _text_scores(self):
-        return self.backend.score([(c, 1) for c in self.chunks], self.settings.top_k, full=self.full)
+    def outputs_path(self, name: str) -> Path:
+        inputs = digest(self.backend.name, self.prompts, self.chunks, self.settings.max_new_tokens, self.settings.top_k)
+        files = self.backend.files
+        key = digest(inputs, files.path(BASELINE).name, files.path(name).name)
+        return self.cache / f"{self.backend.name}.{name}.outputs.{key}.npz"
+
+    def outputs(self, name: str) -> Outputs:
+        """The variant's model outputs, from the cache or computed (then cached): its answers and its
+        teacher-forced passes along the baseline's answers (its own, for the baseline) and the text."""
+        path = self.outputs_path(name)
+        if path.exists():
+            return load_outputs(path)
+        out = Outputs(_variant_fields(self.backend.prepare(name)), [])
+        if self.backend.can_generate:
+            out.answers = self.backend.generate(self.prompts, self.settings.max_new_tokens)
+            read = out.answers if name == BASELINE else self.reference.answers
+            out.answer_scores = self.backend.score(self._answer_sequences(read), self.settings.top_k)
+            out.text_scores = self.backend.score([(c, 1) for c in self.chunks], self.settings.top_k, full=self.full)
+            if name != BASELINE and self.full:  # the exact KLD kept instead of the variant's full distributions
+                out.text_kld = np.concatenate([metrics.kld(b.full, q.full)
+                                               for b, q in zip(self.reference.text_scores, out.text_scores)])
+                for s in out.text_scores:
+                    s.full = None
+        save_outputs(path, out)
+        return out
 
     def baseline(self) -> dict:
-        variant = self.backend.prepare(BASELINE)
-        row = {"type": BASELINE, **_variant_fields(variant)}
+        out = self.outputs(BASELINE)
+        row = {"type": BASELINE, **out.variant}
         if not self.backend.can_generate:
             return row
-        answers, texts = self._answers()
-        self.reference = Reference(answers, texts, self.embedder.encode(texts), [], [])
-        self.reference.answer_scores = self.backend.score(self._answer_sequences(), self.settings.top_k)
-        self.reference.text_scores = self._text_scores()
+        texts = self._decode(out.answers)
+        self.reference = Reference(out.answers, texts, self.embedder.encode(texts), out.answer_scores, out.text_scores)
         targets = np.concatenate([s.target_logprobs for s in self.reference.text_scores])
         row["answers"] = {"texts": texts}
         row["text"] = {"perplexity": metrics.bootstrap_ci(-targets, self.settings.seed, np.exp)}
@@ -169,13 +197,13 @@ class Run:
 
     def measure(self, name: str) -> dict:
         """Every number of one variant, with the per-prompt and per-position values behind them."""
-        variant = self.backend.prepare(name)
-        row = {"type": name, **_variant_fields(variant)}
+        out = self.outputs(name)
+        row = {"type": name, **out.variant}
         if self.reference is None:
             return row
         seed = self.settings.seed
         ref = self.reference
-        answers, texts = self._answers()
+        texts = self._decode(out.answers)
         similarity = metrics.cosine_similarity(self.embedder.encode(texts), ref.embeddings)
         row["answers"] = {
             "similarity": metrics.bootstrap_ci(similarity, seed),
@@ -184,17 +212,14 @@ class Run:
             "per_prompt_similarity": similarity.tolist(),
             "texts": texts,
         }
-        forced = self.backend.score(self._answer_sequences(), self.settings.top_k)
+        forced = out.answer_scores
         tf_kld = [metrics.kld_topk(b.topk, q.topk).mean() for b, q in zip(ref.answer_scores, forced)]
         tf_top1 = [np.mean(b.topk.top1() == q.topk.top1()) for b, q in zip(ref.answer_scores, forced)]
         row["teacher_forced"] = {"kld": metrics.bootstrap_ci(tf_kld, seed), "top1": metrics.bootstrap_ci(tf_top1, seed),
                                  "per_prompt_kld": [float(x) for x in tf_kld]}
-        scores = self._text_scores()
+        scores = out.text_scores
         lumped = np.concatenate([metrics.kld_topk(b.topk, q.topk) for b, q in zip(ref.text_scores, scores)])
-        if self.full:
-            kld = np.concatenate([metrics.kld(b.full, q.full) for b, q in zip(ref.text_scores, scores)])
-        else:
-            kld = lumped
+        kld = out.text_kld if self.full else lumped
         top1 = np.concatenate([b.topk.top1() == q.topk.top1() for b, q in zip(ref.text_scores, scores)])
         targets = np.concatenate([s.target_logprobs for s in scores])
         base_targets = np.concatenate([s.target_logprobs for s in ref.text_scores])
@@ -283,7 +308,7 @@ def scorecard(model_dir, types=DEFAULT_TYPES, out_dir="report", *, backend: str 
         embedder_path = minilm_dir()
     run = Run(runner, tokenizer, prompt_ids(tokenizer, prompt_texts) if runner.can_generate else [],
               text_chunks(tokenizer, text_content, settings.text_tokens, settings.chunk_tokens) if runner.can_generate else [],
-              _load_embedder(embedder_path) if runner.can_generate else None, settings)
+              _load_embedder(embedder_path) if runner.can_generate else None, settings, out / "cache")
     key = digest(runner.files.model_digest, backend, prompt_texts, text_content, asdict(settings),
                  str(embedder_path), runner.files.imatrix_digest, quantkit_version(), merge and merge.tag())
     cache = out / "cache"

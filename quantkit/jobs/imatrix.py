@@ -21,6 +21,9 @@ from ..sources.archs import arch_for
 from ..sources.hf import load_pretrained
 from ..sources.lora import merged_source
 
+# tokens per forward pass: chunks are batched up to this many (a 512-token chunk: 4 per batch)
+BATCH_TOKENS = 2048
+
 
 @dataclass
 class _Target:
@@ -123,11 +126,12 @@ def tokenize_chunks(tokenizer, text: str, ctx: int, chunks: int | None):
 
 def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = None, device=None,
                     progress: bool = True, dataset: str | None = None, process_output: bool = False,
-                    lora=(), lora_scale: float = 1.0) -> Imatrix:
+                    lora=(), lora_scale: float = 1.0, batch_tokens: int = BATCH_TOKENS) -> Imatrix:
     """Run the Hugging Face causal LM in ``model_dir`` over ``text`` and return its importance matrix.
 
-    ``text`` is cut into chunks of ``ctx`` tokens (at most ``chunks``), each run on its own with no
-    cache. For every weight matrix of the decoder blocks, per expert for MoE stacks, the inputs'
+    ``text`` is cut into chunks of ``ctx`` tokens (at most ``chunks``), each read on its own (no
+    cache, nothing shared between chunks); ``max(1, batch_tokens // ctx)`` chunks go through the
+    model together as one batch (equal lengths: no padding, no mask). For every weight matrix of the decoder blocks, per expert for MoE stacks, the inputs'
     squared values are summed per column in float32 (on ``device``: CUDA when present, else CPU),
     with the token count, keyed by the GGUF tensor name quantkit's converter gives it (so only
     architectures the converter supports). ``output.weight``
@@ -139,7 +143,8 @@ def collect_imatrix(model_dir, text: str, ctx: int = 512, chunks: int | None = N
     source = merged_source(model_dir, lora, lora_scale)  # adapters checked against the base before the model loads
     name_map = arch_for(source).name_map  # the names the converter gives the tensors
     with _quiet_transformers():
-        return _collect(model_dir, source, name_map, text, ctx, chunks, device, progress, dataset, process_output)
+        return _collect(model_dir, source, name_map, text, ctx, chunks, device, progress, dataset, process_output,
+                        max(1, batch_tokens // ctx))
 
 
 @contextmanager
@@ -159,7 +164,7 @@ def _quiet_transformers():
 
 
 def _collect(model_dir: Path, source, name_map, text, ctx, chunks, device, progress, dataset,
-             process_output) -> Imatrix:
+             process_output, batch_size: int) -> Imatrix:
     import torch  # deferred: optional and heavy (the [eval] extra)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -182,9 +187,10 @@ def _collect(model_dir: Path, source, name_map, text, ctx, chunks, device, progr
     with torch.inference_mode(), _recorder(targets), tqdm(
         total=len(token_chunks) * ctx, unit="tok", unit_scale=True, disable=not progress, desc="imatrix"
     ) as bar:
-        for chunk in token_chunks:
-            model(input_ids=torch.tensor([chunk], device=device), use_cache=False, **keep)
-            bar.update(ctx)
+        for first in range(0, len(token_chunks), batch_size):
+            batch = token_chunks[first:first + batch_size]
+            model(input_ids=torch.tensor(batch, device=device), use_cache=False, **keep)
+            bar.update(ctx * len(batch))
 
     # a matrix the forward pass never multiplied by (e.g. used by an op other than F.linear) has no entry
     entries = {
