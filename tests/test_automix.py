@@ -248,6 +248,20 @@ def test_bpw_target_fits(tiny_dir, sensitivity, quantkit_cache, tmp_path):
     assert result.bits_per_weight > 4.5  # the budget is used, not wasted
 
 
+def test_optimize_writes_the_same_mix_in_the_same_size(tiny_dir, sensitivity, quantkit_cache, tmp_path):
+    from quantkit import read_gguf
+    from quantkit.eval.automix import auto_convert
+
+    plain, plain_mix, _ = auto_convert(tiny_dir, tmp_path / "p.gguf", Target(bpw=4.5), device="cpu", progress=False,
+                                       **MEASURE)
+    opt, opt_mix, _ = auto_convert(tiny_dir, tmp_path / "o.gguf", Target(bpw=4.5), device="cpu", progress=False,
+                                   optimize=True, **MEASURE)
+    assert opt_mix.types == plain_mix.types and opt.file_bytes == plain.file_bytes
+    with read_gguf(tmp_path / "p.gguf") as a, read_gguf(tmp_path / "o.gguf") as b:
+        changed = [t.name for t, u in zip(a.tensors, b.tensors) if bytes(t.data) != bytes(u.data)]
+    assert any(name.startswith("blk.") for name in changed)
+
+
 def test_fixed_tensor_types_are_respected(tiny_dir, sensitivity, quantkit_cache, tmp_path):
     from quantkit.eval.automix import auto_convert
 

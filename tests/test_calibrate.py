@@ -98,23 +98,25 @@ def _tensors(path) -> dict:
         return {t.name: (t.qtype.name, tuple(t.shape), bytes(t.data)) for t in f.tensors}
 
 
-def _same_layout_other_blocks(default: dict, optimized: dict) -> None:
-    """Same names, types, shapes and byte sizes; decoder matrices differ, the rest is byte-identical."""
+def _same_layout_other_blocks(default: dict, optimized: dict, searched: dict) -> None:
+    """Same names, types, shapes and byte sizes; decoder matrices differ from the default, the rest (no
+    hessian: embeddings, output, norms) is byte-identical to the data-free ``--optimize`` file ``searched``."""
     assert {k: v[:2] for k, v in default.items()} == {k: v[:2] for k, v in optimized.items()}
     assert all(len(default[k][2]) == len(optimized[k][2]) for k in default)
     matrices = [k for k, v in default.items() if k.startswith("blk.") and len(v[1]) == 2]
     assert matrices and all(default[k][2] != optimized[k][2] for k in matrices)
-    assert all(default[k][2] == optimized[k][2] for k in default if k not in matrices)
+    assert all(searched[k][2] == optimized[k][2] for k in default if k not in matrices)
 
 
 @pytest.mark.parametrize("preset", ["Q4_K_M", "IQ4_XS"])
 def test_convert_calibrate_keeps_types_and_runs_in_llama_cpp(tiny_dir, calibration_file, tmp_path, preset):
     runner = CliRunner()
-    default, optimized = tmp_path / "default.gguf", tmp_path / "cal.gguf"
-    for out, extra in ((default, []), (optimized, ["--optimize", "--calibrate", "--calibration", str(calibration_file)])):
+    default, searched, optimized = tmp_path / "default.gguf", tmp_path / "opt.gguf", tmp_path / "cal.gguf"
+    for out, extra in ((default, []), (searched, ["--optimize"]),
+                       (optimized, ["--optimize", "--calibrate", "--calibration", str(calibration_file)])):
         result = runner.invoke(main, ["convert", str(tiny_dir), "-o", str(out), "--type", preset, *extra])
         assert result.exit_code == 0, result.output
-    _same_layout_other_blocks(_tensors(default), _tensors(optimized))
+    _same_layout_other_blocks(_tensors(default), _tensors(optimized), _tensors(searched))
     with LlamaServer(optimized) as server:
         tokens = server.greedy("The capital of France is", 8)
     assert len(tokens) == 8
@@ -150,13 +152,14 @@ def test_quantize_calibrate_from_a_hessian_file(tiny_dir, calibration_file, tmp_
     result = runner.invoke(main, ["imatrix", str(tiny_dir), "-f", str(calibration_file), "-o", str(imatrix),
                                   "--ctx", str(CTX), "--chunks", str(CHUNKS), "--hessians", str(hessians)])
     assert result.exit_code == 0, result.output
-    default, optimized = tmp_path / "default.gguf", tmp_path / "cal.gguf"
+    default, searched, optimized = tmp_path / "default.gguf", tmp_path / "opt.gguf", tmp_path / "cal.gguf"
     assert runner.invoke(main, ["quantize", str(f16), str(default), "Q4_K_M"]).exit_code == 0
+    assert runner.invoke(main, ["quantize", str(f16), str(searched), "Q4_K_M", "--optimize"]).exit_code == 0
     result = runner.invoke(main, ["quantize", str(f16), str(optimized), "Q4_K_M", "--optimize",
                                   "--calibrate-from", str(hessians)])
     assert result.exit_code == 0, result.output
     ours, base, source = _tensors(optimized), _tensors(default), _tensors(f16)
-    _same_layout_other_blocks(base, ours)
+    _same_layout_other_blocks(base, ours, _tensors(searched))
     # one tensor, by hand: the F16 rows quantized with the stored matrix (Q/K rows permuted: no matter)
     from safetensors.numpy import load_file
 

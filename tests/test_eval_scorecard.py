@@ -84,7 +84,8 @@ def test_quality_falls_with_bits(torch_run):
 
 def test_report_files(torch_run, report_dir):
     md = (report_dir / "scorecard.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
+    first_table = md[md.index("\n| ") + 1:].split("\n\n")[0]
+    table = [line for line in first_table.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0].strip("| ") for line in table[1:]] == ["baseline (BF16)", "F16", "Q8_0", "Q4_K_M", "Q2_K"]
     sizes = [float(line.split(" | ")[1]) for line in table[1:]]
     assert sizes == sorted(sizes, reverse=True)

@@ -59,16 +59,16 @@ def test_same_folder_name_and_new_version_do_not_share_cache(tmp_path, two_model
 
     a = run(first)
     files, results = cached()
-    assert len(files) == 4 and len(results) == 2  # baseline and Q8_0: GGUF + .seconds each; two results
+    assert len(files) == 4 and len(results) == 4  # baseline and Q8_0: GGUF + .seconds, result + model outputs each
     b = run(second)
-    assert [len(names) for names in cached()] == [8, 4]
+    assert [len(names) for names in cached()] == [8, 8]
     assert b["baseline"]["text"]["perplexity"] != a["baseline"]["text"]["perplexity"]
     assert b["types"][0]["answers"] != a["types"][0]["answers"] or b["types"][0]["text"] != a["types"][0]["text"]
 
-    assert run(first)["types"] == a["types"] and [len(names) for names in cached()] == [8, 4]  # reused
+    assert run(first)["types"] == a["types"] and [len(names) for names in cached()] == [8, 8]  # reused
     monkeypatch.setattr(quantkit, "__version__", quantkit.__version__ + ".post1")
     run(first)
-    assert [len(names) for names in cached()] == [12, 6]  # a new version converts and measures again
+    assert [len(names) for names in cached()] == [12, 12]  # a new version converts and measures again
 
     written = [p for folder in ("files", "cache") for p in (out / folder).iterdir()]
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {"0o644"}

@@ -40,12 +40,12 @@ def convert(model_dir, output, preset, imatrix, tensor_types, dry_run, threads, 
     tensor_types = tensor_type_items(tensor_types, tensor_type_file)
     target = target_of(target_size, target_bpw)
     if target is not None:
-        if dry_run or lora or split_max_size or split_max_tensors:
-            raise QuantkitError("--target-size/--target-bpw do not combine with --dry-run, --lora or --split-*")
+        if dry_run or lora or split_max_size or split_max_tensors or calibrate:
+            raise QuantkitError("--target-size/--target-bpw do not combine with --dry-run, --lora, --split-* or --calibrate")
         require_extra("eval", "quantkit convert --target-size/--target-bpw")
         text = None if calibration_file is None else read_text(calibration_file, "calibration text")
         auto_convert(model_dir, output, target, imatrix=imatrix, tensor_types=tensor_types, text=text, device=device,
-                     threads=threads, overwrite=force, ray_address=ray_address)
+                     threads=threads, overwrite=force, ray_address=ray_address, optimize=optimize)
         return
     run_convert(model_dir, output, preset, imatrix=imatrix, tensor_types=tensor_types, dry_run=dry_run,
                 threads=threads, overwrite=force, lora=lora, lora_scale=lora_scale,

@@ -425,8 +425,12 @@ def recipe_path(output) -> Path:
 
 
 def auto_convert(model_dir, output, target: Target, *, imatrix=None, tensor_types=(), text: str | None = None,
-                 device=None, threads=None, overwrite: bool = False, progress: bool = True, **measure_options):
+                 device=None, threads=None, overwrite: bool = False, progress: bool = True, optimize: bool = False,
+                 **measure_options):
     """Measure (or reuse the cache), allocate within ``target``, write ``output`` and its recipe.
+
+    ``optimize``: write the chosen types with ``quantize(..., optimize=True)`` (same sizes, so the target
+    still holds; the probes measure the default quantization, an upper bound of the optimized one's loss).
 
     Returns (ConversionResult, Mix, Sensitivity)."""
     imatrix_data = read_imatrix(imatrix) if isinstance(imatrix, (str, Path)) else imatrix
@@ -434,7 +438,7 @@ def auto_convert(model_dir, output, target: Target, *, imatrix=None, tensor_type
                           threads=threads, progress=progress, **measure_options)
     mix = plan_mix(model_dir, target, sensitivity, imatrix=imatrix_data, fixed=tensor_types)
     result = convert(model_dir, output, mix.preset, imatrix=imatrix_data, tensor_types=mix.recipe, threads=threads,
-                     overwrite=overwrite, progress=progress)
+                     overwrite=overwrite, progress=progress, optimize=optimize)
     recipe = write_recipe(recipe_path(output), mix.types)
     if progress:
         print(f"automix: {target.label}: predicted KLD {mix.predicted_kld:.4f} (sum of single-group KLDs), "

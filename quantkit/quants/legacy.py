@@ -203,6 +203,15 @@ def _block_ref(kind, x, bits, base, out, pos):
     return False
 
 
+@numba.njit(inline="always", cache=True)
+def _row_ref(kind, x, xb, o, nblocks, block_bytes):
+    """One row's blocks by the reference rule into ``o``; True (and the rest left) at the first NaN/Inf."""
+    for b in range(nblocks):
+        if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
+            return True
+    return False
+
+
 def _ref_kernel(kind):
     """The reference-rule kernel of one type, ``kind`` a compile-time constant; it also returns per row
     whether a NaN/Inf was met.
@@ -221,11 +230,7 @@ def _ref_kernel(kind):
         for r in numba.prange(nrows):
             x = rows[r]
             xb = bits[r]
-            o = out[r]
-            for b in range(nblocks):
-                if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
-                    nonfinite[r] = True
-                    break
+            nonfinite[r] = _row_ref(kind, x, xb, out[r], nblocks, block_bytes)
         return out, nonfinite
 
     return kernel
@@ -252,11 +257,7 @@ def _ref_bf16_kernel(kind):
             for j in range(n):
                 xb[j] = np.uint32(halves[r, j]) << np.uint32(16)
                 x[j] = bits_f32(xb[j])
-            o = out[r]
-            for b in range(nblocks):
-                if _block_ref(kind, x, xb, b * QK, o, b * block_bytes):
-                    nonfinite[r] = True
-                    break
+            nonfinite[r] = _row_ref(kind, x, xb, out[r], nblocks, block_bytes)
         return out, nonfinite
 
     return kernel
